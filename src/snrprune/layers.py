@@ -1,0 +1,177 @@
+"""Per-layer-type knowledge: which modules are prunable and how each produces per-sample gradient sums.
+
+Every supported module type has one :class:`LayerMoments` object that turns the layer's own backward
+quantities (its input ``x`` and the gradient ``delta`` of its output) into the sums
+
+    S1 = sum_i g_i,   S2 = sum_i g_i**2,   B
+
+over the samples ``i`` of the mini-batch, where ``g_i`` is sample ``i``'s contribution to the weight
+gradient. Nothing is computed with ``B`` separate backward passes. New layer types are supported by
+subclassing :class:`LayerMoments` and adding an entry to :data:`MOMENTS`.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+# Per-sample gradients that must be materialised (convolutions, Linear on sequences) are processed in
+# chunks of the batch so that at most this many elements live at once (32 MiB in float32).
+PER_SAMPLE_BUDGET = 1 << 23
+
+
+class LayerMoments:
+    """Computes (S1, S2) of a layer's weight gradient from its input and output-gradient."""
+
+    def sums(self, module: nn.Module, x: Tensor, delta: Tensor) -> tuple[Tensor, Tensor]:
+        raise NotImplementedError
+
+
+class LinearMoments(LayerMoments):
+    """nn.Linear: g_i = delta_i^T x_i, summed over any extra (sequence) dimensions."""
+
+    def sums(self, module: nn.Linear, x: Tensor, delta: Tensor) -> tuple[Tensor, Tensor]:
+        batch = x.shape[0]
+        if x.dim() == 2:
+            # S2 = (delta^2)^T (x^2): the square of a rank-one per-sample gradient factorises.
+            return delta.t() @ x, delta.square().t() @ x.square()
+        x = x.reshape(batch, -1, x.shape[-1])
+        delta = delta.reshape(batch, -1, delta.shape[-1])
+        s1 = delta.flatten(0, 1).t() @ x.flatten(0, 1)
+        s2 = torch.zeros_like(s1)
+        chunk = max(1, PER_SAMPLE_BUDGET // s1.numel())
+        for start in range(0, batch, chunk):
+            g = torch.bmm(delta[start : start + chunk].transpose(1, 2), x[start : start + chunk])
+            s2 += g.square_().sum(0)
+        return s1, s2
+
+
+class ConvMoments(LayerMoments):
+    """nn.Conv1d/2d/3d: per-sample weight gradients from one grouped-convolution backward.
+
+    Folding the batch into the channel dimension (groups = B * groups) makes the weight gradient of
+    the grouped convolution exactly the stack of per-sample gradients.
+    """
+
+    def sums(self, module: nn.modules.conv._ConvNd, x: Tensor, delta: Tensor) -> tuple[Tensor, Tensor]:
+        x, padding = _explicit_padding(module, x)
+        weight = module.weight
+        batch = x.shape[0]
+        s1 = torch.zeros(weight.shape, dtype=x.dtype, device=x.device)
+        s2 = torch.zeros_like(s1)
+        chunk = max(1, PER_SAMPLE_BUDGET // weight.numel())
+        for start in range(0, batch, chunk):
+            g = _per_sample_conv_grad(module, x[start : start + chunk], delta[start : start + chunk], padding)
+            s1 += g.sum(0)
+            s2 += g.square_().sum(0)
+        return s1, s2
+
+
+def _explicit_padding(module: nn.modules.conv._ConvNd, x: Tensor) -> tuple[Tensor, list[int]]:
+    """Returns the input padded as the module pads it, and the symmetric padding left for the conv."""
+    dims = x.dim() - 2
+    if module.padding_mode != "zeros":
+        return F.pad(x, module._reversed_padding_repeated_twice, mode=module.padding_mode), [0] * dims
+    if isinstance(module.padding, str):
+        if module.padding == "valid":
+            return x, [0] * dims
+        pads = []  # 'same': total = dilation * (kernel - 1), split left-low like torch does
+        for d, k in zip(reversed(module.dilation), reversed(module.kernel_size)):
+            total = d * (k - 1)
+            pads += [total // 2, total - total // 2]
+        return F.pad(x, pads), [0] * dims
+    return x, list(module.padding)
+
+
+def _per_sample_conv_grad(module: nn.modules.conv._ConvNd, x: Tensor, delta: Tensor, padding: list[int]) -> Tensor:
+    batch, c_in = x.shape[:2]
+    c_out = delta.shape[1]
+    groups = module.groups
+    w_shape = (batch * c_out, c_in // groups, *module.kernel_size)
+    _, grad_w, _ = torch.ops.aten.convolution_backward(
+        delta.reshape(1, batch * c_out, *delta.shape[2:]),
+        x.reshape(1, batch * c_in, *x.shape[2:]),
+        x.new_empty(()).expand(w_shape),  # only its shape is read
+        None,
+        list(module.stride),
+        padding,
+        list(module.dilation),
+        False,
+        [0] * len(padding),
+        batch * groups,
+        [False, True, False],
+    )
+    return grad_w.view(batch, *module.weight.shape)
+
+
+MOMENTS: dict[type[nn.Module], LayerMoments] = {
+    nn.Linear: LinearMoments(),
+    nn.Conv1d: ConvMoments(),
+    nn.Conv2d: ConvMoments(),
+    nn.Conv3d: ConvMoments(),
+}
+
+
+def moments_for(module: nn.Module) -> LayerMoments | None:
+    """The extractor for a module, following its class hierarchy (subclasses of Linear are Linear)."""
+    for cls in type(module).__mro__:
+        if cls in MOMENTS:
+            return MOMENTS[cls]
+    return None
+
+
+NameFilter = Iterable[str] | Callable[[str], bool] | None
+
+
+@dataclass(frozen=True)
+class PrunableLayer:
+    """One prunable weight: its parameter name (as in ``model.named_parameters()``) and module."""
+
+    name: str
+    module_name: str
+    module: nn.Module
+    moments: LayerMoments
+
+    @property
+    def weight(self) -> nn.Parameter:
+        return self.module.weight
+
+
+def _matches(name: str, rule: NameFilter) -> bool:
+    if callable(rule):
+        return bool(rule(name))
+    return any(fnmatch.fnmatchcase(name, pattern) for pattern in rule)
+
+
+def find_prunable_layers(model: nn.Module, include: NameFilter = None, exclude: NameFilter = None) -> list[PrunableLayer]:
+    """The weights of every supported layer (Linear, Conv1d/2d/3d), filtered by module name.
+
+    ``include``/``exclude`` are glob patterns on the module name (``"features.*"``) or a predicate.
+    Biases and normalisation parameters are never prunable.
+    """
+    if isinstance(include, str) or isinstance(exclude, str):
+        raise TypeError("include/exclude take a list of glob patterns or a callable, not a single string: use [pattern]")
+    layers = []
+    for module_name, module in model.named_modules():
+        moments = moments_for(module)
+        weight = getattr(module, "weight", None)
+        if moments is None or not isinstance(weight, nn.Parameter) or not weight.requires_grad:
+            continue
+        if include is not None and not _matches(module_name, include):
+            continue
+        if exclude is not None and _matches(module_name, exclude):
+            continue
+        name = f"{module_name}.weight" if module_name else "weight"
+        layers.append(PrunableLayer(name, module_name, module, moments))
+    if not layers:
+        supported = ", ".join(cls.__name__ for cls in MOMENTS)
+        raise ValueError(
+            f"no prunable layer found in {type(model).__name__} (supported layer types: {supported}); "
+            "check the model and the include/exclude filters"
+        )
+    return layers

@@ -1,0 +1,374 @@
+"""Dynamic pruning with feedback: the base class, SNR-guided pruning, DPF and the dense baseline.
+
+All methods share one mechanism (DPF, Lin et al. 2020): the pruning object holds the dense weights
+theta, the model holds the pruned weights theta_hat = m * theta between optimizer steps, so the forward
+and backward run at theta_hat; right before the optimizer step theta is put back, so the update (with
+the optimizer's momentum and weight decay) acts on the dense weights, and after it the model is
+pruned again. A method only decides *which* entries to keep; it overrides a few steps:
+
+- ``stats_due(step)``: collect gradient statistics on this step?
+- ``observe(snr)``: take the step's per-weight SNR (after backward, before the update)
+- ``update_due(step)``: recompute the masks before this step?
+- ``compute_masks()``: the new keep-masks
+
+Usage in any training loop::
+
+    pruning = SNRPruning(model, burn_in_steps=len(loader))
+    optimizer = pruning.wrap(torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9))
+    for x, y in loader:
+        optimizer.zero_grad(); loss_fn(model(x), y).backward(); optimizer.step()
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Iterator
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor, nn
+
+from .layers import NameFilter, find_prunable_layers
+from .masks import COMBINE_MODES, SCOPES, check_choice, combine, magnitude_keep_masks
+from .schedules import polynomial_sparsity
+from .statistics import GradientStats
+
+PRUNING_METHODS: dict[str, type[Pruning]] = {}
+
+
+def register_method(name: str):
+    """Class decorator that makes a pruning method available by name (CLI, configs)."""
+
+    def decorate(cls: type[Pruning]) -> type[Pruning]:
+        cls.method = name
+        PRUNING_METHODS[name] = cls
+        return cls
+
+    return decorate
+
+
+def get_method(name: str) -> type[Pruning]:
+    if name not in PRUNING_METHODS:
+        raise ValueError(f"unknown pruning method {name!r}; valid methods: {', '.join(sorted(PRUNING_METHODS))}")
+    return PRUNING_METHODS[name]
+
+
+def _check_int(name: str, value: Any, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    return value
+
+
+def _check_float(name: str, value: Any, low: float, high: float, high_open: bool = True) -> float:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    ok = ok and low <= value and (value < high if high_open else value <= high)
+    if not ok:
+        interval = f"[{low}, {high})" if high_open else f"[{low}, {high}]"
+        raise ValueError(f"{name} must be a number in {interval}, got {value!r}")
+    return float(value)
+
+
+class Pruning:
+    """Base class: dense-weight bookkeeping, optimizer hooks, masks, reporting and checkpoint state."""
+
+    method: ClassVar[str] = "base"
+    #: Whether the method ever prunes; the dense baseline skips all bookkeeping.
+    prunes: ClassVar[bool] = True
+
+    def __init__(self, model: nn.Module, *, scope: str = "layer", include: NameFilter = None, exclude: NameFilter = None):
+        self.model = model
+        self.scope = check_choice(scope, SCOPES, "scope")
+        self.layers = find_prunable_layers(model, include, exclude)
+        self.weights: dict[str, nn.Parameter] = {layer.name: layer.weight for layer in self.layers}
+        if self.prunes:
+            self.dense = {name: w.detach().clone() for name, w in self.weights.items()}
+        else:
+            self.dense = {name: w.detach() for name, w in self.weights.items()}
+        self.masks: dict[str, Tensor] = {name: torch.ones_like(w, dtype=torch.bool) for name, w in self.weights.items()}
+        self.step_count = 0
+        self.regrown = 0
+        self.last_flips = {"pruned": 0, "regrown": 0}
+        self.stats: GradientStats | None = None
+        self._hooks: list = []
+
+    # -- the steps a method overrides ----------------------------------------------------------
+    def stats_due(self, step: int) -> bool:
+        return False
+
+    def observe(self, snr: dict[str, Tensor]) -> None:
+        pass
+
+    def update_due(self, step: int) -> bool:
+        return False
+
+    def compute_masks(self) -> dict[str, Tensor]:
+        return self.masks
+
+    # -- the optimizer integration ---------------------------------------------------------------
+    def wrap(self, optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer:
+        """Hooks this pruning into ``optimizer.step()`` and returns the same optimizer.
+
+        The optimizer object is untouched otherwise, so LR schedulers, ``state_dict()`` and
+        ``zero_grad()`` work as usual.
+        """
+        if not isinstance(optimizer, torch.optim.Optimizer):
+            raise TypeError(f"wrap() expects a torch.optim.Optimizer, got {type(optimizer).__name__}")
+        held = {id(p) for group in optimizer.param_groups for p in group["params"]}
+        missing = [name for name, w in self.weights.items() if id(w) not in held]
+        if missing:
+            raise ValueError(
+                f"the optimizer does not update the prunable weights {missing}: "
+                "build the optimizer from model.parameters() of the pruned model"
+            )
+        self.unwrap()
+        if self.prunes:
+            self._hooks = [
+                optimizer.register_step_pre_hook(lambda opt, args, kwargs: self.before_step()),
+                optimizer.register_step_post_hook(lambda opt, args, kwargs: self.after_step()),
+            ]
+        return optimizer
+
+    def unwrap(self) -> None:
+        for handle in self._hooks:
+            handle.remove()
+        self._hooks = []
+
+    @torch.no_grad()
+    def before_step(self) -> None:
+        """After backward, before the update: read the statistics, put the dense weights back."""
+        if self.stats is not None and self.stats.enabled:
+            if self.stats.count:
+                self.observe(self.stats.snr())
+            self.stats.reset()
+        for name, w in self.weights.items():
+            w.copy_(self.dense[name])
+
+    @torch.no_grad()
+    def after_step(self) -> None:
+        """After the update: keep the new dense weights, maybe update the masks, prune the model."""
+        for name, w in self.weights.items():
+            self.dense[name].copy_(w)
+        self.step_count += 1
+        if self.update_due(self.step_count):
+            self._set_masks(self.compute_masks())
+        self.apply_masks()
+        if self.stats is not None:
+            self.stats.enabled = self.stats_due(self.step_count)
+
+    def _set_masks(self, masks: dict[str, Tensor]) -> None:
+        pruned = regrown = 0
+        for name, new in masks.items():
+            old = self.masks[name]
+            regrown += int((new & ~old).sum())
+            pruned += int((old & ~new).sum())
+            self.masks[name] = new
+        self.last_flips = {"pruned": pruned, "regrown": regrown}
+        self.regrown += regrown
+
+    @torch.no_grad()
+    def apply_masks(self) -> None:
+        """Writes theta_hat = mask * theta into the model."""
+        for name, w in self.weights.items():
+            torch.mul(self.dense[name], self.masks[name], out=w.data)
+
+    @contextlib.contextmanager
+    def dense_weights(self) -> Iterator[None]:
+        """Temporarily puts the dense weights theta into the model (e.g. to evaluate them)."""
+        with torch.no_grad():
+            for name, w in self.weights.items():
+                w.copy_(self.dense[name])
+        try:
+            yield
+        finally:
+            self.apply_masks()
+
+    # -- reporting -------------------------------------------------------------------------------
+    def layer_sparsity(self) -> dict[str, float]:
+        """Fraction of exact zeros of theta_hat per prunable tensor."""
+        return {name: float((w == 0).sum()) / w.numel() for name, w in self.weights.items()}
+
+    def sparsity(self) -> float:
+        """Fraction of exact zeros of theta_hat over all prunable entries."""
+        zeros = sum(int((w == 0).sum()) for w in self.weights.values())
+        return zeros / sum(w.numel() for w in self.weights.values())
+
+    def snr_quantiles(self, quantiles: tuple[float, ...] = (0.1, 0.5, 0.9)) -> dict[str, dict[str, float]]:
+        """Per-layer quantiles of the SNR moving average (empty for methods that do not track it)."""
+        return {}
+
+    # -- checkpointing ---------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to continue bit-exactly; loads with ``torch.load(weights_only=True)``."""
+        return {
+            "method": self.method,
+            "step": self.step_count,
+            "dense": {name: t.clone() for name, t in self.dense.items()},
+            "masks": {name: m.clone() for name, m in self.masks.items()},
+            "regrown": self.regrown,
+            "last_flips": dict(self.last_flips),
+            "stats_enabled": self.stats is not None and self.stats.enabled,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if not isinstance(state, dict) or "method" not in state:
+            raise ValueError("not a snrprune pruning state (no 'method' entry)")
+        if state["method"] != self.method:
+            raise ValueError(f"the state is from method {state['method']!r}, this object is {self.method!r}")
+        for key in ("dense", "masks"):
+            names = set(state[key])
+            if names != set(self.weights):
+                raise ValueError(f"the state's {key} cover {sorted(names)}, this model's prunable weights are {sorted(self.weights)}")
+            for name, t in state[key].items():
+                if t.shape != self.weights[name].shape:
+                    raise ValueError(f"{key}[{name!r}] has shape {tuple(t.shape)}, the model's is {tuple(self.weights[name].shape)}")
+        self.step_count = int(state["step"])
+        self.regrown = int(state["regrown"])
+        self.last_flips = dict(state["last_flips"])
+        with torch.no_grad():
+            for name, w in self.weights.items():
+                if self.prunes:
+                    self.dense[name].copy_(state["dense"][name])
+                else:
+                    w.copy_(state["dense"][name])
+                self.masks[name] = state["masks"][name].to(device=w.device, dtype=torch.bool).clone()
+        if self.prunes:
+            self.apply_masks()
+        if self.stats is not None:
+            self.stats.reset()
+            self.stats.enabled = bool(state["stats_enabled"])
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(layers={len(self.layers)}, step={self.step_count}, sparsity={self.sparsity():.4f})"
+
+
+@register_method("dense")
+class NoPruning(Pruning):
+    """The dense baseline through the same interface: never prunes, adds no work to a step."""
+
+    prunes = False
+
+    def __init__(self, model: nn.Module, *, include: NameFilter = None, exclude: NameFilter = None):
+        super().__init__(model, include=include, exclude=exclude)
+
+
+@register_method("dpf")
+class DPFPruning(Pruning):
+    """DPF: global magnitude masks at a cubic (Zhu & Gupta) sparsity schedule, every ``update_every`` steps.
+
+    The target is reached at ``end_fraction * total_steps`` (an update is forced on that step) and
+    held afterwards, exact to one weight.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        target_sparsity: float,
+        total_steps: int,
+        end_fraction: float = 0.75,
+        update_every: int = 16,
+        scope: str = "global",
+        *,
+        initial_sparsity: float = 0.0,
+        include: NameFilter = None,
+        exclude: NameFilter = None,
+    ):
+        super().__init__(model, scope=scope, include=include, exclude=exclude)
+        self.target_sparsity = _check_float("target_sparsity", target_sparsity, 0.0, 1.0)
+        self.initial_sparsity = _check_float("initial_sparsity", initial_sparsity, 0.0, self.target_sparsity, high_open=False)
+        self.total_steps = _check_int("total_steps", total_steps, 1)
+        self.end_fraction = _check_float("end_fraction", end_fraction, 0.0, 1.0, high_open=False)
+        self.update_every = _check_int("update_every", update_every, 1)
+        self.end_step = max(1, round(self.end_fraction * self.total_steps))
+
+    def scheduled_sparsity(self, step: int) -> float:
+        return polynomial_sparsity(step, self.target_sparsity, self.end_step, self.initial_sparsity)
+
+    def update_due(self, step: int) -> bool:
+        return step % self.update_every == 0 or step == self.end_step
+
+    def compute_masks(self) -> dict[str, Tensor]:
+        s = self.scheduled_sparsity(self.step_count)
+        if self.scope == "global":
+            n_prune: int | dict[str, int] = round(s * sum(w.numel() for w in self.dense.values()))
+        else:
+            n_prune = {name: round(s * w.numel()) for name, w in self.dense.items()}
+        return magnitude_keep_masks(self.dense, n_prune, self.scope)
+
+
+@register_method("snr")
+class SNRPruning(Pruning):
+    """SNR-guided dynamic pruning (SPEC section 3): prune only weights whose gradient is no longer reliable.
+
+    After ``burn_in_steps``, every ``update_every`` steps: keep_snr = (SNR moving average > threshold);
+    p = fraction with keep_snr false (per layer or global, ``scope``); keep_mag = all but the p*N
+    smallest |theta|; the mask combines both (``combine``: agree, either, snr, magnitude). Statistics
+    are collected every ``stats_every`` steps, and the moving average is only updated then.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        burn_in_steps: int,
+        ema: float = 0.9,
+        threshold: float = 1.0,
+        combine: str = "agree",
+        scope: str = "layer",
+        update_every: int = 1,
+        stats_every: int = 1,
+        *,
+        include: NameFilter = None,
+        exclude: NameFilter = None,
+    ):
+        super().__init__(model, scope=scope, include=include, exclude=exclude)
+        self.burn_in_steps = _check_int("burn_in_steps", burn_in_steps, 0)
+        self.ema = _check_float("ema", ema, 0.0, 1.0)
+        self.threshold = _check_float("threshold", threshold, 0.0, math.inf)
+        self.combine = check_choice(combine, COMBINE_MODES, "combine mode")
+        self.update_every = _check_int("update_every", update_every, 1)
+        self.stats_every = _check_int("stats_every", stats_every, 1)
+        self.snr_ema: dict[str, Tensor] = {}
+        self.stats = GradientStats(model, include=include, exclude=exclude, enabled=self.stats_due(0))
+
+    def stats_due(self, step: int) -> bool:
+        return step % self.stats_every == 0
+
+    def observe(self, snr: dict[str, Tensor]) -> None:
+        for name, value in snr.items():
+            avg = self.snr_ema.get(name)
+            if avg is None:
+                self.snr_ema[name] = value.clone()
+            else:
+                avg.mul_(self.ema).add_(value, alpha=1.0 - self.ema)
+
+    def update_due(self, step: int) -> bool:
+        return step > self.burn_in_steps and step % self.update_every == 0
+
+    def compute_masks(self) -> dict[str, Tensor]:
+        if len(self.snr_ema) < len(self.weights):
+            return self.masks  # no statistics for some layer yet: nothing is known to be unreliable
+        keep_snr = {name: avg > self.threshold for name, avg in self.snr_ema.items()}
+        if self.combine == "snr":
+            return keep_snr
+        n_prune = {name: k.numel() - int(k.sum()) for name, k in keep_snr.items()}
+        keep_mag = magnitude_keep_masks(self.dense, n_prune, self.scope)
+        return {name: combine(keep_snr[name], keep_mag[name], self.combine) for name in self.weights}
+
+    def snr_quantiles(self, quantiles: tuple[float, ...] = (0.1, 0.5, 0.9)) -> dict[str, dict[str, float]]:
+        out = {}
+        for name, avg in self.snr_ema.items():
+            flat = avg.reshape(-1).float()
+            if flat.numel() > (1 << 24):  # torch.quantile's size limit: use an even subsample
+                flat = flat[:: flat.numel() // (1 << 23) + 1]
+            values = torch.quantile(flat, torch.tensor(quantiles, dtype=flat.dtype, device=flat.device))
+            out[name] = {f"q{round(q * 100):02d}": float(v) for q, v in zip(quantiles, values)}
+        return out
+
+    def state_dict(self) -> dict[str, Any]:
+        state = super().state_dict()
+        state["snr_ema"] = {name: t.clone() for name, t in self.snr_ema.items()}
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict(state)
+        self.snr_ema = {name: t.to(self.dense[name].device).clone() for name, t in state.get("snr_ema", {}).items()}
