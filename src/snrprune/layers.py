@@ -1,12 +1,13 @@
 """Per-layer-type knowledge: which modules are prunable and how each produces per-sample gradient sums.
 
 Every supported module type has one :class:`LayerMoments` object that turns the layer's own backward
-quantities (its input ``x`` and the gradient ``delta`` of its output) into the sums
+quantities (its input ``x`` and the gradient ``delta`` of its output) into the sum of squares
 
-    S1 = sum_i g_i,   S2 = sum_i g_i**2,   B
+    S2 = sum_i g_i**2
 
 over the samples ``i`` of the mini-batch, where ``g_i`` is sample ``i``'s contribution to the weight
-gradient. Nothing is computed with ``B`` separate backward passes. New layer types are supported by
+gradient. (S1 = sum_i g_i is the weight gradient itself, which autograd computes anyway.) Nothing is
+computed with ``B`` separate backward passes. New layer types are supported by
 subclassing :class:`LayerMoments` and adding an entry to :data:`MOMENTS`.
 """
 
@@ -26,29 +27,30 @@ PER_SAMPLE_BUDGET = 1 << 23
 
 
 class LayerMoments:
-    """Computes (S1, S2) of a layer's weight gradient from its input and output-gradient."""
+    """Computes S2 = sum_i g_i**2 of a layer's weight gradient from its input and output-gradient."""
 
-    def sums(self, module: nn.Module, x: Tensor, delta: Tensor) -> tuple[Tensor, Tensor]:
+    def sum_sq(self, module: nn.Module, x: Tensor, delta: Tensor, out: Tensor, accumulate: bool) -> None:
+        """Writes S2 into ``out`` (a tensor of the weight's shape), or adds it when ``accumulate``."""
         raise NotImplementedError
 
 
 class LinearMoments(LayerMoments):
     """nn.Linear: g_i = delta_i^T x_i, summed over any extra (sequence) dimensions."""
 
-    def sums(self, module: nn.Linear, x: Tensor, delta: Tensor) -> tuple[Tensor, Tensor]:
+    def sum_sq(self, module: nn.Linear, x: Tensor, delta: Tensor, out: Tensor, accumulate: bool) -> None:
         batch = x.shape[0]
         if x.dim() == 2:
-            # S2 = (delta^2)^T (x^2): the square of a rank-one per-sample gradient factorises.
-            return delta.t() @ x, delta.square().t() @ x.square()
+            # The square of a rank-one per-sample gradient factorises: S2 = (delta^2)^T (x^2).
+            torch.addmm(out, delta.square().t(), x.square(), beta=1 if accumulate else 0, out=out)
+            return
         x = x.reshape(batch, -1, x.shape[-1])
         delta = delta.reshape(batch, -1, delta.shape[-1])
-        s1 = delta.flatten(0, 1).t() @ x.flatten(0, 1)
-        s2 = torch.zeros_like(s1)
-        chunk = max(1, PER_SAMPLE_BUDGET // s1.numel())
+        if not accumulate:
+            out.zero_()
+        chunk = max(1, PER_SAMPLE_BUDGET // out.numel())
         for start in range(0, batch, chunk):
             g = torch.bmm(delta[start : start + chunk].transpose(1, 2), x[start : start + chunk])
-            s2 += g.square_().sum(0)
-        return s1, s2
+            out += g.square_().sum(0)
 
 
 class ConvMoments(LayerMoments):
@@ -58,18 +60,15 @@ class ConvMoments(LayerMoments):
     the grouped convolution exactly the stack of per-sample gradients.
     """
 
-    def sums(self, module: nn.modules.conv._ConvNd, x: Tensor, delta: Tensor) -> tuple[Tensor, Tensor]:
+    def sum_sq(self, module: nn.modules.conv._ConvNd, x: Tensor, delta: Tensor, out: Tensor, accumulate: bool) -> None:
         x, padding = _explicit_padding(module, x)
-        weight = module.weight
         batch = x.shape[0]
-        s1 = torch.zeros(weight.shape, dtype=x.dtype, device=x.device)
-        s2 = torch.zeros_like(s1)
-        chunk = max(1, PER_SAMPLE_BUDGET // weight.numel())
+        if not accumulate:
+            out.zero_()
+        chunk = max(1, PER_SAMPLE_BUDGET // out.numel())
         for start in range(0, batch, chunk):
             g = _per_sample_conv_grad(module, x[start : start + chunk], delta[start : start + chunk], padding)
-            s1 += g.sum(0)
-            s2 += g.square_().sum(0)
-        return s1, s2
+            out += g.square_().sum(0)
 
 
 def _explicit_padding(module: nn.modules.conv._ConvNd, x: Tensor) -> tuple[Tensor, list[int]]:

@@ -36,6 +36,11 @@ from .statistics import GradientStats
 
 PRUNING_METHODS: dict[str, type[Pruning]] = {}
 
+#: A weight whose gradient comes from a single sample of the batch has SNR exactly 1 (mean g/B,
+#: variance g**2/B), right at the threshold; round-off would keep or prune it at random. SNR values
+#: within this relative margin above the threshold count as "not above", as in exact arithmetic.
+SNR_ROUNDOFF = 1e-4
+
 
 def register_method(name: str):
     """Class decorator that makes a pruning method available by name (CLI, configs)."""
@@ -90,6 +95,7 @@ class Pruning:
         self.regrown = 0
         self.last_flips = {"pruned": 0, "regrown": 0}
         self.stats: GradientStats | None = None
+        self._snr_buffers: dict[str, Tensor] = {}
         self._hooks: list = []
 
     # -- the steps a method overrides ----------------------------------------------------------
@@ -139,7 +145,7 @@ class Pruning:
         """After backward, before the update: read the statistics, put the dense weights back."""
         if self.stats is not None and self.stats.enabled:
             if self.stats.count:
-                self.observe(self.stats.snr())
+                self.observe(self.stats.snr(out=self._snr_buffers))
             self.stats.reset()
         for name, w in self.weights.items():
             w.copy_(self.dense[name])
@@ -335,11 +341,12 @@ class SNRPruning(Pruning):
 
     def observe(self, snr: dict[str, Tensor]) -> None:
         for name, value in snr.items():
+            self._snr_buffers[name] = value  # reused for the next step's SNR
             avg = self.snr_ema.get(name)
             if avg is None:
                 self.snr_ema[name] = value.clone()
             else:
-                avg.mul_(self.ema).add_(value, alpha=1.0 - self.ema)
+                avg.lerp_(value, 1.0 - self.ema)
 
     def update_due(self, step: int) -> bool:
         return step > self.burn_in_steps and step % self.update_every == 0
@@ -347,7 +354,8 @@ class SNRPruning(Pruning):
     def compute_masks(self) -> dict[str, Tensor]:
         if len(self.snr_ema) < len(self.weights):
             return self.masks  # no statistics for some layer yet: nothing is known to be unreliable
-        keep_snr = {name: avg > self.threshold for name, avg in self.snr_ema.items()}
+        cut = self.threshold * (1.0 + SNR_ROUNDOFF)
+        keep_snr = {name: avg > cut for name, avg in self.snr_ema.items()}
         if self.combine == "snr":
             return keep_snr
         n_prune = {name: k.numel() - int(k.sum()) for name, k in keep_snr.items()}

@@ -32,22 +32,25 @@ class Moments:
         return snr_from_moments(self.sum, self.sum_sq, self.count)
 
 
-def snr_from_moments(s1: Tensor, s2: Tensor, count: int) -> Tensor:
+def snr_from_moments(
+    s1: Tensor, s2: Tensor, count: int, out: Tensor | None = None, scratch: Tensor | None = None
+) -> Tensor:
     """snr_k = B * mean_k**2 / var_k with the unbiased variance of the individual gradients.
 
     Equals S1**2 / (B * var) where var = (S2 - S1**2 / B) / (B - 1), clamped at 0 against round-off.
     Zero variance gives 0 where S1 = 0 (no signal at all) and :data:`SNR_CAP` otherwise.
+    ``out`` and ``scratch`` (tensors of the weight's shape) avoid fresh allocations on the hot path.
     """
     if count < 2:
         raise ValueError(
             f"the gradient SNR needs at least 2 samples per statistic (got B={count}): "
             "the variance of individual gradients is undefined for one sample; use a batch size >= 2"
         )
-    s1_sq = s1.square()
-    var = (s2 - s1_sq / count).clamp_min_(0.0).div_(count - 1)
-    snr = s1_sq.div_(var.mul_(count))  # 0/0 -> nan, c/0 -> inf
-    snr.nan_to_num_(nan=0.0, posinf=SNR_CAP).clamp_max_(SNR_CAP)
-    return snr
+    # B * mean**2 / var = (B - 1) * S1**2 / (B * S2 - S1**2), written to touch each entry few times.
+    s1_sq = torch.mul(s1, s1, out=out)
+    denominator = torch.mul(s2, count, out=scratch).sub_(s1_sq).clamp_min_(0.0)
+    snr = s1_sq.mul_(count - 1).div_(denominator)  # 0/0 -> nan, c/0 -> inf
+    return snr.nan_to_num_(nan=0.0, posinf=SNR_CAP).clamp_max_(SNR_CAP)
 
 
 class GradientStats:
@@ -63,7 +66,9 @@ class GradientStats:
     Per-sample terms come from each layer's input and output-gradient (see :mod:`snrprune.layers`).
     With cross-sample layers in training mode (BatchNorm), g_i is sample i's contribution to the batch
     gradient; the g_i still sum to the batch gradient. A module applied several times in one forward
-    pass contributes one "sample" set per application. While ``enabled`` is False no hook is attached,
+    pass contributes one "sample" set per application. S1 is taken from the weight's gradient, so a
+    loss term that touches the weight directly (an L2 penalty in the loss) enters S1 but not S2: use
+    the optimizer's weight decay instead. While ``enabled`` is False no hook is attached,
     so collecting nothing costs nothing.
     """
 
@@ -75,7 +80,12 @@ class GradientStats:
         enabled: bool = True,
     ) -> None:
         self.layers: list[PrunableLayer] = find_prunable_layers(model, include, exclude)
-        self._sums: dict[str, list] = {}
+        # Persistent buffers: fresh big tensors every step cost page faults that rival the arithmetic.
+        self._s1: dict[str, Tensor] = {}
+        self._s2: dict[str, Tensor] = {}
+        self._scratch: dict[str, Tensor] = {}
+        self._count: dict[str, int] = {}
+        self._has_s1: set[str] = set()
         self._handles: list = []
         self._enabled = False
         self.enabled = enabled
@@ -89,10 +99,9 @@ class GradientStats:
     def enabled(self, value: bool) -> None:
         value = bool(value)
         if value and not self._enabled:
-            self._handles = [
-                layer.module.register_forward_hook(functools.partial(self._on_forward, layer))
-                for layer in self.layers
-            ]
+            for layer in self.layers:
+                self._handles.append(layer.module.register_forward_hook(functools.partial(self._on_forward, layer)))
+                self._handles.append(layer.weight.register_hook(functools.partial(self._on_weight_grad, layer)))
         elif not value and self._enabled:
             self._detach()
         self._enabled = value
@@ -112,49 +121,77 @@ class GradientStats:
             return
         output.register_hook(functools.partial(self._on_output_grad, layer, inputs[0].detach()))
 
+    def _buffer(self, buffers: dict[str, Tensor], layer: PrunableLayer) -> Tensor:
+        buf = buffers.get(layer.name)
+        if buf is None:
+            dtype = torch.promote_types(layer.weight.dtype, torch.float32)
+            buf = buffers[layer.name] = torch.zeros(layer.weight.shape, dtype=dtype, device=layer.weight.device)
+        return buf
+
     def _on_output_grad(self, layer: PrunableLayer, x: Tensor, delta: Tensor) -> None:
         with torch.no_grad():
-            dtype = torch.promote_types(layer.weight.dtype, torch.float32)
-            s1, s2 = layer.moments.sums(layer.module, x.to(dtype), delta.to(dtype))
-            entry = self._sums.get(layer.name)
-            if entry is None:
-                self._sums[layer.name] = [s1, s2, x.shape[0]]
+            out = self._buffer(self._s2, layer)
+            seen = self._count.get(layer.name, 0)
+            layer.moments.sum_sq(layer.module, x.to(out.dtype), delta.to(out.dtype), out, accumulate=seen > 0)
+            self._count[layer.name] = seen + x.shape[0]
+
+    def _on_weight_grad(self, layer: PrunableLayer, grad: Tensor) -> None:
+        # S1 = sum_i g_i is this backward call's gradient of the weight: no extra work needed.
+        with torch.no_grad():
+            out = self._buffer(self._s1, layer)
+            if layer.name in self._has_s1:
+                out.add_(grad)
             else:
-                entry[0] += s1
-                entry[1] += s2
-                entry[2] += x.shape[0]
+                out.copy_(grad)
+                self._has_s1.add(layer.name)
 
     # -- results ---------------------------------------------------------------------------------
     @property
     def count(self) -> int:
         """Samples seen since the last reset (the B of the statistics)."""
-        return max((entry[2] for entry in self._sums.values()), default=0)
+        return max(self._count.values(), default=0)
 
     def moments(self) -> dict[str, Moments]:
-        """The raw sums per parameter name, S1, S2 and B, accumulated since the last reset."""
-        if not self._sums:
+        """The raw sums per parameter name, S1, S2 and B, accumulated since the last reset.
+
+        The tensors are the collector's buffers, overwritten after the next reset: clone to keep.
+        """
+        if not self._count:
             raise RuntimeError(
                 "no gradient statistics collected yet: run loss.backward() while the statistics are enabled"
             )
-        return {name: Moments(s1, s2, count) for name, (s1, s2, count) in self._sums.items()}
+        missing = sorted(set(self._count) - self._has_s1)
+        if missing:
+            raise RuntimeError(f"no weight gradient reached {missing}: compute the statistics with loss.backward()")
+        return {name: Moments(self._s1[name], self._s2[name], count) for name, count in self._count.items()}
 
-    def snr(self) -> dict[str, Tensor]:
-        """Per-weight mini-batch gradient SNR, ``{parameter name: tensor of the weight's shape}``."""
-        return {name: m.snr() for name, m in self.moments().items()}
+    def snr(self, out: dict[str, Tensor] | None = None) -> dict[str, Tensor]:
+        """Per-weight mini-batch gradient SNR, ``{parameter name: tensor of the weight's shape}``.
+
+        With ``out`` (a dict of tensors of the weights' shapes, e.g. a previous result), the values
+        are written into those tensors instead of fresh ones.
+        """
+        result = {}
+        for name, m in self.moments().items():
+            scratch = self._scratch.get(name)
+            if scratch is None:
+                scratch = self._scratch[name] = torch.empty_like(m.sum)
+            result[name] = snr_from_moments(m.sum, m.sum_sq, m.count, None if out is None else out.get(name), scratch)
+        return result
 
     def reset(self) -> None:
-        """Forgets the collected sums (hooks stay)."""
-        self._sums = {}
+        """Forgets the collected sums (hooks and buffers stay). Tensors from moments() are reused."""
+        self._count = {}
+        self._has_s1 = set()
 
     def all_reduce(self, group=None) -> None:
         """Sums S1, S2 and B over the processes of ``group`` so that every rank sees the global batch."""
         import torch.distributed as dist
 
-        names = sorted(self._sums)
-        for name in names:
-            s1, s2, count = self._sums[name]
-            dist.all_reduce(s1, group=group)
-            dist.all_reduce(s2, group=group)
-            n = torch.tensor([count], dtype=torch.float64, device=s1.device)
+        for name in sorted(self._count):
+            dist.all_reduce(self._s1[name], group=group)
+            dist.all_reduce(self._s2[name], group=group)
+            n = torch.tensor([self._count[name]], dtype=torch.float64, device=self._s1[name].device)
             dist.all_reduce(n, group=group)
-            self._sums[name][2] = int(n.item())
+            self._count[name] = int(n.item())
+
