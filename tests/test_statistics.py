@@ -112,11 +112,12 @@ def test_linear_on_4d_inputs_matches_torch_func():
         dict(kernel_size=1, padding="valid"),
     ],
 )
-@pytest.mark.parametrize("dims", [1, 2])
-def test_conv_matches_naive_loop(conv_kwargs, dims):
+@pytest.mark.parametrize("dims,side", [(1, 9), (1, 200), (2, 9), (2, 16)])
+def test_conv_matches_naive_loop(conv_kwargs, dims, side):
+    """Small outputs take the unfold path, large ones the grouped-convolution path."""
     torch.manual_seed(3)
     conv = (nn.Conv1d if dims == 1 else nn.Conv2d)(4, 6, **conv_kwargs)
-    size = (9,) * dims
+    size = (side,) * dims
     with torch.no_grad():
         features = conv(torch.zeros(1, 4, *size)).numel()
     model = nn.Sequential(conv, nn.ReLU(), nn.Flatten(), nn.Linear(features, 3))

@@ -54,20 +54,30 @@ class LinearMoments(LayerMoments):
 
 
 class ConvMoments(LayerMoments):
-    """nn.Conv1d/2d/3d: per-sample weight gradients from one grouped-convolution backward.
+    """nn.Conv1d/2d/3d: per-sample weight gradients, materialised a chunk of the batch at a time.
 
-    Folding the batch into the channel dimension (groups = B * groups) makes the weight gradient of
-    the grouped convolution exactly the stack of per-sample gradients.
+    Two exact ways, chosen by shape alone (so a run is reproducible): for small outputs, g_i =
+    delta_i U_i^T with the unfolded input U_i, one batched matrix product; otherwise one grouped-
+    convolution backward, where folding the batch into the channels (groups = B * groups) makes the
+    weight gradient exactly the stack of per-sample gradients. Measured on 2 CPU cores, the grouped
+    form is several times faster on 32x32 outputs, the unfolded one about twice as fast on 8x8.
     """
+
+    #: Largest output size (positions per sample) for the unfold path.
+    UNFOLD_MAX_POSITIONS = 144
 
     def sum_sq(self, module: nn.modules.conv._ConvNd, x: Tensor, delta: Tensor, out: Tensor, accumulate: bool) -> None:
         x, padding = _explicit_padding(module, x)
         batch = x.shape[0]
+        positions = delta[0, 0].numel()
+        unfold = module.groups == 1 and x.dim() in (3, 4) and positions <= self.UNFOLD_MAX_POSITIONS
         if not accumulate:
             out.zero_()
-        chunk = max(1, PER_SAMPLE_BUDGET // out.numel())
+        per_sample = out.numel() + (x[0].numel() * out[0, 0].numel() if unfold else 0)
+        chunk = max(1, PER_SAMPLE_BUDGET // per_sample)
         for start in range(0, batch, chunk):
-            g = _per_sample_conv_grad(module, x[start : start + chunk], delta[start : start + chunk], padding)
+            xs, ds = x[start : start + chunk], delta[start : start + chunk]
+            g = _per_sample_unfold_grad(module, xs, ds, padding) if unfold else _per_sample_conv_grad(module, xs, ds, padding)
             out += g.square_().sum(0)
 
 
@@ -85,6 +95,17 @@ def _explicit_padding(module: nn.modules.conv._ConvNd, x: Tensor) -> tuple[Tenso
             pads += [total // 2, total - total // 2]
         return F.pad(x, pads), [0] * dims
     return x, list(module.padding)
+
+
+def _per_sample_unfold_grad(module: nn.modules.conv._ConvNd, x: Tensor, delta: Tensor, padding: list[int]) -> Tensor:
+    if x.dim() == 3:  # Conv1d as a 2-D convolution of height 1
+        x, delta = x.unsqueeze(2), delta.unsqueeze(2)
+        kernel, dilation, stride, padding = (1, *module.kernel_size), (1, *module.dilation), (1, *module.stride), [0, *padding]
+    else:
+        kernel, dilation, stride = module.kernel_size, module.dilation, module.stride
+    columns = F.unfold(x, kernel, dilation=dilation, padding=padding, stride=stride)  # (b, C_in * k, L)
+    g = torch.bmm(delta.flatten(2), columns.transpose(1, 2))  # (b, C_out, C_in * k)
+    return g.view(x.shape[0], *module.weight.shape)
 
 
 def _per_sample_conv_grad(module: nn.modules.conv._ConvNd, x: Tensor, delta: Tensor, padding: list[int]) -> Tensor:

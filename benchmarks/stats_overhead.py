@@ -1,0 +1,133 @@
+"""Cost of SNR pruning relative to plain training, measured side by side in one process.
+
+For each model (batch 128, CPU) one training step of every variant is timed in turn, round after
+round, so that drifts of the machine hit all variants alike; the table reports median step time
+ratios against the plain step. Peak memory is the growth of the process's peak RSS over its
+baseline, measured in a fresh subprocess per variant.
+
+    python benchmarks/stats_overhead.py                 # full run, prints a markdown table
+    python benchmarks/stats_overhead.py --rounds 5      # quick look
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+import torch
+import torch.nn.functional as F
+
+import snrprune
+from snrprune.models import build_model
+
+MODELS = {"lenet300": (1, 28, 28), "lenet5": (1, 28, 28), "resnet20": (3, 32, 32)}
+
+# name -> how to build the pruning object (None: plain training, no snrprune at all)
+VARIANTS = {
+    "plain": None,
+    "dense": lambda m: snrprune.NoPruning(m),
+    "snr stats/1 (burn-in)": lambda m: snrprune.SNRPruning(m, burn_in_steps=10**9, stats_every=1),
+    "snr stats/4 (burn-in)": lambda m: snrprune.SNRPruning(m, burn_in_steps=10**9, stats_every=4),
+    "snr stats/1 (pruning)": lambda m: snrprune.SNRPruning(m, burn_in_steps=0, stats_every=1),
+    "snr stats/4 (pruning)": lambda m: snrprune.SNRPruning(m, burn_in_steps=0, stats_every=4),
+    "snr stats/4 masks/4": lambda m: snrprune.SNRPruning(m, burn_in_steps=0, stats_every=4, update_every=4),
+    "dpf (masks/16)": lambda m: snrprune.DPFPruning(m, target_sparsity=0.9, total_steps=100, end_fraction=0.1),
+}
+
+
+def make_step(model_name: str, variant: str, batch: int = 128, seed: int = 0):
+    """A closure running one training step on a cycling pool of synthetic batches."""
+    torch.manual_seed(seed)
+    shape = MODELS[model_name]
+    model = build_model(model_name, shape, 10)
+    make_pruning = VARIANTS[variant]
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
+    if make_pruning is not None:
+        optimizer = make_pruning(model).wrap(optimizer)
+    g = torch.Generator().manual_seed(seed)
+    pool = [(torch.randn(batch, *shape, generator=g), torch.randint(0, 10, (batch,), generator=g)) for _ in range(8)]
+    state = {"i": 0}
+
+    def step() -> None:
+        x, y = pool[state["i"] % len(pool)]
+        state["i"] += 1
+        optimizer.zero_grad(set_to_none=True)
+        F.cross_entropy(model(x), y).backward()
+        optimizer.step()
+
+    return step
+
+
+def time_model(model_name: str, rounds: int, warmup: int) -> dict[str, float]:
+    steps = {v: make_step(model_name, v) for v in VARIANTS}
+    for step in steps.values():
+        for _ in range(warmup):
+            step()
+    times: dict[str, list[float]] = {v: [] for v in VARIANTS}
+    for _ in range(rounds):
+        for variant, step in steps.items():
+            start = time.perf_counter()
+            step()
+            times[variant].append(time.perf_counter() - start)
+    return {v: statistics.median(t) for v, t in times.items()}
+
+
+def peak_memory_child(model_name: str, variant: str, steps: int) -> None:
+    """Runs in a subprocess: prints the peak-RSS growth (bytes) caused by building and training."""
+    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    step = make_step(model_name, variant)
+    for _ in range(steps):
+        step()
+    print(json.dumps((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) * 1024))
+
+
+def peak_memory(model_name: str, variant: str, steps: int = 12) -> int:
+    out = subprocess.run(
+        [sys.executable, __file__, "--memory-child", model_name, variant, str(steps)],
+        check=True, capture_output=True, text=True,
+    )
+    return int(json.loads(out.stdout.strip().splitlines()[-1]))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rounds", type=int, default=40, help="timed steps per variant (default 40)")
+    parser.add_argument("--warmup", type=int, default=10, help="untimed steps per variant first (default 10)")
+    parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
+    parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
+    parser.add_argument("--memory-child", nargs=3, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.memory_child:
+        peak_memory_child(args.memory_child[0], args.memory_child[1], int(args.memory_child[2]))
+        return
+
+    print(f"# stats_overhead: torch {torch.__version__}, {torch.get_num_threads()} threads, "
+          f"{platform.processor() or platform.machine()}, batch 128, {args.rounds} rounds\n")
+    print("Step time / plain step time (median of interleaved rounds); peak memory / plain.\n")
+    header = "| variant | " + " | ".join(f"{m} time" for m in args.models)
+    if not args.no_memory:
+        header += " | " + " | ".join(f"{m} memory" for m in args.models)
+    print(header + " |")
+    print("|" + "---|" * (1 + len(args.models) * (1 if args.no_memory else 2)))
+    timing = {m: time_model(m, args.rounds, args.warmup) for m in args.models}
+    memory = {}
+    if not args.no_memory:
+        memory = {m: {v: peak_memory(m, v) for v in VARIANTS} for m in args.models}
+    for variant in VARIANTS:
+        cells = [f"{timing[m][variant] / timing[m]['plain']:.2f}x" for m in args.models]
+        if memory:
+            cells += [f"{memory[m][variant] / memory[m]['plain']:.2f}x" for m in args.models]
+        print(f"| {variant} | " + " | ".join(cells) + " |")
+    print("\nplain step: " + ", ".join(f"{m} {timing[m]['plain'] * 1e3:.2f} ms" for m in args.models))
+    if memory:
+        print("plain peak memory growth: " + ", ".join(f"{m} {memory[m]['plain'] / 2**20:.1f} MiB" for m in args.models))
+
+
+if __name__ == "__main__":
+    main()

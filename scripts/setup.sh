@@ -1,0 +1,7 @@
+#!/usr/bin/env bash
+# Fresh machine (Python 3.11, pip, root): the pinned CPU torch, the package, the offline data sets.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+python3 -m pip install --quiet torch==2.13.0          # pinned first: nothing may pull a CUDA build
+python3 -m pip install --quiet -e ".[data]"
+bash scripts/install-datasets.sh
