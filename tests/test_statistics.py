@@ -289,3 +289,39 @@ def test_include_exclude_filters():
         GradientStats(model, include=["nothing*"])
     with pytest.raises(TypeError, match="list of glob patterns"):
         GradientStats(model, include="0")
+
+
+def _distributed_worker(rank, world, port, x, y, state, result):
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    torch.set_default_dtype(torch.float64)
+    model = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 2))
+    model.load_state_dict(state)
+    stats = GradientStats(model)
+    part = slice(rank * 3, rank * 3 + 3 + rank)  # ranks see 3 and 4 samples
+    F.cross_entropy(model(x[part]), y[part], reduction="sum").backward()
+    stats.all_reduce()
+    result[rank] = {n: (m.sum.clone(), m.sum_sq.clone(), m.count) for n, m in stats.moments().items()}
+    dist.destroy_process_group()
+
+
+def test_all_reduce_gives_the_global_batch_statistics():
+    """Two gloo processes with 3 and 4 samples see the moments of the 7-sample batch."""
+    import socket
+
+    import torch.multiprocessing as mp
+
+    torch.manual_seed(12)
+    model = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 2))
+    x, y = torch.randn(7, 3), torch.randint(0, 2, (7,))
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with mp.Manager() as manager:
+        result = manager.dict()
+        mp.spawn(_distributed_worker, args=(2, port, x, y, model.state_dict(), result), nprocs=2)
+        per_rank = dict(result)
+    oracle = naive_moments(model, x, y)
+    for rank in (0, 1):
+        assert_matches(per_rank[rank], oracle, 7)
