@@ -1,22 +1,25 @@
 """Mask arithmetic: exact k-smallest selection by magnitude, scopes, and the four SNR/magnitude combinations.
 
-Masks are keep-masks: a bool tensor of the weight's shape, True = keep. Selection is exact and
-deterministic: the k smallest values are pruned, ties at the threshold broken towards the lower flat
-index (in global scope: the layer order, then the flat index).
+Keep-masks are 1 = keep, 0 = prune. On the hot path they are floating-point tensors of the weights'
+dtype: on CPU, comparisons that write floats and float sums run several times faster than their
+bool counterparts, and applying a mask is then one multiplication. The public ``Pruning.masks``
+view is bool. Selection is exact and deterministic: the k smallest values are pruned, ties at the
+threshold broken towards the lower flat index (in global scope: the layer order, then the index).
 """
 
 from __future__ import annotations
 
-import math
-
+import numpy as np
 import torch
 from torch import Tensor
 
 COMBINE_MODES = ("agree", "either", "snr", "magnitude")
 SCOPES = ("layer", "global")
 
-# Below this size a plain kthvalue is as fast as the bracketing below.
-_SAMPLE_SIZE = 4096
+
+def count(mask: Tensor) -> int:
+    """Number of ones in a 0/1 float mask (a float32 sum is exact below 2**24 entries, and faster)."""
+    return round(float(mask.sum(dtype=torch.float64 if mask.numel() >= 1 << 24 else None)))
 
 
 def check_choice(value: str, valid: tuple[str, ...], what: str) -> str:
@@ -26,65 +29,60 @@ def check_choice(value: str, valid: tuple[str, ...], what: str) -> str:
 
 
 def kth_smallest(values: Tensor, k: int) -> Tensor:
-    """The exact k-th smallest entry (1-based) of a 1-D tensor, faster than ``torch.kthvalue`` on big ones.
+    """The exact k-th smallest entry (1-based) of a 1-D tensor.
 
-    A strided sample, sorted, brackets the k-th value; one counting pass checks the bracket, and the
-    exact value is selected among the few entries inside it. A bracket that misses falls back to
-    ``torch.kthvalue`` on everything, so the answer never depends on the sample.
+    On CPU numpy's introselect (``np.partition``) is about ten times faster than ``torch.kthvalue``
+    (e.g. ~0.25 ms against ~2-3 ms on 235,200 magnitudes, 2 cores), which matters for a mask update
+    on every step; other devices use ``torch.kthvalue``.
     """
     n = values.numel()
     if not 1 <= k <= n:
         raise ValueError(f"k={k} is outside [1, {n}]")
-    if n <= 4 * _SAMPLE_SIZE:
-        return torch.kthvalue(values, k).values
-    sample = values[:: n // _SAMPLE_SIZE].sort().values
-    m = sample.numel()
-    q = k / n
-    margin = 4.0 * math.sqrt(q * (1.0 - q) / m) + 2.0 / m
-    lo, hi = int((q - margin) * m), math.ceil((q + margin) * m)
-    below = 0
-    inside = torch.ones_like(values, dtype=torch.bool)
-    if lo >= 0:
-        not_below = values >= sample[lo]
-        below = n - int(not_below.sum())
-        inside = not_below
-    if hi < m:
-        inside = inside & (values < sample[hi])
-    candidates = values[inside]
-    rank = k - below
-    if 1 <= rank <= candidates.numel():
-        return torch.kthvalue(candidates, rank).values
+    if values.device.type == "cpu" and values.dtype in (torch.float32, torch.float64, torch.float16):
+        array = values.detach().numpy()
+        return torch.as_tensor(np.partition(array, k - 1)[k - 1])
     return torch.kthvalue(values, k).values
+
+
+def keep_largest(values: Tensor, n_prune: int, out: Tensor | None = None) -> Tensor:
+    """Float keep-mask (same shape) pruning exactly the ``n_prune`` smallest entries.
+
+    Ties at the threshold are pruned from the lowest flat index on. ``out`` may be a float tensor
+    of the same shape to write into.
+    """
+    flat = values.reshape(-1)
+    n = flat.numel()
+    if out is None:
+        out = torch.empty(values.shape, dtype=values.dtype if values.is_floating_point() else torch.float32, device=values.device)
+    if n_prune <= 0:
+        return out.fill_(1.0)
+    if n_prune >= n:
+        return out.fill_(0.0)
+    threshold = kth_smallest(flat, n_prune)  # itself pruned
+    keep = torch.gt(values, threshold, out=out)
+    excess = n - count(keep) - n_prune  # ties pruned beyond n_prune
+    if excess > 0:  # keep the last `excess` entries equal to the threshold
+        ties = (flat == threshold).nonzero().squeeze(1)
+        keep.view(-1)[ties[ties.numel() - excess :]] = 1.0
+    return keep
 
 
 def smallest_k_mask(values: Tensor, k: int) -> Tensor:
     """Bool mask (same shape) of exactly the k smallest entries, ties broken towards lower flat index."""
-    flat = values.reshape(-1)
-    n = flat.numel()
-    if k <= 0:
-        return torch.zeros_like(values, dtype=torch.bool)
-    if k >= n:
-        return torch.ones_like(values, dtype=torch.bool)
-    threshold = kth_smallest(flat, k)
-    mask = flat < threshold
-    missing = k - int(mask.sum())
-    if missing > 0:  # ties at the threshold: take the first `missing` of them
-        ties = flat == threshold
-        mask |= ties & (ties.cumsum(0) <= missing)
-    return mask.view_as(values)
+    return keep_largest(values, k) == 0
 
 
 def magnitude_keep_masks(weights: dict[str, Tensor], n_prune: dict[str, int] | int, scope: str) -> dict[str, Tensor]:
-    """Keep-masks that prune the smallest |w|: per layer (``n_prune`` per name) or over all layers (an int)."""
+    """Float keep-masks pruning the smallest |w|: per layer (``n_prune`` per name) or over all layers (an int)."""
     check_choice(scope, SCOPES, "scope")
     if scope == "layer":
         if isinstance(n_prune, int):
             raise TypeError("layer scope needs a prune count per layer")
-        return {name: ~smallest_k_mask(w.abs(), n_prune[name]) for name, w in weights.items()}
+        return {name: keep_largest(w.detach().abs(), n_prune[name]) for name, w in weights.items()}
     if not isinstance(n_prune, int):
         n_prune = sum(n_prune.values())
     flat = torch.cat([w.detach().abs().reshape(-1) for w in weights.values()])
-    keep = ~smallest_k_mask(flat, n_prune)
+    keep = keep_largest(flat, n_prune)
     out, start = {}, 0
     for name, w in weights.items():
         out[name] = keep[start : start + w.numel()].view_as(w)
@@ -93,11 +91,14 @@ def magnitude_keep_masks(weights: dict[str, Tensor], n_prune: dict[str, int] | i
 
 
 def combine(keep_snr: Tensor, keep_mag: Tensor, mode: str) -> Tensor:
-    """SPEC section 3: ``agree`` prunes only where both criteria say prune; ``either`` where one does."""
+    """SPEC section 3: ``agree`` prunes only where both criteria say prune; ``either`` where one does.
+
+    Works on bool masks and on float 0/1 masks alike.
+    """
     if mode == "agree":
-        return keep_snr | keep_mag
+        return keep_snr | keep_mag if keep_snr.dtype == torch.bool else torch.maximum(keep_snr, keep_mag)
     if mode == "either":
-        return keep_snr & keep_mag
+        return keep_snr & keep_mag if keep_snr.dtype == torch.bool else torch.minimum(keep_snr, keep_mag)
     if mode == "snr":
         return keep_snr.clone()
     if mode == "magnitude":
@@ -106,7 +107,7 @@ def combine(keep_snr: Tensor, keep_mag: Tensor, mode: str) -> Tensor:
 
 
 def sparsity(masks: dict[str, Tensor]) -> float:
-    """Fraction of pruned entries over all masks."""
+    """Fraction of pruned entries over all masks (bool or float 0/1)."""
     total = sum(m.numel() for m in masks.values())
-    kept = sum(int(m.sum()) for m in masks.values())
+    kept = sum(count(m.float()) for m in masks.values())
     return 1.0 - kept / total if total else 0.0

@@ -30,7 +30,7 @@ import torch
 from torch import Tensor, nn
 
 from .layers import NameFilter, find_prunable_layers
-from .masks import COMBINE_MODES, SCOPES, check_choice, combine, magnitude_keep_masks
+from .masks import COMBINE_MODES, SCOPES, check_choice, combine, count, magnitude_keep_masks
 from .schedules import polynomial_sparsity
 from .statistics import GradientStats
 
@@ -90,7 +90,8 @@ class Pruning:
             self.dense = {name: w.detach().clone() for name, w in self.weights.items()}
         else:
             self.dense = {name: w.detach() for name, w in self.weights.items()}
-        self.masks: dict[str, Tensor] = {name: torch.ones_like(w, dtype=torch.bool) for name, w in self.weights.items()}
+        # keep-masks as 0/1 in the weights' dtype: cheap to compute and to apply (see masks.py)
+        self.keep: dict[str, Tensor] = {name: torch.ones_like(w.detach()) for name, w in self.weights.items()}
         self.step_count = 0
         self.regrown = 0
         self.last_flips = {"pruned": 0, "regrown": 0}
@@ -109,7 +110,8 @@ class Pruning:
         return False
 
     def compute_masks(self) -> dict[str, Tensor]:
-        return self.masks
+        """New keep-masks, bool or 0/1 floats, by parameter name."""
+        return self.keep
 
     # -- the optimizer integration ---------------------------------------------------------------
     def wrap(self, optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer:
@@ -163,20 +165,26 @@ class Pruning:
             self.stats.enabled = self.stats_due(self.step_count)
 
     def _set_masks(self, masks: dict[str, Tensor]) -> None:
-        pruned = regrown = 0
+        changed = net = 0
         for name, new in masks.items():
-            old = self.masks[name]
-            regrown += int((new & ~old).sum())
-            pruned += int((old & ~new).sum())
-            self.masks[name] = new
-        self.last_flips = {"pruned": pruned, "regrown": regrown}
+            new = new.to(self.keep[name].dtype)
+            net += count(new) - count(self.keep[name])  # regrown - pruned
+            changed += count(new.sub(self.keep[name]).abs_())  # regrown + pruned
+            self.keep[name] = new
+        regrown = (changed + net) // 2
+        self.last_flips = {"pruned": changed - regrown, "regrown": regrown}
         self.regrown += regrown
+
+    @property
+    def masks(self) -> dict[str, Tensor]:
+        """Bool keep-masks by parameter name (True = keep)."""
+        return {name: keep.bool() for name, keep in self.keep.items()}
 
     @torch.no_grad()
     def apply_masks(self) -> None:
         """Writes theta_hat = mask * theta into the model."""
         for name, w in self.weights.items():
-            torch.mul(self.dense[name], self.masks[name], out=w.data)
+            torch.mul(self.dense[name], self.keep[name], out=w.data)
 
     @contextlib.contextmanager
     def dense_weights(self) -> Iterator[None]:
@@ -210,7 +218,7 @@ class Pruning:
             "method": self.method,
             "step": self.step_count,
             "dense": {name: t.clone() for name, t in self.dense.items()},
-            "masks": {name: m.clone() for name, m in self.masks.items()},
+            "masks": self.masks,
             "regrown": self.regrown,
             "last_flips": dict(self.last_flips),
             "stats_enabled": self.stats is not None and self.stats.enabled,
@@ -237,7 +245,7 @@ class Pruning:
                     self.dense[name].copy_(state["dense"][name])
                 else:
                     w.copy_(state["dense"][name])
-                self.masks[name] = state["masks"][name].to(device=w.device, dtype=torch.bool).clone()
+                self.keep[name] = state["masks"][name].to(device=w.device, dtype=w.dtype).clone()
         if self.prunes:
             self.apply_masks()
         if self.stats is not None:
@@ -353,12 +361,12 @@ class SNRPruning(Pruning):
 
     def compute_masks(self) -> dict[str, Tensor]:
         if len(self.snr_ema) < len(self.weights):
-            return self.masks  # no statistics for some layer yet: nothing is known to be unreliable
+            return self.keep  # no statistics for some layer yet: nothing is known to be unreliable
         cut = self.threshold * (1.0 + SNR_ROUNDOFF)
-        keep_snr = {name: avg > cut for name, avg in self.snr_ema.items()}
+        keep_snr = {name: torch.gt(avg, cut, out=torch.empty_like(self.dense[name])) for name, avg in self.snr_ema.items()}
         if self.combine == "snr":
             return keep_snr
-        n_prune = {name: k.numel() - int(k.sum()) for name, k in keep_snr.items()}
+        n_prune = {name: k.numel() - count(k) for name, k in keep_snr.items()}
         keep_mag = magnitude_keep_masks(self.dense, n_prune, self.scope)
         return {name: combine(keep_snr[name], keep_mag[name], self.combine) for name in self.weights}
 
