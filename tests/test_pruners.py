@@ -349,6 +349,7 @@ def test_no_pruning_is_plain_training():
     for a, b in zip(model_a.parameters(), model_b.parameters()):
         assert torch.equal(a, b)
     assert pruning.sparsity() == 0.0 and pruning.regrown == 0 and pruning.snr_quantiles() == {}
+    assert pruning.step_count == 6
 
 
 def test_registry_and_bad_input():

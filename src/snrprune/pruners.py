@@ -130,11 +130,10 @@ class Pruning:
                 "build the optimizer from model.parameters() of the pruned model"
             )
         self.unwrap()
-        if self.prunes:
-            self._hooks = [
-                optimizer.register_step_pre_hook(lambda opt, args, kwargs: self.before_step()),
-                optimizer.register_step_post_hook(lambda opt, args, kwargs: self.after_step()),
-            ]
+        self._hooks = [
+            optimizer.register_step_pre_hook(lambda opt, args, kwargs: self.before_step()),
+            optimizer.register_step_post_hook(lambda opt, args, kwargs: self.after_step()),
+        ]
         return optimizer
 
     def unwrap(self) -> None:
@@ -145,6 +144,8 @@ class Pruning:
     @torch.no_grad()
     def before_step(self) -> None:
         """After backward, before the update: read the statistics, put the dense weights back."""
+        if not self.prunes:
+            return
         if self.stats is not None and self.stats.enabled:
             if self.stats.count:
                 self.observe(self.stats.snr(out=self._snr_buffers))
@@ -155,6 +156,9 @@ class Pruning:
     @torch.no_grad()
     def after_step(self) -> None:
         """After the update: keep the new dense weights, maybe update the masks, prune the model."""
+        if not self.prunes:
+            self.step_count += 1
+            return
         for name, w in self.weights.items():
             self.dense[name].copy_(w)
         self.step_count += 1
@@ -258,7 +262,7 @@ class Pruning:
 
 @register_method("dense")
 class NoPruning(Pruning):
-    """The dense baseline through the same interface: never prunes, adds no work to a step."""
+    """The dense baseline through the same interface: never prunes; a step only counts itself."""
 
     prunes = False
 
@@ -372,8 +376,10 @@ class SNRPruning(Pruning):
 
     def snr_quantiles(self, quantiles: tuple[float, ...] = (0.1, 0.5, 0.9)) -> dict[str, dict[str, float]]:
         out = {}
-        for name, avg in self.snr_ema.items():
-            flat = avg.reshape(-1).float()
+        for name in self.weights:  # model order
+            if name not in self.snr_ema:
+                continue
+            flat = self.snr_ema[name].reshape(-1).float()
             if flat.numel() > (1 << 24):  # torch.quantile's size limit: use an even subsample
                 flat = flat[:: flat.numel() // (1 << 23) + 1]
             values = torch.quantile(flat, torch.tensor(quantiles, dtype=flat.dtype, device=flat.device))

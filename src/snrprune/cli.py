@@ -1,0 +1,293 @@
+"""The ``snrprune`` command: ``snrprune train`` runs one experiment, ``snrprune export`` compresses its result.
+
+Every mistake a user can make on the command line is reported before any work starts, argparse
+style (usage line, message, exit status 2). Problems found while running (missing data files, a
+diverging loss, a corrupt checkpoint) end with a one-line message and exit status 1, no traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import json
+import math
+import re
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from . import __version__
+from .checkpoint import CheckpointError
+from .data import DatasetNotFoundError, dataset_names
+from .masks import COMBINE_MODES, SCOPES
+from .models import model_names
+from .pruners import PRUNING_METHODS
+from .reporting import format_table
+from .training import (
+    CONFIG,
+    OPTIMIZERS,
+    SCHEDULES,
+    SUMMARY,
+    RunFinishedError,
+    TrainConfig,
+    TrainingError,
+    check_output_dir,
+    train,
+)
+
+# Options that only make sense for one pruning method (flag -> method).
+_SNR_ONLY = ("combine", "ema", "threshold", "burn_in_epochs", "stats_every")
+_DPF_ONLY = ("target_sparsity", "end_fraction")
+# TrainConfig fields set by `snrprune train` options (everything a --resume must not change).
+_CONFIG_OPTIONS = (
+    "dataset", "model", "method", "model_options", "data_dir", "target", "data_seed", "seed", "device",
+    "epochs", "batch_size", "optimizer", "lr", "momentum", "nesterov", "weight_decay", "schedule",
+    "target_sparsity", "scope", "update_every", "combine", "ema", "threshold", "burn_in_epochs",
+    "stats_every", "end_fraction", "include_layers", "exclude_layers", "curve_every",
+)
+
+
+# -- argument types: each rejects a bad value with a message that names the valid ones ------------
+
+
+def _dataset(value: str) -> str:
+    if value.strip().lower().replace("_", "-") in dataset_names() or value.strip().lower().startswith("csv:"):
+        return value
+    raise argparse.ArgumentTypeError(f"unknown dataset {value!r}; valid names: {', '.join(dataset_names())}, csv:PATH")
+
+
+def _positive_int(value: str) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value!r}") from None
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
+    return number
+
+
+def _float_in(low: float, high: float | None, high_open: bool = True, low_open: bool = False):
+    def parse(value: str) -> float:
+        try:
+            number = float(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {value!r}") from None
+        ok = math.isfinite(number) and (number > low if low_open else number >= low)
+        if high is not None:
+            ok = ok and (number < high if high_open else number <= high)
+        if not ok:
+            left = "(" if low_open else "["
+            right = "inf)" if high is None else (f"{high:g})" if high_open else f"{high:g}]")
+            raise argparse.ArgumentTypeError(f"must be in {left}{low:g}, {right}, got {value}")
+        return number
+
+    return parse
+
+
+def _model_option(value: str) -> tuple[str, Any]:
+    """``key=value``; the value is a Python literal if it parses as one (64, 0.1, 64,64, [32]), else a string."""
+    key, sep, raw = value.partition("=")
+    if not sep or not key.strip():
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE (e.g. widths=128,128), got {value!r}")
+    try:
+        parsed: Any = ast.literal_eval(raw)
+    except (ValueError, SyntaxError):
+        parsed = raw
+    if isinstance(parsed, tuple):
+        parsed = list(parsed)
+    return key.strip(), parsed
+
+
+def _device(value: str) -> str:
+    if value == "cpu" or re.fullmatch(r"cuda(:\d+)?", value):
+        return value
+    raise argparse.ArgumentTypeError(f"unknown device {value!r}; valid: cpu, cuda, cuda:N")
+
+
+# -- the parser ---------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="snrprune", description="Dynamic pruning during training, guided by per-weight gradient SNR.")
+    parser.add_argument("--version", action="version", version=f"snrprune {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    t = commands.add_parser(
+        "train",
+        help="train a model with dense, DPF or SNR pruning",
+        description="Train a model while pruning it. Without options: LeNet-300-100 on MNIST with SNR pruning. "
+        "Optimisation options left out come from the model family's recipe (see snrprune.training.RECIPES).",
+    )
+    what = t.add_argument_group("what to train")
+    what.add_argument("--dataset", type=_dataset, help=f"{', '.join(dataset_names())}, or csv:PATH (default mnist)")
+    what.add_argument("--target", metavar="COLUMN", help="label column of a csv:PATH data set (default: the last)")
+    what.add_argument("--data-dir", metavar="DIR", help="folder with the data files (see snrprune.data)")
+    what.add_argument("--model", choices=model_names(), metavar="MODEL", help=f"{', '.join(model_names())} (default lenet300)")
+    what.add_argument("--model-option", dest="model_options", action="append", type=_model_option, metavar="KEY=VALUE", help="model option, repeatable (e.g. widths=128,128)")
+
+    how = t.add_argument_group("pruning")
+    how.add_argument("--method", choices=sorted(PRUNING_METHODS), help="default snr")
+    how.add_argument("--target-sparsity", type=_float_in(0.0, 1.0), metavar="S", help="dpf: final sparsity in [0, 1) (required)")
+    how.add_argument("--end-fraction", metavar="F", type=_float_in(0.0, 1.0, high_open=False, low_open=True), help="dpf: reach the target at this fraction of training (default 0.75)")
+    how.add_argument("--combine", choices=COMBINE_MODES, help="snr: how SNR and magnitude masks combine (default agree)")
+    how.add_argument("--scope", choices=SCOPES, help="per-layer or global masks (default: layer for snr, global for dpf)")
+    how.add_argument("--ema", metavar="BETA", type=_float_in(0.0, 1.0), help="snr: moving-average factor of the SNR (default 0.9)")
+    how.add_argument("--threshold", metavar="T", type=_float_in(0.0, None), help="snr: SNR below which a weight may be pruned (default 1)")
+    how.add_argument("--burn-in-epochs", metavar="E", type=_float_in(0.0, None), help="snr: epochs before the first mask update (default 1)")
+    how.add_argument("--stats-every", type=_positive_int, metavar="K", help="snr: collect gradient statistics every K steps (default 1)")
+    how.add_argument("--update-every", type=_positive_int, metavar="K", help="recompute masks every K steps (default: 1 for snr, 16 for dpf)")
+    how.add_argument("--include-layers", action="append", metavar="PATTERN", help="prune only modules matching this glob, repeatable")
+    how.add_argument("--exclude-layers", action="append", metavar="PATTERN", help="never prune modules matching this glob, repeatable")
+
+    opt = t.add_argument_group("optimisation (defaults: the model family's recipe)")
+    opt.add_argument("--epochs", type=_positive_int, metavar="N")
+    opt.add_argument("--batch-size", type=_positive_int, metavar="B")
+    opt.add_argument("--optimizer", choices=OPTIMIZERS)
+    opt.add_argument("--lr", metavar="LR", type=_float_in(0.0, None, low_open=True))
+    opt.add_argument("--momentum", metavar="M", type=_float_in(0.0, 1.0), help="SGD momentum")
+    opt.add_argument("--nesterov", action=argparse.BooleanOptionalAction, help="SGD Nesterov momentum")
+    opt.add_argument("--weight-decay", metavar="WD", type=_float_in(0.0, None))
+    opt.add_argument("--schedule", choices=SCHEDULES, help="learning-rate schedule, stepped every step")
+    opt.add_argument("--seed", metavar="N", type=int, help="initialisation, data order, augmentation (default 0)")
+    opt.add_argument("--data-seed", metavar="N", type=int, help="train/test split of data sets split here (default 0)")
+    opt.add_argument("--device", type=_device, metavar="{cpu,cuda}", help="cpu or cuda (default cpu)")
+
+    run = t.add_argument_group("the run folder")
+    run.add_argument("--out", metavar="DIR", help="output folder (default runs/<dataset>-<model>-<method>-<time>)")
+    run.add_argument("--overwrite", action="store_true", help="replace the run files in an existing --out")
+    run.add_argument("--resume", metavar="DIR", help="continue the interrupted run in DIR (no other options)")
+    run.add_argument("--stop-after-epochs", type=_positive_int, metavar="N", help="stop after N epochs of this call (continue with --resume)")
+    run.add_argument("--curve-every", type=_positive_int, metavar="K", help="log the sparsity curve every K steps (default ~100 points per epoch)")
+    run.add_argument("--quiet", action="store_true", help="no progress bars")
+    t.set_defaults(handler=_train_command, parser=t)
+
+    e = commands.add_parser("export", help="write a finished run's pruned model in compressed form")
+    e.add_argument("run_dir", metavar="DIR", help="a finished run folder (with model.pt)")
+    e.add_argument("--format", choices=["sparse"], default="sparse", help="sparse: bitmask of the nonzeros + their values")
+    e.add_argument("--output", metavar="PATH", help="where to write (default DIR/model_sparse.pt)")
+    e.set_defaults(handler=_export_command, parser=e)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    return args.handler(args, args.parser)
+
+
+def _fail(message: str, status: int = 1) -> int:
+    print(f"snrprune: error: {message}", file=sys.stderr)
+    return status
+
+
+# -- snrprune train -----------------------------------------------------------------------------
+
+
+def _train_command(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    given = {name: getattr(args, name) for name in _CONFIG_OPTIONS if getattr(args, name) is not None}
+    if "model_options" in given:
+        given["model_options"] = dict(given["model_options"])
+
+    if args.resume is not None:
+        if given or args.out is not None or args.overwrite:
+            flags = sorted("--" + name.replace("_", "-") for name in given) + (["--out"] if args.out else []) + (["--overwrite"] if args.overwrite else [])
+            parser.error(f"--resume continues a run with the configuration saved in it; drop {', '.join(flags)}")
+        out = Path(args.resume)
+        if not (out / CONFIG).is_file() and not (out / "checkpoint.pt").is_file():
+            parser.error(f"--resume {out}: not a snrprune run folder (no {CONFIG} or checkpoint.pt)")
+        config = None
+    else:
+        config = _config_from_args(given, parser)
+        out = Path(args.out) if args.out is not None else _default_out(config)
+        try:
+            check_output_dir(out, args.overwrite)
+        except TrainingError as exc:
+            parser.error(str(exc))
+
+    progress = not args.quiet
+    print(f"{'resuming' if args.resume else 'output'}: {out}", flush=True)
+    try:
+        summary = train(config, out, resume=args.resume is not None, overwrite=args.overwrite, progress=progress, stop_after_epochs=args.stop_after_epochs)
+    except RunFinishedError as exc:
+        print(exc)
+        _print_table(out / SUMMARY)
+        return 0
+    except DatasetNotFoundError as exc:
+        return _fail(str(exc))
+    except (TrainingError, CheckpointError) as exc:
+        return _fail(str(exc))
+    except ValueError as exc:  # e.g. a model option the model rejects, a malformed CSV
+        return _fail(str(exc), status=2)
+    except KeyboardInterrupt:
+        print(file=sys.stderr)
+        return _fail(f"interrupted; continue from the last finished epoch with: snrprune train --resume {out}", status=130)
+
+    if not summary["finished"]:
+        print(f"stopped after epoch {summary['epoch']} of {summary['epochs']}; continue with: snrprune train --resume {out}")
+        return 0
+    print()
+    print(format_table(summary))
+    print(f"\nresults in {out}/ (summary.json, metrics.jsonl, model.pt, sparsity.png, layers.png)")
+    return 0
+
+
+def _config_from_args(given: dict[str, Any], parser: argparse.ArgumentParser) -> TrainConfig:
+    """The run's configuration; combinations that cannot work are reported with the flags' names."""
+    method = given.get("method", TrainConfig.method)
+    if method == "dpf" and "target_sparsity" not in given:
+        parser.error("--method dpf needs --target-sparsity S (the final sparsity, e.g. 0.9)")
+    for name in _SNR_ONLY if method != "snr" else ():
+        if name in given:
+            parser.error(f"--{name.replace('_', '-')} only applies to --method snr (this run uses --method {method})")
+    for name in _DPF_ONLY if method != "dpf" else ():
+        if name in given:
+            parser.error(f"--{name.replace('_', '-')} only applies to --method dpf (this run uses --method {method})")
+    if method == "snr" and given.get("batch_size") == 1:
+        parser.error("--batch-size 1 does not work with --method snr: the gradient SNR needs the variance over at least 2 samples")
+    if "target" in given and not given.get("dataset", "").lower().startswith("csv:"):
+        parser.error("--target COLUMN only applies to --dataset csv:PATH")
+    try:
+        return TrainConfig(**given).resolved()
+    except ValueError as exc:
+        parser.error(str(exc))
+        raise  # unreachable: parser.error exits
+
+
+def _default_out(config: TrainConfig) -> Path:
+    dataset = config.dataset
+    if dataset.lower().startswith("csv:"):
+        dataset = "csv-" + Path(dataset[4:]).stem
+    name = re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{dataset}-{config.model}-{config.method}-{time.strftime('%Y%m%d-%H%M%S')}")
+    return Path("runs") / name
+
+
+def _print_table(summary_path: Path) -> None:
+    if summary_path.is_file():
+        print()
+        print(format_table(json.loads(summary_path.read_text())))
+
+
+# -- snrprune export ----------------------------------------------------------------------------
+
+
+def _export_command(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    from .export import export_sparse
+
+    run_dir = Path(args.run_dir)
+    if not run_dir.is_dir():
+        parser.error(f"{run_dir} is not a folder")
+    try:
+        info = export_sparse(run_dir, args.output)
+    except (FileNotFoundError, ValueError, RuntimeError) as exc:
+        return _fail(str(exc))
+    print(f"wrote {info['path']} ({len(info['compressed_tensors'])} tensors as bitmask + values)")
+    print(f"dense:      {info['dense_bytes']:>12,} bytes of tensor data  (model.pt file: {info['dense_file_bytes']:,} bytes)")
+    print(f"compressed: {info['sparse_bytes']:>12,} bytes of tensor data  ({Path(info['path']).name} file: {info['sparse_file_bytes']:,} bytes)")
+    print(f"ratio:      {info['ratio']:>12.2f}x")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

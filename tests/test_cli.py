@@ -1,0 +1,146 @@
+"""Tests for the command line: argparse errors before any work, runs, resume, export, fault messages."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from snrprune.cli import main
+
+TINY = ["--dataset", "digits", "--model", "mlp", "--model-option", "widths=[16]", "--batch-size", "64", "--lr", "0.01", "--quiet"]
+
+
+def usage_error(argv, capsys) -> str:
+    """Runs ``snrprune argv``, expects argparse's exit status 2, returns stderr."""
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "usage: snrprune" in err and "Traceback" not in err
+    return err
+
+
+@pytest.mark.parametrize(
+    "argv, expected",
+    [
+        (["--dataset", "imagenet"], ["unknown dataset 'imagenet'", "digits", "mnist", "csv:PATH"]),
+        (["--model", "gpt2"], ["invalid choice", "lenet300", "resnet20", "wrn28-2"]),
+        (["--method", "lottery"], ["invalid choice", "dense", "dpf", "snr"]),
+        (["--epochs", "-3"], ["--epochs", "must be a positive integer"]),
+        (["--epochs", "0"], ["--epochs", "must be a positive integer"]),
+        (["--method", "dpf", "--target-sparsity", "1.0"], ["--target-sparsity", "must be in [0, 1)"]),
+        (["--method", "dpf", "--target-sparsity", "-0.1"], ["--target-sparsity", "must be in [0, 1)"]),
+        (["--method", "dpf"], ["--method dpf needs --target-sparsity"]),
+        (["--batch-size", "1"], ["--batch-size 1", "--method snr", "at least 2 samples"]),
+        (["--method", "dense", "--combine", "either"], ["--combine only applies to --method snr"]),
+        (["--target-sparsity", "0.5"], ["--target-sparsity only applies to --method dpf"]),
+        (["--lr", "0"], ["--lr", "must be in (0, inf)"]),
+        (["--combine", "maybe"], ["invalid choice", "agree", "either", "magnitude"]),
+        (["--device", "tpu"], ["unknown device 'tpu'", "cpu, cuda"]),
+        (["--model-option", "widths"], ["expected KEY=VALUE"]),
+        (["--target", "label"], ["--target COLUMN only applies to --dataset csv:PATH"]),
+        (["--optimizer", "adam", "--nesterov"], ["nesterov needs optimizer 'sgd'"]),
+        (["--resume", "somewhere", "--epochs", "3"], ["--resume continues a run", "--epochs"]),
+    ],
+)
+def test_bad_arguments_exit_2_before_any_work(argv, expected, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    err = usage_error(["train", *argv], capsys)
+    for text in expected:
+        assert text in err
+    assert list(tmp_path.iterdir()) == []  # no run folder was created
+
+
+def test_cuda_without_gpu(capsys, monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    err = usage_error(["train", *TINY, "--device", "cuda"], capsys)
+    assert "CUDA is not available" in err and "--device cpu" in err
+
+
+def test_no_subcommand(capsys):
+    usage_error([], capsys)
+
+
+def test_train_resume_and_export(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["train", *TINY, "--epochs", "3", "--out", str(out), "--stop-after-epochs", "2"]) == 0
+    printed = capsys.readouterr().out
+    assert "stopped after epoch 2 of 3" in printed and f"--resume {out}" in printed
+
+    assert main(["train", "--resume", str(out), "--quiet"]) == 0
+    printed = capsys.readouterr().out
+    assert "test accuracy" in printed and "sparsity (prunable)" in printed and "weights regrown" in printed
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["epochs"] == 3 and summary["dataset"] == "digits" and summary["method"] == "snr"
+    assert len((out / "metrics.jsonl").read_text().splitlines()) == 3
+
+    assert main(["train", "--resume", str(out)]) == 0
+    assert "already finished" in capsys.readouterr().out
+
+    assert main(["export", str(out), "--format", "sparse"]) == 0
+    assert "ratio:" in capsys.readouterr().out and (out / "model_sparse.pt").is_file()
+
+
+def test_existing_out_dir_is_refused_unless_overwrite(tmp_path, capsys):
+    (tmp_path / "keep.txt").write_text("x")
+    err = usage_error(["train", *TINY, "--epochs", "1", "--out", str(tmp_path)], capsys)
+    assert "not empty" in err and "--overwrite" in err and "--resume" in err
+    assert main(["train", *TINY, "--epochs", "1", "--out", str(tmp_path), "--overwrite"]) == 0
+    assert (tmp_path / "summary.json").is_file() and (tmp_path / "keep.txt").is_file()
+
+
+def test_default_out_dir(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert main(["train", *TINY, "--epochs", "1", "--method", "dense"]) == 0
+    (run,) = (tmp_path / "runs").iterdir()
+    assert run.name.startswith("digits-mlp-dense-")
+    assert f"output: runs/{run.name}" in capsys.readouterr().out
+    for name in ("config.json", "metrics.jsonl", "summary.json", "model.pt", "checkpoint.pt", "sparsity.png", "layers.png"):
+        assert (run / name).is_file()
+
+
+def test_missing_data_is_a_message_not_a_traceback(tmp_path, monkeypatch, capsys):
+    monkeypatch.delenv("SNRPRUNE_CIFAR10_DIR", raising=False)
+    monkeypatch.delenv("SNRPRUNE_DATA_DIR", raising=False)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    code = main(["train", "--dataset", "cifar10", "--model", "resnet20", "--data-dir", str(empty), "--out", str(tmp_path / "run"), "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 1
+    assert "CIFAR-10 not found" in err and "--data-dir" in err and "Traceback" not in err
+    assert not (tmp_path / "run").exists()
+
+
+def test_diverging_run_exits_non_zero(tmp_path, capsys):
+    out = tmp_path / "run"
+    code = main(["train", *TINY, "--optimizer", "sgd", "--lr", "1e6", "--epochs", "2", "--out", str(out)])
+    err = capsys.readouterr().err
+    assert code == 1 and "training diverged" in err and "smaller learning rate" in err and "Traceback" not in err
+
+
+def test_csv_dataset_with_target_column(tmp_path, capsys):
+    rows = ["colour,size,label,weight"]
+    for i in range(200):
+        rows.append(f"{['red', 'blue'][i % 2]},{i % 7},{'yes' if i % 3 else 'no'},{(i * 37) % 11 if i % 10 else ''}")
+    data = tmp_path / "toy.csv"
+    data.write_text("\n".join(rows) + "\n")
+    out = tmp_path / "run"
+    argv = ["train", "--dataset", f"csv:{data}", "--target", "label", "--model", "mlp", "--model-option", "widths=8,8", "--epochs", "2", "--batch-size", "16", "--out", str(out), "--quiet"]
+    assert main(argv) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["num_classes"] == 2 and summary["model"] == "mlp"
+    config = json.loads((out / "config.json").read_text())
+    assert config["target"] == "label" and config["model_options"] == {"widths": [8, 8]}
+    capsys.readouterr()
+
+    err_code = main(["train", "--dataset", f"csv:{data}", "--target", "nope", "--model", "mlp", "--out", str(tmp_path / "r2"), "--quiet"])
+    assert err_code == 2 and "target column 'nope' not found" in capsys.readouterr().err
+
+
+def test_bad_model_option_value(tmp_path, capsys):
+    code = main(["train", *TINY, "--model-option", "depth=3", "--out", str(tmp_path / "run")])
+    assert code == 2 and "unknown option(s) 'depth'" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()

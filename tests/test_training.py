@@ -1,0 +1,264 @@
+"""Tests for the training run: recipes, config, output files, bit-exact resume, divergence handling."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+from snrprune import training
+from snrprune.checkpoint import load_checkpoint
+from snrprune.training import (
+    RECIPES,
+    OutputDirError,
+    RunFinishedError,
+    TrainConfig,
+    TrainingDiverged,
+    lr_factor,
+    recipe_for,
+    train,
+)
+
+METRIC_KEYS = {
+    "epoch", "step", "lr", "train_loss", "train_accuracy", "test_loss", "test_accuracy", "dense_test_accuracy",
+    "sparsity", "layer_sparsity", "regrown", "last_flips", "snr_quantiles", "seconds", "wall_seconds",
+}
+SUMMARY_KEYS = {
+    "test_accuracy", "dense_test_accuracy", "sparsity", "total_sparsity", "layer_sparsity", "params",
+    "nonzero_params", "epochs", "wall_seconds", "method", "dataset", "model", "seed", "regrown",
+}
+TIMING = {"seconds", "wall_seconds"}
+
+
+def tiny(**changes) -> TrainConfig:
+    """A run of about a second: digits (1,438 training images), an MLP with one hidden layer of 32."""
+    values = dict(dataset="digits", model="mlp", method="snr", model_options={"widths": [32]}, epochs=3, batch_size=64, lr=0.01)
+    values.update(changes)
+    return TrainConfig(**values)
+
+
+def read_lines(path):
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def without_timing(records):
+    return [{k: v for k, v in r.items() if k not in TIMING} for r in records]
+
+
+# -- recipes and configuration -------------------------------------------------------------------
+
+
+def test_recipes_per_family():
+    cifar = recipe_for("resnet20")
+    assert (cifar.optimizer, cifar.lr, cifar.momentum, cifar.nesterov, cifar.weight_decay, cifar.schedule) == (
+        "sgd", 0.1, 0.9, True, 5e-4, "cosine",
+    )
+    assert recipe_for("wrn28-2") == recipe_for("vgg16") == cifar
+    lenet = recipe_for("lenet300")
+    assert lenet == recipe_for("lenet5") and lenet.optimizer == "sgd" and 0.05 <= lenet.lr <= 0.1
+    assert lenet.weight_decay == 1e-4 and lenet.schedule == "cosine"
+    assert recipe_for("mlp").optimizer == "adam" and recipe_for("mlp").lr == 1e-3
+    assert set(RECIPES) == {"cifar", "lenet", "conv1d", "mlp"}
+
+
+def test_resolved_fills_recipe_and_method_defaults():
+    c = TrainConfig().resolved()
+    assert (c.dataset, c.model, c.method) == ("mnist", "lenet300", "snr")
+    assert c.optimizer == "sgd" and c.lr == recipe_for("lenet300").lr and c.epochs == recipe_for("lenet300").epochs
+    assert c.scope == "layer" and c.update_every == 1
+    d = TrainConfig(model="resnet20", method="dpf", target_sparsity=0.9, lr=0.05).resolved()
+    assert d.scope == "global" and d.update_every == 16 and d.lr == 0.05 and d.nesterov
+    # switching the optimizer away from the recipe's without an lr takes that optimizer's usual lr
+    a = TrainConfig(model="resnet20", optimizer="adam").resolved()
+    assert a.lr == 1e-3 and a.nesterov is False
+
+
+def test_config_json_round_trip():
+    c = tiny(model_options={"widths": (16, 8)}, exclude_layers=["3"]).resolved()
+    again = TrainConfig.from_dict(json.loads(json.dumps(c.to_dict())))
+    assert again == c and again.model_options == {"widths": [16, 8]}
+    with pytest.raises(ValueError, match="unknown configuration field"):
+        TrainConfig.from_dict({**c.to_dict(), "bogus": 1})
+
+
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        (dict(dataset="nope"), "valid names: .*digits"),
+        (dict(model="nope"), "valid names: .*lenet300"),
+        (dict(method="nope"), "valid names: dense, dpf, snr"),
+        (dict(epochs=-1), "epochs must be a positive integer"),
+        (dict(batch_size=1), "batch_size >= 2"),
+        (dict(method="dpf"), "needs a target sparsity"),
+        (dict(method="dpf", target_sparsity=1.0), r"target_sparsity must be in \[0, 1\)"),
+        (dict(method="snr", target_sparsity=0.5), "only applies to method 'dpf'"),
+        (dict(optimizer="adam", nesterov=True), "nesterov needs optimizer 'sgd'"),
+        (dict(lr=float("nan")), "lr must be a positive number"),
+        (dict(combine="sometimes"), "valid names: agree, either, snr, magnitude"),
+        (dict(device="tpu"), "use 'cpu' or 'cuda'"),
+    ],
+)
+def test_invalid_config(changes, message):
+    with pytest.raises(ValueError, match=message):
+        tiny(**changes).resolved()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_cuda_unavailable_is_a_clear_error():
+    with pytest.raises(ValueError, match="CUDA is not available.*--device cpu"):
+        tiny(device="cuda").resolved()
+
+
+def test_lr_schedules():
+    cosine = lr_factor("cosine", 100)
+    assert cosine(0) == 1.0 and cosine(50) == pytest.approx(0.5) and cosine(100) == pytest.approx(0.0)
+    step = lr_factor("step", 100)
+    assert [step(49), step(50), step(75)] == [1.0, pytest.approx(0.1), pytest.approx(0.01)]
+    assert lr_factor("constant", 100)(99) == 1.0
+
+
+# -- a run and its files -------------------------------------------------------------------------
+
+
+def test_run_writes_all_files(tmp_path):
+    out = tmp_path / "run"
+    summary = train(tiny(), out, progress=False)
+    for name in ("config.json", "metrics.jsonl", "curve.jsonl", "summary.json", "model.pt", "checkpoint.pt", "sparsity.png", "layers.png"):
+        assert (out / name).is_file(), name
+    assert not list(out.glob(".*"))  # no temporary files left behind
+    for png in ("sparsity.png", "layers.png"):
+        assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    config = TrainConfig.from_dict(json.loads((out / "config.json").read_text()))
+    assert config == tiny().resolved()
+
+    metrics = read_lines(out / "metrics.jsonl")
+    assert [m["epoch"] for m in metrics] == [1, 2, 3]
+    steps_per_epoch = 1438 // 64
+    assert [m["step"] for m in metrics] == [steps_per_epoch * e for e in (1, 2, 3)]
+    for m in metrics:
+        assert METRIC_KEYS <= set(m)
+        assert set(m["layer_sparsity"]) == {"1.weight", "3.weight"}
+        assert list(m["snr_quantiles"]) == ["1.weight", "3.weight"]  # model order
+        assert set(m["snr_quantiles"]["1.weight"]) == {"q10", "q50", "q90"}
+        assert 0 <= m["test_accuracy"] <= 1 and math.isfinite(m["train_loss"])
+    assert metrics[0]["sparsity"] == 0.0  # burn-in: one epoch of unpruned steps
+    assert metrics[-1]["sparsity"] > 0
+
+    curve = read_lines(out / "curve.jsonl")
+    assert [p["step"] for p in curve] == list(range(1, 3 * steps_per_epoch + 1))
+    assert curve[-1]["sparsity"] == metrics[-1]["sparsity"]
+
+    on_disk = json.loads((out / "summary.json").read_text())
+    assert SUMMARY_KEYS <= set(on_disk)
+    assert on_disk == json.loads(json.dumps(summary))
+    assert summary["test_accuracy"] == metrics[-1]["test_accuracy"] and summary["test_accuracy"] > 0.8
+    assert summary["params"] == 64 * 32 + 32 + 32 * 10 + 10
+
+    state = torch.load(out / "model.pt", weights_only=True)
+    assert set(state) == {"1.weight", "1.bias", "3.weight", "3.bias"}
+    zeros = sum(int((state[k] == 0).sum()) for k in ("1.weight", "3.weight"))
+    assert zeros / (64 * 32 + 32 * 10) == pytest.approx(summary["sparsity"])
+    assert summary["nonzero_params"] == sum(int((t != 0).sum()) for t in state.values())
+    assert summary["total_sparsity"] == pytest.approx(1 - summary["nonzero_params"] / summary["params"])
+
+    checkpoint = load_checkpoint(out / "checkpoint.pt")
+    assert checkpoint["epoch"] == 3 and checkpoint["config"] == config.to_dict()
+
+
+def test_dense_and_dpf_runs(tmp_path):
+    dense = train(tiny(method="dense", epochs=2), tmp_path / "dense", progress=False)
+    assert dense["sparsity"] == 0.0 and dense["test_accuracy"] == dense["dense_test_accuracy"]
+    dpf = train(tiny(method="dpf", target_sparsity=0.8, epochs=2), tmp_path / "dpf", progress=False)
+    # the schedule reaches the target at 3/4 of training and holds it, exact to one weight
+    assert dpf["sparsity"] == pytest.approx(0.8, abs=1e-3)
+
+
+@pytest.mark.parametrize("method, extra", [("snr", {}), ("dpf", {"target_sparsity": 0.7})])
+def test_resume_is_bit_identical(tmp_path, method, extra):
+    # dropout makes the run depend on torch's global RNG as well as on the data-order generator
+    config = tiny(method=method, epochs=4, model_options={"widths": [32], "dropout": 0.1}, **extra)
+    full = tmp_path / "full"
+    train(config, full, progress=False)
+
+    part = tmp_path / "part"
+    stopped = train(config, part, progress=False, stop_after_epochs=2)
+    assert stopped["finished"] is False and stopped["epoch"] == 2
+    assert not (part / "summary.json").exists() and not (part / "model.pt").exists()
+    # a crash after logging epoch 3 but before its checkpoint: the stale lines must go
+    with open(part / "metrics.jsonl", "a") as f:
+        f.write(json.dumps({"epoch": 3, "stale": True}) + "\n")
+    with open(part / "curve.jsonl", "a") as f:
+        f.write('{"step": 1000, "sparsity": 0.5}\n{"step": 10')  # and a torn line
+    train(None, part, resume=True, progress=False)
+
+    a = torch.load(full / "model.pt", weights_only=True)
+    b = torch.load(part / "model.pt", weights_only=True)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert without_timing(read_lines(full / "metrics.jsonl")) == without_timing(read_lines(part / "metrics.jsonl"))
+    assert read_lines(full / "curve.jsonl") == read_lines(part / "curve.jsonl")
+    sa, sb = (json.loads((d / "summary.json").read_text()) for d in (full, part))
+    for key in ("test_accuracy", "dense_test_accuracy", "sparsity", "layer_sparsity", "regrown", "nonzero_params"):
+        assert sa[key] == sb[key], key
+
+    with pytest.raises(RunFinishedError, match="already finished"):
+        train(None, part, resume=True, progress=False)
+
+
+def test_resume_rejects_a_different_config(tmp_path):
+    train(tiny(epochs=2), tmp_path, progress=False, stop_after_epochs=1)
+    with pytest.raises(training.TrainingError, match="its own configuration"):
+        train(tiny(epochs=2, lr=0.5), tmp_path, resume=True, progress=False)
+
+
+def test_resume_without_checkpoint(tmp_path):
+    (tmp_path / "config.json").write_text("{}")
+    with pytest.raises(training.TrainingError, match="no checkpoint.pt"):
+        train(None, tmp_path, resume=True, progress=False)
+
+
+def test_non_empty_out_dir_is_refused(tmp_path):
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(OutputDirError, match="not empty.*--overwrite"):
+        train(tiny(epochs=1), tmp_path, progress=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]
+    train(tiny(epochs=1), tmp_path, progress=False, overwrite=True)
+    assert (tmp_path / "notes.txt").read_text() == "mine"  # only run files are replaced
+    assert (tmp_path / "summary.json").is_file()
+
+
+def test_nan_loss_stops_and_keeps_the_last_checkpoint(tmp_path, monkeypatch):
+    steps_per_epoch = 1438 // 64
+    calls = {"n": 0}
+    real_loss = training.compute_loss
+
+    def loss_turning_nan(logits, targets):
+        calls["n"] += 1
+        loss = real_loss(logits, targets)
+        return loss * float("nan") if calls["n"] > 2 * steps_per_epoch + 3 else loss
+
+    monkeypatch.setattr(training, "compute_loss", loss_turning_nan)
+    with pytest.raises(TrainingDiverged, match=r"loss is nan at step 48 \(epoch 3\).*end of epoch 2.*checkpoint.pt"):
+        train(tiny(epochs=4), tmp_path, progress=False)
+    assert load_checkpoint(tmp_path / "checkpoint.pt")["epoch"] == 2
+    assert len(read_lines(tmp_path / "metrics.jsonl")) == 2
+    assert not (tmp_path / "summary.json").exists()
+
+    # the kept checkpoint is good: with a healthy loss the run continues from it
+    monkeypatch.setattr(training, "compute_loss", real_loss)
+    summary = train(None, tmp_path, resume=True, progress=False)
+    assert summary["finished"] and len(read_lines(tmp_path / "metrics.jsonl")) == 4
+
+
+def test_divergence_in_the_first_epoch(tmp_path):
+    with pytest.raises(TrainingDiverged, match="no checkpoint was written.*smaller learning rate"):
+        train(tiny(optimizer="sgd", lr=1e6, epochs=2), tmp_path, progress=False)
+    assert not (tmp_path / "checkpoint.pt").exists()
+
+
+def test_batch_larger_than_training_set(tmp_path):
+    with pytest.raises(training.TrainingError, match="larger than the 1438 training samples"):
+        train(tiny(batch_size=5000), tmp_path, progress=False)
+    assert not tmp_path.joinpath("config.json").exists()
