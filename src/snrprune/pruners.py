@@ -105,7 +105,7 @@ class Pruning:
         return False
 
     def observe(self, snr: dict[str, Tensor]) -> None:
-        pass
+        """Takes this step's SNR; the tensors are overwritten next time: copy what you keep."""
 
     def update_due(self, step: int) -> bool:
         return False
@@ -149,7 +149,8 @@ class Pruning:
             return
         if self.stats is not None and self.stats.enabled:
             if self.stats.count:
-                self.observe(self.stats.snr(out=self._snr_buffers))
+                self._snr_buffers = self.stats.snr(out=self._snr_buffers)  # reused every step
+                self.observe(self._snr_buffers)
             self.stats.reset()
         for name, w in self.weights.items():
             w.copy_(self.dense[name])
@@ -354,7 +355,6 @@ class SNRPruning(Pruning):
 
     def observe(self, snr: dict[str, Tensor]) -> None:
         for name, value in snr.items():
-            self._snr_buffers[name] = value  # reused for the next step's SNR
             avg = self.snr_ema.get(name)
             if avg is None:
                 self.snr_ema[name] = value.clone()
