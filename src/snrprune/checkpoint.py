@@ -89,8 +89,11 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device | 
 
 
 def _first_line(exc: BaseException) -> str:
+    """The gist of an exception; torch's weights-only refusal is cut before its advice to disable
+    the check, which is never the right fix for a file that is not a snrprune checkpoint."""
     text = str(exc).strip()
-    return text.splitlines()[0] if text else ""
+    line = text.splitlines()[0] if text else ""
+    return line.split(" In PyTorch 2.6,")[0]
 
 
 def _fsync_dir(folder: Path) -> None:
