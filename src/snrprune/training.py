@@ -540,7 +540,7 @@ def train(
                 "layer_sparsity": pruning.layer_sparsity(),
                 "regrown": pruning.regrown,
                 "last_flips": dict(pruning.last_flips),
-                "snr_quantiles": _in_model_order(pruning.snr_quantiles(), pruning),
+                "snr_quantiles": pruning.snr_quantiles(),
                 "seconds": seconds,
                 "wall_seconds": wall_seconds,
             }
@@ -585,7 +585,7 @@ def train(
         "total_sparsity": counts["total_sparsity"],
         "layer_sparsity": pruning.layer_sparsity(),
         "regrown": pruning.regrown,
-        "snr_quantiles": _in_model_order(pruning.snr_quantiles(), pruning),
+        "snr_quantiles": pruning.snr_quantiles(),
         "params": counts["params"],
         "nonzero_params": counts["nonzero_params"],
         "prunable_params": counts["prunable_params"],
@@ -601,11 +601,6 @@ def train(
     reporting.write_json(out / SUMMARY, summary)
     reporting.plot_run(out)
     return summary
-
-
-def _in_model_order(per_layer: dict[str, Any], pruning: Pruning) -> dict[str, Any]:
-    """Per-layer entries in the model's layer order (the SNR statistics arrive in backward order)."""
-    return {name: per_layer[name] for name in pruning.weights if name in per_layer}
 
 
 def _load_resume_checkpoint(out: Path) -> dict[str, Any]:
