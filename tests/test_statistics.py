@@ -114,7 +114,7 @@ def test_linear_on_4d_inputs_matches_torch_func():
 )
 @pytest.mark.parametrize("dims,side", [(1, 9), (1, 200), (2, 9), (2, 16)])
 def test_conv_matches_naive_loop(conv_kwargs, dims, side):
-    """Small outputs take the unfold path, large ones the grouped-convolution path."""
+    """Small outputs take the shifted-input path, large ones the grouped-convolution path."""
     torch.manual_seed(3)
     conv = (nn.Conv1d if dims == 1 else nn.Conv2d)(4, 6, **conv_kwargs)
     size = (side,) * dims
