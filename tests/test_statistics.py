@@ -223,6 +223,9 @@ def test_zero_variance_rules():
     torch.testing.assert_close(snr[2], torch.tensor(4.0))
     assert snr[3] == 0.0  # zero mean, non-zero variance
     assert torch.isfinite(snr).all()
+    # zero variance with a tiny but non-zero mean is still "all gradients agree": the cap
+    tiny = snr_from_moments(torch.tensor([3e-20]), torch.tensor([3e-40]), 3)
+    assert tiny[0] == SNR_CAP
 
 
 def test_dead_unit_gets_zero_snr():

@@ -46,10 +46,10 @@ def snr_from_moments(
             f"the gradient SNR needs at least 2 samples per statistic (got B={count}): "
             "the variance of individual gradients is undefined for one sample; use a batch size >= 2"
         )
-    # B * mean**2 / var = (B - 1) * S1**2 / (B * S2 - S1**2), written to touch each entry few times.
+    # B * mean**2 / var = (B - 1) / B * S1**2 / (S2 - S1**2 / B), in seven passes over the entries.
     s1_sq = torch.mul(s1, s1, out=out)
-    denominator = torch.mul(s2, count, out=scratch).sub_(s1_sq).clamp_min_(0.0)
-    snr = s1_sq.mul_(count - 1).div_(denominator)  # 0/0 -> nan, c/0 -> inf
+    denominator = torch.addcmul(s2, s1, s1, value=-1.0 / count, out=scratch).clamp_min_(0.0)
+    snr = s1_sq.div_(denominator).mul_((count - 1) / count)  # 0/0 -> nan (no signal), c/0 -> inf
     return snr.nan_to_num_(nan=0.0, posinf=SNR_CAP).clamp_max_(SNR_CAP)
 
 
