@@ -423,3 +423,47 @@ def test_end_to_end_digits_snr_matches_dense_accuracy():
     assert dense_acc > 0.93
     assert snr_sparsity > 0.05
     assert snr_acc >= dense_acc - 0.02
+
+
+def _ddp_worker(rank, world, port, batches, result):
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    torch.set_default_dtype(torch.float64)
+    model = DistributedDataParallel(small_mlp().double())
+    pruning = SNRPruning(model, burn_in_steps=2)
+    optimizer = pruning.wrap(torch.optim.SGD(model.parameters(), lr=0.2, momentum=0.9))
+    half = len(batches[0][0]) // world
+    train(model, optimizer, [(x[rank * half : (rank + 1) * half], y[rank * half : (rank + 1) * half]) for x, y in batches])
+    result[rank] = ({n: m.clone() for n, m in pruning.masks.items()}, {n: t.clone() for n, t in pruning.snr_ema.items()})
+    dist.destroy_process_group()
+
+
+def test_distributed_ranks_share_global_batch_statistics(float64_default):
+    """DDP over two gloo processes: the same SNR as one process on the whole batch, identical masks."""
+    import socket
+
+    import torch.multiprocessing as mp
+
+    batches = make_batches(8, batch=16)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with mp.Manager() as manager:
+        result = manager.dict()
+        mp.spawn(_ddp_worker, args=(2, port, batches, result), nprocs=2)
+        per_rank = dict(result)
+
+    model = small_mlp().double()
+    pruning = SNRPruning(model, burn_in_steps=2)
+    train(model, pruning.wrap(torch.optim.SGD(model.parameters(), lr=0.2, momentum=0.9)), batches)
+    masks0, ema0 = per_rank[0]
+    masks1, ema1 = per_rank[1]
+    for name in pruning.masks:
+        ddp_name = "module." + name
+        assert torch.equal(masks0[ddp_name], masks1[ddp_name])
+        assert torch.equal(ema0[ddp_name], ema1[ddp_name])
+        torch.testing.assert_close(ema0[ddp_name], pruning.snr_ema[name], rtol=1e-6, atol=1e-9)
+        assert torch.equal(masks0[ddp_name], pruning.masks[name])
+    assert pruning.sparsity() > 0

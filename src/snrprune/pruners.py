@@ -11,6 +11,9 @@ pruned again. A method only decides *which* entries to keep; it overrides a few 
 - ``update_due(step)``: recompute the masks before this step?
 - ``compute_masks()``: the new keep-masks
 
+Under torch.distributed (initialised, more than one process) the gradient statistics are summed over
+all processes before use, so every rank sees the SNR of the global batch and computes the same masks.
+
 Usage in any training loop::
 
     pruning = SNRPruning(model, burn_in_steps=len(loader))
@@ -57,6 +60,10 @@ def get_method(name: str) -> type[Pruning]:
     if name not in PRUNING_METHODS:
         raise ValueError(f"unknown pruning method {name!r}; valid methods: {', '.join(sorted(PRUNING_METHODS))}")
     return PRUNING_METHODS[name]
+
+
+def _distributed() -> bool:
+    return torch.distributed.is_available() and torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1
 
 
 def _check_int(name: str, value: Any, minimum: int) -> int:
@@ -148,6 +155,8 @@ class Pruning:
         if not self.prunes:
             return
         if self.stats is not None and self.stats.enabled:
+            if _distributed():  # every rank must see the global batch, or the masks drift apart
+                self.stats.all_reduce()
             if self.stats.count:
                 self._snr_buffers = self.stats.snr(out=self._snr_buffers)  # reused every step
                 self.observe(self._snr_buffers)

@@ -188,10 +188,13 @@ class GradientStats:
         """Sums S1, S2 and B over the processes of ``group`` so that every rank sees the global batch."""
         import torch.distributed as dist
 
-        for name in sorted(self._count):
+        names = sorted(self._count)  # the same layers on every rank, in the same order
+        if not names:
+            return
+        counts = torch.tensor([self._count[n] for n in names], dtype=torch.float64, device=self._s1[names[0]].device)
+        dist.all_reduce(counts, group=group)
+        for name, count in zip(names, counts.tolist()):
             dist.all_reduce(self._s1[name], group=group)
             dist.all_reduce(self._s2[name], group=group)
-            n = torch.tensor([self._count[name]], dtype=torch.float64, device=self._s1[name].device)
-            dist.all_reduce(n, group=group)
-            self._count[name] = int(n.item())
+            self._count[name] = int(count)
 
