@@ -2,10 +2,9 @@
 
 Times, interleaved in one process (median of rounds), on LeNet-300-100's first-layer shape
 (235,200 magnitudes) and on all of ResNet-20's prunable weights at once (global scope):
-``torch.kthvalue``, ``torch.sort``, ``snrprune.masks.kth_smallest`` cold, and warm-started with a
-``SelectionHint`` as in training (two versions of the values 1% apart and k changing by 50,
-alternately, like consecutive steps); then a whole ``keep_largest`` mask (selection, comparison,
-tie check) with a hint, and one plain LeNet-300-100 training step for scale.
+``torch.kthvalue``, ``torch.sort`` and ``snrprune.masks.kth_smallest`` (numpy's introselect); then
+a whole ``keep_largest`` mask (selection, comparison, tie check), and one plain LeNet-300-100
+training step for scale.
 
     python benchmarks/mask_selection.py
 """
@@ -18,7 +17,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from snrprune.masks import SelectionHint, keep_largest, kth_smallest
+from snrprune.masks import keep_largest, kth_smallest
 from snrprune.models import build_model
 
 
@@ -51,33 +50,19 @@ def main() -> None:
         "resnet20 global (268,336)": torch.cat([p.detach().abs().reshape(-1) for n, p in resnet.named_parameters() if p.dim() > 1]),
     }
     print(f"# mask_selection: torch {torch.__version__}, {torch.get_num_threads()} threads\n")
-    print("| case | torch.kthvalue | torch.sort | kth_smallest | kth_smallest, hint | keep_largest, hint | plain LeNet-300 step |")
-    print("|---|---|---|---|---|---|---|")
+    print("| case | torch.kthvalue | torch.sort | kth_smallest | keep_largest (whole mask) | plain LeNet-300 step |")
+    print("|---|---|---|---|---|---|")
     for name, values in cases.items():
         k = int(0.3 * values.numel())
-        drifted = values * (1 + 0.01 * torch.randn(values.shape))
-        steps = [(values, k), (drifted, k + 50)]
-        hint, mask_hint, turn = SelectionHint(), SelectionHint(), [0]
-
-        def warm(select, h):
-            v, kk = steps[turn[0] % 2]
-            turn[0] += 1
-            return select(v, kk, hint=h)
-
-        for v, kk in steps * 3:
-            assert kth_smallest(v, kk, hint=hint) == torch.kthvalue(v, kk).values
+        assert kth_smallest(values, k) == torch.kthvalue(values, k).values
         t = median_ms({
             "kthvalue": lambda: torch.kthvalue(values, k),
             "sort": lambda: torch.sort(values),
-            "cold": lambda: kth_smallest(values, k),
-            "warm": lambda: warm(kth_smallest, hint),
-            "mask": lambda: warm(keep_largest, mask_hint),
+            "ours": lambda: kth_smallest(values, k),
+            "mask": lambda: keep_largest(values, k),
             "step": plain_step,
         })
-        print(
-            f"| {name} | {t['kthvalue']:.2f} ms | {t['sort']:.2f} ms | {t['cold']:.2f} ms | {t['warm']:.2f} ms "
-            f"| {t['mask']:.2f} ms | {t['step']:.2f} ms |"
-        )
+        print(f"| {name} | {t['kthvalue']:.2f} ms | {t['sort']:.2f} ms | {t['ours']:.2f} ms | {t['mask']:.2f} ms | {t['step']:.2f} ms |")
 
 
 if __name__ == "__main__":

@@ -93,19 +93,3 @@ def test_combine_truth_table():
 
 def test_sparsity_counts_pruned_entries():
     assert sparsity({"a": torch.tensor([True, False]), "b": torch.tensor([False, False])}) == 0.75
-
-
-def test_hinted_selection_is_exact_as_values_drift():
-    """A SelectionHint only changes where the search starts: drifting values and k, hits and misses."""
-    from snrprune.masks import SelectionHint
-
-    torch.manual_seed(2)
-    values = torch.randn(50_000).abs()
-    hint = SelectionHint()
-    for step in range(40):
-        values = values * (1 + 0.02 * torch.randn(values.shape))
-        k = 10_000 + 300 * step if step % 10 else 45_000 - 100 * step  # jumps force misses
-        assert kth_smallest(values, k, hint=hint) == torch.kthvalue(values, k).values
-        assert hint.value == float(torch.kthvalue(values, k).values)
-    hint.value = float("nan")
-    assert kth_smallest(values, 5, hint=hint) == torch.kthvalue(values, 5).values

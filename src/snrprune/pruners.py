@@ -103,7 +103,6 @@ class Pruning:
         self.regrown = 0
         self.last_flips = {"pruned": 0, "regrown": 0}
         self.stats: GradientStats | None = None
-        self._selection_hints: dict = {}  # speeds up the exact magnitude selection, never changes it
         self._snr_buffers: dict[str, Tensor] = {}
         self._hooks: list = []
 
@@ -322,7 +321,7 @@ class DPFPruning(Pruning):
             n_prune: int | dict[str, int] = round(s * sum(w.numel() for w in self.dense.values()))
         else:
             n_prune = {name: round(s * w.numel()) for name, w in self.dense.items()}
-        return magnitude_keep_masks(self.dense, n_prune, self.scope, self._selection_hints)
+        return magnitude_keep_masks(self.dense, n_prune, self.scope)
 
 
 @register_method("snr")
@@ -381,7 +380,7 @@ class SNRPruning(Pruning):
         if self.combine == "snr":
             return keep_snr
         n_prune = {name: k.numel() - count(k) for name, k in keep_snr.items()}
-        keep_mag = magnitude_keep_masks(self.dense, n_prune, self.scope, self._selection_hints)
+        keep_mag = magnitude_keep_masks(self.dense, n_prune, self.scope)
         return {name: combine(keep_snr[name], keep_mag[name], self.combine) for name in self.weights}
 
     def snr_quantiles(self, quantiles: tuple[float, ...] = (0.1, 0.5, 0.9)) -> dict[str, dict[str, float]]:
