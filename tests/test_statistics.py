@@ -328,3 +328,20 @@ def test_all_reduce_gives_the_global_batch_statistics():
     oracle = naive_moments(model, x, y)
     for rank in (0, 1):
         assert_matches(per_rank[rank], oracle, 7)
+
+
+@pytest.mark.parametrize("side", [6, 16])  # shifted-input path, grouped-convolution path
+def test_chunked_per_sample_gradients_are_exact(monkeypatch, side):
+    """A tiny memory budget forces one sample per chunk on every path: same sums."""
+    import snrprune.layers
+
+    torch.manual_seed(13)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(4 * side * side, 2))
+    seq = SeqModel()
+    x, y = torch.randn(5, 3, side, side), torch.randint(0, 2, (5,))
+    xs, ys = torch.randn(5, 7, 4), torch.randint(0, 3, (5,))
+    monkeypatch.setattr(snrprune.layers, "PER_SAMPLE_BUDGET", 1)
+    moments, _ = collect(model, x, y)
+    assert_matches(moments, naive_moments(model, x, y), 5)
+    moments, _ = collect(seq, xs, ys)
+    assert_matches(moments, naive_moments(seq, xs, ys), 5)
