@@ -254,6 +254,28 @@ def test_snr_regrowth_when_snr_recovers():
     assert pruning.last_flips["regrown"] == 2
 
 
+def test_distinct_regrowth_and_mask_counts():
+    """A weight regrown twice counts twice as a flip, once as a distinct regrown weight."""
+    model = small_mlp()
+    pruning = DPFPruning(model, target_sparsity=0.5, total_steps=2, end_fraction=0.5, update_every=1)
+    name = "2.weight"
+    keep = {n: torch.ones_like(k) for n, k in pruning.keep.items()}
+    for _ in range(2):
+        keep[name][0, 0] = 0.0
+        pruning._set_masks({n: k.clone() for n, k in keep.items()})
+        keep[name][0, 0] = 1.0
+        pruning._set_masks({n: k.clone() for n, k in keep.items()})
+    assert pruning.regrown == 2 and pruning.regrown_distinct() == 1
+    keep[name][0, 1] = 0.0
+    pruning._set_masks({n: k.clone() for n, k in keep.items()})
+    overall, layers = pruning.mask_sparsity()
+    pruning.apply_masks()
+    assert overall == pytest.approx(pruning.sparsity()) and layers == pytest.approx(pruning.layer_sparsity())
+    restored = DPFPruning(small_mlp(), target_sparsity=0.5, total_steps=2, end_fraction=0.5, update_every=1)
+    restored.load_state_dict(pruning.state_dict())
+    assert restored.regrown_distinct() == 1 and restored.mask_sparsity() == pruning.mask_sparsity()
+
+
 @pytest.mark.parametrize(
     "make_optimizer",
     [

@@ -24,10 +24,12 @@ from snrprune.training import (
 METRIC_KEYS = {
     "epoch", "step", "lr", "train_loss", "train_accuracy", "test_loss", "test_accuracy", "dense_test_accuracy",
     "sparsity", "layer_sparsity", "regrown", "last_flips", "snr_quantiles", "seconds", "wall_seconds",
+    "sparsity_steps", "layer_sparsity_steps", "regrown_distinct",
 }
 SUMMARY_KEYS = {
     "test_accuracy", "dense_test_accuracy", "sparsity", "total_sparsity", "layer_sparsity", "params",
     "nonzero_params", "epochs", "wall_seconds", "method", "dataset", "model", "seed", "regrown",
+    "regrown_distinct", "sparsity_last_epoch",
 }
 TIMING = {"seconds", "wall_seconds"}
 
@@ -146,6 +148,21 @@ def test_run_writes_all_files(tmp_path):
         assert 0 <= m["test_accuracy"] <= 1 and math.isfinite(m["train_loss"])
     assert metrics[0]["sparsity"] == 0.0  # burn-in: one epoch of unpruned steps
     assert metrics[-1]["sparsity"] > 0
+    # the band of per-step sparsity holds the end-of-epoch value; distinct regrown <= flip events
+    for m in metrics:
+        band = m["sparsity_steps"]
+        assert band["min"] <= band["mean"] <= band["max"]
+        assert band["min"] - 1e-12 <= m["sparsity"] <= band["max"] + 1e-12
+        for name, layer_band in m["layer_sparsity_steps"].items():
+            assert layer_band["min"] - 1e-12 <= m["layer_sparsity"][name] <= layer_band["max"] + 1e-12
+        assert m["regrown_distinct"] <= m["regrown"]
+    assert metrics[0]["sparsity_steps"] == {"mean": 0.0, "min": 0.0, "max": 0.0}
+    # the SNR distribution at the end of burn-in (epoch 1) and at the end, nowhere else
+    assert [m["epoch"] for m in metrics if "snr_histogram" in m] == [1, 3]
+    histogram = metrics[0]["snr_histogram"]
+    assert list(histogram["counts"]) == ["1.weight", "3.weight"]
+    assert len(histogram["counts"]["1.weight"]) == len(histogram["edges"]) + 1
+    assert sum(histogram["counts"]["1.weight"]) == 64 * 32
 
     curve = read_lines(out / "curve.jsonl")
     assert [p["step"] for p in curve] == list(range(1, 3 * steps_per_epoch + 1))

@@ -7,7 +7,8 @@ the optimizer's momentum and weight decay) acts on the dense weights, and after 
 pruned again. A method only decides *which* entries to keep; it overrides a few steps:
 
 - ``stats_due(step)``: collect gradient statistics on this step?
-- ``observe(snr)``: take the step's per-weight SNR (after backward, before the update)
+- ``observe(snr)``: take the step's per-weight SNR (after backward, before the update); a method
+  that needs the raw sums S1, S2 and B instead overrides ``observe_stats(stats)``
 - ``update_due(step)``: recompute the masks before this step?
 - ``compute_masks()``: the new keep-masks
 
@@ -43,6 +44,10 @@ PRUNING_METHODS: dict[str, type[Pruning]] = {}
 #: variance g**2/B), right at the threshold; round-off would keep or prune it at random. SNR values
 #: within this relative margin above the threshold count as "not above", as in exact arithmetic.
 SNR_ROUNDOFF = 1e-4
+
+#: Bin edges of :meth:`Pruning.snr_histogram`: log-spaced from 1e-3 to 1e3 (10 bins per decade), with
+#: one more bin below (zeros included) and one above.
+SNR_HISTOGRAM_EDGES = [10 ** (k / 10) for k in range(-30, 31)]
 
 
 def register_method(name: str):
@@ -99,6 +104,9 @@ class Pruning:
             self.dense = {name: w.detach() for name, w in self.weights.items()}
         # keep-masks as 0/1 in the weights' dtype: cheap to compute and to apply (see masks.py)
         self.keep: dict[str, Tensor] = {name: torch.ones_like(w.detach()) for name, w in self.weights.items()}
+        self.kept: dict[str, int] = {name: w.numel() for name, w in self.weights.items()}  # ones per keep-mask
+        # 1 where a weight was pruned and later kept again, at least once: distinct regrown weights
+        self.ever_regrown: dict[str, Tensor] = {name: torch.zeros_like(k) for name, k in self.keep.items()} if self.prunes else {}
         self.step_count = 0
         self.regrown = 0
         self.last_flips = {"pruned": 0, "regrown": 0}
@@ -112,6 +120,11 @@ class Pruning:
 
     def observe(self, snr: dict[str, Tensor]) -> None:
         """Takes this step's SNR; the tensors are overwritten next time: copy what you keep."""
+
+    def observe_stats(self, stats: GradientStats) -> None:
+        """Takes this step's statistics (after any all-reduce); by default their SNR goes to ``observe``."""
+        self._snr_buffers = stats.snr(out=self._snr_buffers)  # reused every step
+        self.observe(self._snr_buffers)
 
     def update_due(self, step: int) -> bool:
         return False
@@ -157,8 +170,7 @@ class Pruning:
             if _distributed():  # every rank must see the global batch, or the masks drift apart
                 self.stats.all_reduce()
             if self.stats.count:
-                self._snr_buffers = self.stats.snr(out=self._snr_buffers)  # reused every step
-                self.observe(self._snr_buffers)
+                self.observe_stats(self.stats)
             self.stats.reset()
         for name, w in self.weights.items():
             w.copy_(self.dense[name])
@@ -182,9 +194,13 @@ class Pruning:
         changed = net = 0
         for name, new in masks.items():
             new = new.to(self.keep[name].dtype)
-            net += count(new) - count(self.keep[name])  # regrown - pruned
-            changed += count(new.sub(self.keep[name]).abs_())  # regrown + pruned
+            kept = count(new)
+            net += kept - self.kept[name]  # regrown - pruned
+            diff = new.sub(self.keep[name])  # +1 regrown, -1 pruned
+            torch.maximum(self.ever_regrown[name], diff, out=self.ever_regrown[name])
+            changed += count(diff.abs_())  # regrown + pruned
             self.keep[name] = new
+            self.kept[name] = kept
         regrown = (changed + net) // 2
         self.last_flips = {"pruned": changed - regrown, "regrown": regrown}
         self.regrown += regrown
@@ -212,6 +228,19 @@ class Pruning:
             self.apply_masks()
 
     # -- reporting -------------------------------------------------------------------------------
+    def mask_sparsity(self) -> tuple[float, dict[str, float]]:
+        """(overall, per layer) fraction of pruned mask entries, from counts kept up to date: free every step.
+
+        Equals :meth:`sparsity` unless a kept dense weight is itself exactly zero.
+        """
+        layers = {name: 1.0 - kept / self.keep[name].numel() for name, kept in self.kept.items()}
+        total = sum(k.numel() for k in self.keep.values())
+        return (1.0 - sum(self.kept.values()) / total if total else 0.0), layers
+
+    def regrown_distinct(self) -> int:
+        """How many distinct weights were pruned and later kept again, at least once."""
+        return sum(count(t) for t in self.ever_regrown.values())
+
     def layer_sparsity(self) -> dict[str, float]:
         """Fraction of exact zeros of theta_hat per prunable tensor."""
         return {name: float((w == 0).sum()) / w.numel() for name, w in self.weights.items()}
@@ -225,6 +254,10 @@ class Pruning:
         """Per-layer quantiles of the SNR moving average (empty for methods that do not track it)."""
         return {}
 
+    def snr_histogram(self) -> dict[str, list[int]]:
+        """Per-layer counts of the SNR moving average in the bins of :data:`SNR_HISTOGRAM_EDGES` (empty if untracked)."""
+        return {}
+
     # -- checkpointing ---------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
         """Everything needed to continue bit-exactly; loads with ``torch.load(weights_only=True)``."""
@@ -234,6 +267,7 @@ class Pruning:
             "dense": {name: t.clone() for name, t in self.dense.items()},
             "masks": self.masks,
             "regrown": self.regrown,
+            "ever_regrown": {name: t.bool() for name, t in self.ever_regrown.items()},
             "last_flips": dict(self.last_flips),
             "stats_enabled": self.stats is not None and self.stats.enabled,
         }
@@ -260,6 +294,10 @@ class Pruning:
                 else:
                     w.copy_(state["dense"][name])
                 self.keep[name] = state["masks"][name].to(device=w.device, dtype=w.dtype).clone()
+                self.kept[name] = count(self.keep[name])
+                if self.prunes:
+                    ever = state.get("ever_regrown", {}).get(name)  # absent in states of older versions
+                    self.ever_regrown[name] = torch.zeros_like(self.keep[name]) if ever is None else ever.to(self.keep[name]).clone()
         if self.prunes:
             self.apply_masks()
         if self.stats is not None:
@@ -393,6 +431,19 @@ class SNRPruning(Pruning):
                 flat = flat[:: flat.numel() // (1 << 23) + 1]
             values = torch.quantile(flat, torch.tensor(quantiles, dtype=flat.dtype, device=flat.device))
             out[name] = {f"q{round(q * 100):02d}": float(v) for q, v in zip(quantiles, values)}
+        return out
+
+    def snr_histogram(self) -> dict[str, list[int]]:
+        edges = None
+        out = {}
+        for name in self.weights:  # model order
+            if name not in self.snr_ema:
+                continue
+            flat = self.snr_ema[name].reshape(-1)
+            if edges is None or edges.device != flat.device:
+                edges = torch.tensor(SNR_HISTOGRAM_EDGES, dtype=flat.dtype, device=flat.device)
+            bins = torch.bucketize(flat, edges, right=True)  # 0: below the first edge
+            out[name] = torch.bincount(bins, minlength=len(SNR_HISTOGRAM_EDGES) + 1).tolist()
         return out
 
     def state_dict(self) -> dict[str, Any]:

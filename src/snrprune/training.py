@@ -39,7 +39,7 @@ from .checkpoint import CheckpointError, atomic_torch_save, load_checkpoint, sav
 from .data import dataset_names, iterate_batches, load_dataset
 from .masks import COMBINE_MODES, SCOPES
 from .models import MODELS, build_model, model_names
-from .pruners import PRUNING_METHODS, DPFPruning, NoPruning, Pruning, SNRPruning
+from .pruners import PRUNING_METHODS, SNR_HISTOGRAM_EDGES, DPFPruning, NoPruning, Pruning, SNRPruning
 
 __all__ = [
     "Recipe",
@@ -399,6 +399,36 @@ def _keep_records(path: Path, keep: Callable[[dict], bool]) -> None:
     tmp.replace(path)
 
 
+class EpochSparsity:
+    """Mean, min and max of the mask sparsity over one epoch's steps, overall and per layer.
+
+    SNR masks churn from step to step, so the sparsity at the end of an epoch is one sample of a
+    band; these are the band's centre and edges (from the masks' counts, free every step).
+    """
+
+    def __init__(self) -> None:
+        self.steps = 0
+        self.sum: dict[str, float] = {}
+        self.min: dict[str, float] = {}
+        self.max: dict[str, float] = {}
+
+    def add(self, overall: float, layers: dict[str, float]) -> None:
+        self.steps += 1
+        for key, value in (("", overall), *layers.items()):
+            self.sum[key] = self.sum.get(key, 0.0) + value
+            self.min[key] = min(self.min.get(key, value), value)
+            self.max[key] = max(self.max.get(key, value), value)
+
+    def _band(self, key: str) -> dict[str, float]:
+        return {"mean": self.sum[key] / self.steps, "min": self.min[key], "max": self.max[key]}
+
+    def overall(self) -> dict[str, float]:
+        return self._band("")
+
+    def layers(self) -> dict[str, dict[str, float]]:
+        return {key: self._band(key) for key in self.sum if key}
+
+
 # ------------------------------------------------------------------------------------------------
 # The run
 # ------------------------------------------------------------------------------------------------
@@ -488,12 +518,15 @@ def train(
     metrics: dict[str, Any] = logged[-1] if start_epoch and logged else {}
     if start_epoch == config.epochs and not metrics:
         raise TrainingError(f"{out} has a final checkpoint but no {METRICS}; nothing to summarise")
+    # the SNR distribution is recorded at the end of the epoch in which burn-in ends, and at the end
+    burn_in_epoch = max(1, math.ceil(config.burn_in_epochs - 1e-9))
     for epoch in range(start_epoch, config.epochs):
         t0 = time.perf_counter()
         model.train()
         loss_sum = torch.zeros((), device=device)
         correct = torch.zeros((), dtype=torch.long, device=device)
         curve: list[dict[str, Any]] = []
+        band = EpochSparsity()
         bar = tqdm(total=steps_per_epoch, desc=f"epoch {epoch + 1}/{config.epochs}", unit="step", disable=not progress, dynamic_ncols=True)
         batches = iterate_batches(x_train, y_train, config.batch_size, shuffle=True, generator=generator, drop_last=True, augment=data.augment)
         with bar:
@@ -511,6 +544,7 @@ def train(
                 scheduler.step()
                 loss_sum += loss.detach()
                 correct += (logits.argmax(1) == y).sum()
+                band.add(*pruning.mask_sparsity())
                 if step % curve_every == 0 or i + 1 == steps_per_epoch:
                     sparsity = pruning.sparsity()
                     curve.append({"step": step, "sparsity": sparsity, "loss": loss_value, "lr": lr})
@@ -538,12 +572,17 @@ def train(
                 **({"val_accuracy": val_acc} if has_val else {}),
                 "sparsity": pruning.sparsity(),
                 "layer_sparsity": pruning.layer_sparsity(),
+                "sparsity_steps": band.overall(),
+                "layer_sparsity_steps": band.layers(),
                 "regrown": pruning.regrown,
+                "regrown_distinct": pruning.regrown_distinct(),
                 "last_flips": dict(pruning.last_flips),
                 "snr_quantiles": pruning.snr_quantiles(),
                 "seconds": seconds,
                 "wall_seconds": wall_seconds,
             }
+            if epoch + 1 in (burn_in_epoch, config.epochs) and (histogram := pruning.snr_histogram()):
+                metrics["snr_histogram"] = {"edges": SNR_HISTOGRAM_EDGES, "counts": histogram}
             bar.set_postfix(loss=f"{metrics['train_loss']:.4f}", acc=f"{metrics['train_accuracy']:.4f}", test=f"{test_acc:.4f}", sparsity=f"{metrics['sparsity']:.3f}")
 
         # log first, then checkpoint: a crash in between is repaired on resume (lines are dropped)
@@ -584,7 +623,9 @@ def train(
         "sparsity": pruning.sparsity(),
         "total_sparsity": counts["total_sparsity"],
         "layer_sparsity": pruning.layer_sparsity(),
+        "sparsity_last_epoch": metrics.get("sparsity_steps"),
         "regrown": pruning.regrown,
+        "regrown_distinct": pruning.regrown_distinct(),
         "snr_quantiles": pruning.snr_quantiles(),
         "params": counts["params"],
         "nonzero_params": counts["nonzero_params"],
