@@ -168,6 +168,27 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--format", choices=["sparse"], default="sparse", help="sparse: bitmask of the nonzeros + their values")
     e.add_argument("--output", metavar="PATH", help="where to write (default DIR/model_sparse.pt)")
     e.set_defaults(handler=_export_command, parser=e)
+
+    b = commands.add_parser(
+        "bench",
+        help="run the experiment suite (resumable) or write its report",
+        description="Run every unfinished run of a suite file (finished runs are skipped), or with --report "
+        "write the report from the finished ones. Results go to benchmarks/results/<suite>/, run folders "
+        "with checkpoints to runs/bench/<suite>/.",
+    )
+    b.add_argument("suite", nargs="?", default="benchmarks/suites/paper.py", metavar="SUITE", help="suite file (default benchmarks/suites/paper.py)")
+    b.add_argument("--quick", action="store_true", help="the suite's quick tier (QUICK): a smoke test of the whole pipeline")
+    b.add_argument("--report", action="store_true", help="write the report and plots from the finished runs; train nothing")
+    b.add_argument("--resume", action="store_true", help="continue interrupted runs from their last epoch")
+    b.add_argument("--list", action="store_true", help="list the runs and their state; train nothing")
+    b.add_argument("--only", metavar="GLOB", help="only runs whose key (cell/method/seedN) matches, e.g. 'mnist-lenet300/*'")
+    b.add_argument("--jobs", type=_positive_int, default=1, metavar="N", help="runs in parallel (default 1)")
+    b.add_argument("--threads", type=_positive_int, default=None, metavar="T", help="torch threads per run (default: CPUs / jobs)")
+    b.add_argument("--results", metavar="DIR", help="results folder (default benchmarks/results/<suite>)")
+    b.add_argument("--work", metavar="DIR", help="run folders (default runs/bench/<suite>)")
+    b.add_argument("--report-path", metavar="PATH", help="where the report goes (default: the suite's, or RESULTS.md in the results folder)")
+    b.add_argument("--data-dir", metavar="DIR", help="folder with the CIFAR-10 python batches (cells without it are skipped)")
+    b.set_defaults(handler=_bench_command, parser=b)
     return parser
 
 
@@ -287,6 +308,51 @@ def _export_command(args: argparse.Namespace, parser: argparse.ArgumentParser) -
     print(f"compressed: {info['sparse_bytes']:>12,} bytes of tensor data  ({Path(info['path']).name} file: {info['sparse_file_bytes']:,} bytes)")
     print(f"ratio:      {info['ratio']:>12.2f}x")
     return 0
+
+
+# -- snrprune bench -----------------------------------------------------------------------------
+
+
+def _bench_command(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    import os
+
+    from .bench import BenchError, default_layout, load_suite, plan, run_suite
+    from .bench_report import write_report
+
+    try:
+        suite = load_suite(args.suite, quick=args.quick)
+    except BenchError as exc:
+        parser.error(str(exc))
+    layout = default_layout(suite, args.results, args.work)
+    if args.list:
+        for state, runs in plan(suite, layout, args.only, args.data_dir).items():
+            for run in runs:
+                print(f"{state:12} {run.key}")
+        return 0
+    if args.report:
+        if args.report_path:
+            report = Path(args.report_path)
+        elif suite.report and not args.results:
+            report = Path(suite.report)
+        else:
+            report = layout.results / "RESULTS.md"
+        command = f"snrprune bench {args.suite}" + (" --quick" if args.quick else "")
+        path = write_report(suite, layout, report, command, args.data_dir)
+        print(f"wrote {path}")
+        return 0
+    threads = args.threads or max(1, (os.cpu_count() or 1) // args.jobs)
+    try:
+        counts = run_suite(suite, layout, resume=args.resume, jobs=args.jobs, threads=threads, only=args.only, data_dir=args.data_dir)
+    except BenchError as exc:
+        return _fail(str(exc), status=2)
+    except KeyboardInterrupt:
+        print(file=sys.stderr)
+        return _fail("interrupted; continue with the same command and --resume", status=130)
+    print(
+        f"[bench] {counts['ran']} run(s) finished now, {counts['finished_before']} before, {counts['failed']} failed, "
+        f"{counts['skipped']} skipped; write the report with: snrprune bench {args.suite}{' --quick' if args.quick else ''} --report"
+    )
+    return 1 if counts["failed"] else 0
 
 
 if __name__ == "__main__":

@@ -1,0 +1,348 @@
+"""The suite's report: ``snrprune bench --report`` turns whatever has finished into markdown and plots.
+
+Every number comes from the committed files under ``benchmarks/results/<suite>/``; a run that has not
+finished is listed as pending, never filled in. Plots use matplotlib's object API (see reporting).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import statistics
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import reporting
+from .bench import Cell, Layout, Suite, cell_unavailable
+from .training import METRICS
+
+__all__ = ["write_report", "noise_snr_average"]
+
+#: Main-grid method labels whose comparison the claims section reads, when the grid has them.
+DENSE, SNR, DPF_MATCHED = "dense", "snr", "dpf-matched"
+
+
+# -- numbers ------------------------------------------------------------------------------------
+
+
+def _mean_std(values: Sequence[float]) -> tuple[float, float]:
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def _pm(values: Sequence[float], scale: float = 100.0, digits: int = 2) -> str:
+    if not values:
+        return "pending"
+    mean, std = _mean_std([scale * v for v in values])
+    return f"{mean:.{digits}f} ± {std:.{digits}f}" if len(values) > 1 else f"{mean:.{digits}f}"
+
+
+def noise_snr_average(batch_size: int, ema: float, steps: int, n: int = 20000, seed: int = 0) -> np.ndarray:
+    """Moving averages of the per-step SNR of weights whose true gradient is zero (pure noise).
+
+    With Gaussian per-sample gradients of mean 0 the mini-batch SNR B*mean**2/var follows F(1, B-1)
+    exactly; the average starts at the first value and mixes in each step with weight 1 - ema.
+    """
+    rng = np.random.default_rng(seed)
+    avg = rng.f(1, batch_size - 1, n)
+    for _ in range(max(0, min(steps, 400) - 1)):  # 0.99**400 < 0.02: later steps change nothing visible
+        avg += (1.0 - ema) * (rng.f(1, batch_size - 1, n) - avg)
+    return avg
+
+
+class Results:
+    """The finished runs of a suite, read once."""
+
+    def __init__(self, suite: Suite, layout: Layout):
+        self.suite, self.layout = suite, layout
+        self.summaries: dict[str, dict[str, Any]] = {}
+        for run in suite.runs():
+            summary = layout.summary(run.key)
+            if summary is not None:
+                self.summaries[run.key] = summary
+
+    def seeds(self, cell: Cell, method: str) -> list[dict[str, Any]]:
+        return [s for seed in range(cell.seeds) if (s := self.summaries.get(f"{cell.key}/{method}/seed{seed}"))]
+
+    def values(self, cell: Cell, method: str, key: str) -> list[float]:
+        return [float(s[key]) for s in self.seeds(cell, method)]
+
+    def error(self, cell: Cell, method: str) -> list[float]:
+        return [1.0 - a for a in self.values(cell, method, "test_accuracy")]
+
+    def metrics(self, run_key: str) -> list[dict[str, Any]]:
+        return reporting.read_jsonl(self.layout.results / run_key / METRICS)
+
+    def curve(self, run_key: str) -> list[dict[str, Any]]:
+        return reporting.read_jsonl(self.layout.results / run_key / "curve.jsonl")
+
+    def time_ratio(self, cell: Cell, method: str) -> list[float]:
+        """Wall time over the dense run's of the same seed."""
+        out = []
+        for seed in range(cell.seeds):
+            run, dense = (self.summaries.get(f"{cell.key}/{m}/seed{seed}") for m in (method, DENSE))
+            if run and dense and dense["wall_seconds"] > 0:
+                out.append(run["wall_seconds"] / dense["wall_seconds"])
+        return out
+
+
+# -- markdown -----------------------------------------------------------------------------------
+
+
+def _table(results: Results, cells: Sequence[Cell], methods: Sequence[str]) -> list[str]:
+    lines = [
+        "| cell | method | seeds | test error % | sparsity % (final) | sparsity % (last epoch: mean [min, max]) | distinct regrown | nonzero params | time / dense |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for cell in cells:
+        for method in methods:
+            runs = results.seeds(cell, method)
+            if not runs:
+                lines.append(f"| {cell.key} | {method} | 0/{cell.seeds} | pending | | | | | |")
+                continue
+            bands = [s["sparsity_last_epoch"] for s in runs if s.get("sparsity_last_epoch")]
+            band = (
+                f"{_pm([b['mean'] for b in bands])} [{100 * min(b['min'] for b in bands):.1f}, {100 * max(b['max'] for b in bands):.1f}]"
+                if bands
+                else "-"
+            )
+            nonzero = statistics.fmean(s["nonzero_params"] for s in runs)
+            params = runs[0]["params"]
+            ratio = results.time_ratio(cell, method)
+            lines.append(
+                f"| {cell.key} | {method} | {len(runs)}/{cell.seeds} | {_pm([1 - s['test_accuracy'] for s in runs])} "
+                f"| {_pm([s['sparsity'] for s in runs])} | {band} | {statistics.fmean(s.get('regrown_distinct', 0) for s in runs):,.0f} "
+                f"| {nonzero:,.0f} of {params:,} | {f'{statistics.fmean(ratio):.2f}x' if ratio else '-'} |"
+            )
+    return lines
+
+
+def _claims(results: Results, cells: Sequence[Cell]) -> list[str]:
+    """Each main cell: SNR against dense and against DPF at the same sparsity, in standard deviations."""
+    lines = [
+        "| cell | dense error % | snr error % | snr − dense | dpf-matched error % | snr − dpf-matched | snr sparsity % (seeds) |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    on_par_dense = on_par_dpf = compared = 0
+    for cell in cells:
+        dense, snr, dpf = (results.error(cell, m) for m in (DENSE, SNR, DPF_MATCHED))
+        if not (dense and snr):
+            continue
+        compared += 1
+
+        def diff(a: list[float], b: list[float]) -> tuple[str, bool]:
+            if not (a and b):
+                return "pending", False
+            d = 100 * (statistics.fmean(a) - statistics.fmean(b))
+            spread = 100 * max(_mean_std(a)[1], _mean_std(b)[1])
+            return f"{d:+.2f} ({'within' if abs(d) <= spread else 'outside'} 1 std)", abs(d) <= spread or d <= 0
+
+        text_dense, ok_dense = diff(snr, dense)
+        text_dpf, ok_dpf = diff(snr, dpf)
+        on_par_dense += ok_dense
+        on_par_dpf += ok_dpf
+        seeds = ", ".join(f"{100 * v:.1f}" for v in results.values(cell, SNR, "sparsity"))
+        lines.append(f"| {cell.key} | {_pm(dense)} | {_pm(snr)} | {text_dense} | {_pm(dpf)} | {text_dpf} | {seeds} |")
+    lines.append("")
+    lines.append(
+        f"SNR (`agree`) is on par with dense (error within one standard deviation, or lower) in {on_par_dense} of {compared} "
+        f"cells with both finished, and with DPF at the same sparsity in {on_par_dpf}."
+    )
+    return lines
+
+
+def write_report(suite: Suite, layout: Layout, report: Path, command: str, data_dir: str | None = None) -> Path:
+    """Writes the markdown report and its plots; returns the report's path."""
+    results = Results(suite, layout)
+    plots = layout.results / "plots"
+    plots.mkdir(parents=True, exist_ok=True)
+    report.parent.mkdir(parents=True, exist_ok=True)
+
+    def link(path: Path) -> str:
+        return os.path.relpath(path, report.parent)
+
+    all_runs = suite.runs()
+    finished = [r for r in all_runs if r.key in results.summaries]
+    total = sum(results.summaries[r.key]["wall_seconds"] for r in finished)
+    execution = {}
+    for r in finished[:1]:
+        meta = layout.results / r.key / "bench.json"
+        execution = json.loads(meta.read_text()) if meta.is_file() else {}
+    lines = [
+        f"# {suite.name}: results",
+        "",
+        suite.description.strip(),
+        "",
+        f"Regenerate: `{command}` runs what is missing (add `--resume` to continue interrupted runs), "
+        f"`{command} --report` rewrites this page from `{layout.results}/`.",
+        "",
+        f"**{len(finished)} of {len(all_runs)} runs finished**; their training took {total / 3600:.2f} h of wall time in all "
+        f"(sum of the runs' own clocks; {execution.get('jobs', '?')} run(s) in parallel with {execution.get('threads', '?')} "
+        f"torch thread(s) each, on {execution.get('cpus', '?')} CPUs: {execution.get('processor', '?')}). Times relative to dense "
+        "compare runs made the same way and are noisy when other work shared the machine.",
+        "",
+    ]
+    skipped = {c.key: why for c in suite.cells() if (why := cell_unavailable(c, data_dir))}
+    for key, why in skipped.items():
+        lines.append(f"- `{key}`: skipped: {why}. To run it, put the CIFAR-10 python batches in a folder and pass `--data-dir DIR`.")
+    pending = [r.key for r in all_runs if r.key not in results.summaries and r.cell.key not in skipped]
+    if pending:
+        lines += ["", f"<details><summary>{len(pending)} pending run(s)</summary>", "", *[f"- `{k}`" for k in pending], "", "</details>"]
+    lines.append("")
+
+    main = suite.groups[0]
+    methods_main = [m.name for m in main.methods]
+    lines += ["## Is SNR on par with dense training and with DPF?", "", *_claims(results, main.cells), ""]
+    families: dict[str, list[Cell]] = {}
+    for cell in main.cells:
+        families.setdefault(cell.family, []).append(cell)
+    for family, cells in families.items():
+        lines += [f"## {main.title}: {family} data", "", *_table(results, cells, methods_main), ""]
+        why = [f"- `{c.key}`: {c.epochs} epochs, {c.seeds} seed(s). {c.why}" for c in cells if c.why]
+        lines += why + [""] if why else []
+    for group in suite.groups[1:]:
+        lines += [f"## {group.title}", "", *_table(results, group.cells, [m.name for m in group.methods]), ""]
+        lines += [f"- `{m.name}`: {', '.join(f'{k}={v}' for k, v in m.options.items())}" for m in group.methods] + [""]
+
+    lines += ["## Plots", ""]
+    for title, path in _plots(results, main, plots):
+        lines += [f"### {title}", "", f"![{title}]({link(path)})", ""]
+    if suite.findings:
+        findings = Path(suite.source).parent / suite.findings
+        if findings.is_file():
+            lines += [findings.read_text().strip(), ""]
+    report.write_text("\n".join(lines).rstrip() + "\n")
+    return report
+
+
+# -- plots --------------------------------------------------------------------------------------
+
+MARKERS = {"dense": ("o", "black"), "snr": ("s", "tab:blue"), "snr-either": ("D", "tab:cyan"), "dpf-matched": ("^", "tab:orange"), "dpf-90": ("v", "tab:red")}
+EXTRA_MARKERS = [("P", "tab:green"), ("X", "tab:purple"), ("*", "tab:brown"), ("h", "tab:pink"), ("<", "tab:olive")]
+
+
+def _style(method: str, i: int) -> tuple[str, str]:
+    return MARKERS.get(method) or EXTRA_MARKERS[i % len(EXTRA_MARKERS)]
+
+
+def _plots(results: Results, main: Any, folder: Path) -> list[tuple[str, Path]]:
+    made = []
+    cells = [c for c in main.cells if any(results.seeds(c, m.name) for m in main.methods)]
+    if cells:
+        made.append(("Test error against sparsity (each point a seed)", _plot_accuracy(results, cells, main.methods, folder / "accuracy_vs_sparsity.png")))
+        made.append(("Sparsity over training: SNR against DPF's schedule (seed 0)", _plot_curves(results, cells, folder / "sparsity_curves.png")))
+    layer_cells = [c for c in cells if results.seeds(c, SNR) and len(results.seeds(c, SNR)[0]["layer_sparsity"]) > 1][:2]
+    if layer_cells:
+        made.append(("Per-layer sparsity found by SNR (mean and range over seeds)", _plot_layers(results, layer_cells, folder / "snr_layers.png")))
+    for cell in layer_cells:
+        path = _plot_snr_distribution(results, cell, folder / f"snr_distribution_{cell.key}.png")
+        if path is not None:
+            made.append((f"SNR moving average per layer, {cell.key} seed 0, against pure noise", path))
+    return made
+
+
+def _grid(n: int, width: float = 3.4, height: float = 2.8):
+    cols = min(4, n)
+    rows = math.ceil(n / cols)
+    fig = reporting._figure(width * cols, height * rows)
+    axes = np.atleast_1d(fig.subplots(rows, cols, squeeze=False)).ravel()
+    for ax in axes[n:]:
+        ax.set_visible(False)
+    return fig, axes
+
+
+def _plot_accuracy(results: Results, cells: Sequence[Cell], methods: Sequence[Any], path: Path) -> Path:
+    fig, axes = _grid(len(cells))
+    for ax, cell in zip(axes, cells):
+        for i, method in enumerate(methods):
+            runs = results.seeds(cell, method.name)
+            marker, color = _style(method.name, i)
+            ax.scatter([100 * s["sparsity"] for s in runs], [100 * (1 - s["test_accuracy"]) for s in runs], marker=marker, color=color, label=method.name, s=28, alpha=0.8)
+        ax.set_title(cell.key, fontsize=9)
+        ax.set_xlabel("sparsity (%)", fontsize=8)
+        ax.set_ylabel("test error (%)", fontsize=8)
+        ax.grid(alpha=0.3)
+        ax.tick_params(labelsize=7)
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside lower center", ncols=len(labels), fontsize=8)
+    fig.savefig(path, dpi=100)
+    return path
+
+
+def _plot_curves(results: Results, cells: Sequence[Cell], path: Path) -> Path:
+    fig, axes = _grid(len(cells))
+    for ax, cell in zip(axes, cells):
+        for method, color in ((SNR, "tab:blue"), ("snr-either", "tab:cyan"), (DPF_MATCHED, "tab:orange"), ("dpf-90", "tab:red")):
+            curve = results.curve(f"{cell.key}/{method}/seed0")
+            if curve:
+                ax.plot([p["step"] for p in curve], [100 * p["sparsity"] for p in curve], color=color, lw=1, label=method)
+        ax.set_title(cell.key, fontsize=9)
+        ax.set_xlabel("step", fontsize=8)
+        ax.set_ylabel("sparsity (%)", fontsize=8)
+        ax.set_ylim(0, 100)
+        ax.grid(alpha=0.3)
+        ax.tick_params(labelsize=7)
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside lower center", ncols=max(1, len(labels)), fontsize=8)
+    fig.savefig(path, dpi=100)
+    return path
+
+
+def _plot_layers(results: Results, cells: Sequence[Cell], path: Path) -> Path:
+    fig, axes = _grid(len(cells), width=4.5, height=3.2)
+    for ax, cell in zip(axes, cells):
+        runs = results.seeds(cell, SNR)
+        names = list(runs[0]["layer_sparsity"])
+        values = np.array([[100 * s["layer_sparsity"][n] for n in names] for s in runs])
+        y = np.arange(len(names))
+        ax.barh(y, values.mean(0), xerr=[values.mean(0) - values.min(0), values.max(0) - values.mean(0)], color="tab:blue", capsize=2)
+        ax.set_yticks(y, [f"{n} ({runs[0]['layer_params'][n]:,})" for n in names], fontsize=7)
+        ax.invert_yaxis()
+        ax.set_xlim(0, 100)
+        ax.set_xlabel("sparsity (%)", fontsize=8)
+        ax.set_title(f"{cell.key}: snr, {len(runs)} seed(s)", fontsize=9)
+        ax.grid(axis="x", alpha=0.3)
+    fig.savefig(path, dpi=100)
+    return path
+
+
+def _plot_snr_distribution(results: Results, cell: Cell, path: Path) -> Path | None:
+    key = f"{cell.key}/{SNR}/seed0"
+    with_hist = [m for m in results.metrics(key) if "snr_histogram" in m]
+    if len(with_hist) < 2:
+        return None
+    config = json.loads((results.layout.results / key / "config.json").read_text())
+    first, last = with_hist[0], with_hist[-1]
+    edges = np.array(first["snr_histogram"]["edges"])
+    centres = np.sqrt(edges[:-1] * edges[1:])
+    steps_per_epoch = first["step"] // first["epoch"]
+    burn_in_stats = max(1, round(config["burn_in_epochs"] * steps_per_epoch) // config["stats_every"])
+    noise = {
+        "end of burn-in": noise_snr_average(config["batch_size"], config["ema"], burn_in_stats),
+        "end of training": noise_snr_average(config["batch_size"], config["ema"], 400),
+    }
+    names = list(first["snr_histogram"]["counts"])
+    fig, axes = _grid(len(names), width=3.6, height=2.8)
+    for ax, name in zip(axes, names):
+        for record, label, color in ((first, "end of burn-in", "tab:green"), (last, "end of training", "tab:blue")):
+            counts = np.array(record["snr_histogram"]["counts"][name], dtype=float)
+            inner = counts[1:-1] / counts.sum()
+            ax.step(centres, inner, where="mid", color=color, label=f"{label} (epoch {record['epoch']})")
+        hist, _ = np.histogram(noise["end of training"], bins=edges)
+        ax.step(centres, hist / len(noise["end of training"]), where="mid", color="black", ls="--", label="pure noise, stationary")
+        hist, _ = np.histogram(noise["end of burn-in"], bins=edges)
+        ax.step(centres, hist / len(noise["end of burn-in"]), where="mid", color="gray", ls=":", label="pure noise, at burn-in")
+        ax.axvline(config["threshold"], color="tab:red", lw=0.8)
+        ax.set_xscale("log")
+        ax.set_title(name, fontsize=9)
+        ax.set_xlabel("SNR moving average", fontsize=8)
+        ax.set_ylabel("fraction of weights", fontsize=8)
+        ax.tick_params(labelsize=7)
+        ax.grid(alpha=0.3)
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside lower center", ncols=2, fontsize=7)
+    fig.savefig(path, dpi=100)
+    return path

@@ -1,0 +1,129 @@
+"""Tests for the experiment suite: grid expansion, resumable execution, matched DPF, the report."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from scipy import stats as scipy_stats
+
+from snrprune.bench import BenchError, Cell, Group, Method, Suite, default_layout, load_suite, plan, run_suite
+from snrprune.bench_report import noise_snr_average, write_report
+from snrprune.cli import main
+
+SUITE_FILE = '''
+from snrprune.bench import Cell, Group, Method, Suite
+CELL = Cell("digits", "mlp", epochs=2, seeds=2, options={"model_options": {"widths": [16]}, "batch_size": 128, "lr": 0.01}, why="tiny")
+SUITE = Suite(
+    name="tiny",
+    groups=[
+        Group("Main grid", [CELL, Cell("cifar10", "resnet20", epochs=1, seeds=1)], [
+            Method("dense", {"method": "dense"}),
+            Method("snr", {"method": "snr"}),
+            Method("dpf-matched", {"method": "dpf"}, matched_to="snr"),
+        ]),
+        Group("Ablations", [CELL], [Method("snr-ema-0.5", {"method": "snr", "ema": 0.5}), Method("snr", {"method": "snr"})]),
+    ],
+)
+'''
+
+
+@pytest.fixture()
+def suite_file(tmp_path: Path) -> Path:
+    path = tmp_path / "tiny.py"
+    path.write_text(SUITE_FILE)
+    return path
+
+
+def test_grid_expansion_dedupes_and_orders(suite_file: Path):
+    suite = load_suite(suite_file)
+    keys = [r.key for r in suite.runs()]
+    assert len(keys) == len(set(keys))
+    # 2 seeds x 3 methods + 1 cifar seed x 3 methods + the ablation's extra method x 2 seeds (snr is shared)
+    assert len(keys) == 6 + 3 + 2
+    assert keys.index("digits-mlp/snr/seed0") < keys.index("digits-mlp/dpf-matched/seed0")
+    run = next(r for r in suite.runs() if r.key == "digits-mlp/dpf-matched/seed1")
+    assert run.depends_on == "digits-mlp/snr/seed1"
+    with pytest.raises(BenchError, match="needs the finished run digits-mlp/snr/seed1"):
+        run.config()
+    config = run.config(matched_sparsity=0.25)
+    assert (config.method, config.target_sparsity, config.seed, config.epochs, config.lr) == ("dpf", 0.25, 1, 2, 0.01)
+
+
+def test_load_suite_errors(tmp_path: Path, suite_file: Path):
+    with pytest.raises(BenchError, match="not found"):
+        load_suite(tmp_path / "missing.py")
+    with pytest.raises(BenchError, match="defines no QUICK"):
+        load_suite(suite_file, quick=True)
+
+
+def test_run_skip_resume_matched_and_report(tmp_path: Path, suite_file: Path):
+    suite = load_suite(suite_file)
+    layout = default_layout(suite, str(tmp_path / "results"), str(tmp_path / "work"))
+    logs: list[str] = []
+    counts = run_suite(suite, layout, jobs=1, threads=1, log=logs.append)
+    assert counts == {"finished_before": 0, "ran": 8, "failed": 0, "skipped": 3}
+    assert any("cifar10-resnet20/snr/seed0: skipped" in line for line in logs)
+
+    # committed files only, no checkpoints or models; the matched DPF hit SNR's sparsity
+    for seed in (0, 1):
+        run_dir = layout.results / f"digits-mlp/snr/seed{seed}"
+        assert sorted(p.name for p in run_dir.iterdir()) == ["bench.json", "config.json", "curve.jsonl", "metrics.jsonl", "summary.json"]
+        snr = json.loads((run_dir / "summary.json").read_text())
+        dpf_dir = layout.results / f"digits-mlp/dpf-matched/seed{seed}"
+        dpf_config = json.loads((dpf_dir / "config.json").read_text())
+        assert dpf_config["target_sparsity"] == snr["sparsity"]
+        assert json.loads((dpf_dir / "summary.json").read_text())["sparsity"] == pytest.approx(snr["sparsity"], abs=1 / 2000)
+
+    # a second call has nothing to do
+    assert run_suite(suite, layout, log=logs.append)["ran"] == 0
+
+    # an interrupted run (checkpoint, no results) is refused without --resume, continued with it
+    victim = "digits-mlp/snr-ema-0.5/seed1"
+    shutil.rmtree(layout.results / victim)
+    (layout.work / victim / "summary.json").unlink()
+    assert plan(suite, layout)["interrupted"][0].key == victim
+    with pytest.raises(BenchError, match="--resume"):
+        run_suite(suite, layout, log=logs.append)
+    assert run_suite(suite, layout, resume=True, log=logs.append)["ran"] == 1
+    assert (layout.results / victim / "summary.json").is_file()
+
+    # a run whose work folder finished but whose files were never copied is just copied
+    shutil.rmtree(layout.results / "digits-mlp/dense/seed1")
+    assert plan(suite, layout)["uncopied"][0].key == "digits-mlp/dense/seed1"
+    assert run_suite(suite, layout, log=logs.append)["ran"] == 0
+    assert (layout.results / "digits-mlp/dense/seed1/summary.json").is_file()
+
+    # the report: pending cells listed, never invented; plots written
+    shutil.rmtree(layout.results / "digits-mlp/snr-ema-0.5/seed0")
+    report = write_report(suite, layout, tmp_path / "RESULTS.md", "snrprune bench tiny.py")
+    text = report.read_text()
+    assert "**7 of 11 runs finished**" in text
+    assert "`digits-mlp/snr-ema-0.5/seed0`" in text and "cifar10-resnet20`: skipped" in text
+    assert "| cifar10-resnet20 | dense | 0/1 | pending |" in text
+    assert "| digits-mlp | snr-ema-0.5 | 1/2 |" in text
+    for png in ("accuracy_vs_sparsity.png", "sparsity_curves.png", "snr_distribution_digits-mlp.png"):
+        assert (layout.results / "plots" / png).read_bytes()[:4] == b"\x89PNG"
+
+
+def test_cli_bench_list_and_errors(tmp_path: Path, suite_file: Path, capsys):
+    argv = ["bench", str(suite_file), "--results", str(tmp_path / "r"), "--work", str(tmp_path / "w")]
+    assert main(argv + ["--list", "--only", "digits-mlp/*/seed0"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out == [f"new          digits-mlp/{m}/seed0" for m in ("dense", "snr", "dpf-matched", "snr-ema-0.5")]
+    with pytest.raises(SystemExit) as exc:
+        main(["bench", str(tmp_path / "nope.py")])
+    assert exc.value.code == 2 and "suite file" in capsys.readouterr().err
+
+
+def test_noise_snr_matches_the_f_distribution():
+    """With ema 0 the 'average' is the last per-step SNR: F(1, B-1), mean (B-1)/(B-3), P(>1) about 0.32."""
+    values = noise_snr_average(batch_size=128, ema=0.0, steps=5, n=200_000)
+    assert values.mean() == pytest.approx(127 / 125, rel=0.02)
+    assert np.mean(values > 1) == pytest.approx(scipy_stats.f.sf(1, 1, 127), abs=0.005)
+    averaged = noise_snr_average(batch_size=128, ema=0.9, steps=400, n=50_000)
+    assert averaged.mean() == pytest.approx(127 / 125, rel=0.02)  # averaging keeps the mean ...
+    assert averaged.std() < 0.35 * values.std()  # ... and shrinks the spread
