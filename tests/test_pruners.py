@@ -10,7 +10,7 @@ from torch import nn
 from torch.func import functional_call, grad, vmap
 
 import snrprune
-from snrprune import DPFPruning, NoPruning, SNRPruning, get_method
+from snrprune import DPFPruning, NoPruning, SNRAutoPruning, SNRPruning, get_method
 from snrprune.schedules import polynomial_sparsity
 
 
@@ -489,3 +489,123 @@ def test_distributed_ranks_share_global_batch_statistics(float64_default):
         torch.testing.assert_close(ema0[ddp_name], pruning.snr_ema[name], rtol=1e-6, atol=1e-9)
         assert torch.equal(masks0[ddp_name], pruning.masks[name])
     assert pruning.sparsity() > 0
+
+
+# -- snr-auto -------------------------------------------------------------------------------------
+
+
+def _set_window(pruning, name, mean, std, n=400, seed=0):
+    """Window sums of n per-sample gradients drawn around ``mean`` (a tensor) with spread ``std``."""
+    g = torch.Generator().manual_seed(seed)
+    samples = mean + std * torch.randn((n, *mean.shape), generator=g)
+    pruning.window[name] = [samples.sum(0), samples.pow(2).sum(0)]
+
+
+def test_snr_auto_decisions_follow_the_kept_weights_evidence():
+    model = small_mlp()
+    pruning = SNRAutoPruning(model, window_steps=4, step=0.5)
+    noise, signal, dead = "0.weight", "2.weight", "4.weight"
+    zero = {name: torch.zeros_like(w) for name, w in pruning.dense.items()}
+    _set_window(pruning, noise, zero[noise], 1.0)  # pure noise: mean window SNR near 1
+    _set_window(pruning, signal, zero[signal] + 0.5, 1.0)  # window SNR ~ 400 * 0.25 = 100
+    pruning.window[dead] = [zero[dead].clone(), zero[dead].clone()]  # no gradient reached it
+    pruning.window_count = 400
+    z_noise = float(snrprune.snr_from_moments(*pruning.window[noise], 400).mean())
+    margin = 2 * (2 / pruning.dense[noise].numel()) ** 0.5  # two standard errors of the noise mean
+    assert z_noise <= 1 + margin  # pure noise stays inside the noise band ...
+    pruning.decide()
+    assert pruning.density[noise] == 0.5  # ... so the layer is pruned
+    assert pruning.density[signal] == 1.0  # capped at dense
+    assert pruning.density[dead] == 1.0  # held: no evidence either way
+    assert pruning.window == {} and pruning.window_count == 0
+    assert pruning.window_snr[signal] > 50 and signal in pruning.window_snr and dead not in pruning.window_snr
+
+
+def test_snr_auto_regrows_and_never_collapses():
+    model = small_mlp()
+    pruning = SNRAutoPruning(model, window_steps=4, step=0.5)
+    name = "2.weight"  # 12 x 16: the floor is one weight per output unit, 12 of 192
+    for _ in range(10):  # ten windows of pure noise on every layer
+        for other, w in pruning.dense.items():
+            _set_window(pruning, other, torch.zeros_like(w), 1.0, seed=len(pruning.window))
+        pruning.window_count = 400
+        pruning.decide()
+    assert pruning.density[name] == pytest.approx(12 / 192)  # pure noise is pruned down to the floor, no further
+    masks = pruning.compute_masks()
+    assert int(masks[name].sum()) == 12
+    _set_window(pruning, name, torch.full_like(pruning.dense[name], 0.5), 1.0)
+    for other in pruning.dense:
+        if other != name:
+            pruning.window[other] = [torch.zeros_like(pruning.dense[other])] * 2
+    pruning.window_count = 400
+    before = pruning.density[name]
+    pruning.decide()
+    assert pruning.density[name] == pytest.approx(before / 0.75)  # still learning: regrowth
+
+
+def test_snr_auto_masks_keep_the_largest_magnitudes_at_the_layer_density():
+    model = small_mlp()
+    pruning = SNRAutoPruning(model, window_steps=4)
+    pruning.density = {name: 0.25 for name in pruning.dense}
+    masks = pruning.compute_masks()
+    for name, w in pruning.dense.items():
+        n_keep = round(0.25 * w.numel())
+        assert torch.equal(masks[name].bool(), stable_prune_count_mask(w.abs(), w.numel() - n_keep))
+
+
+def test_snr_auto_window_sums_match_one_big_batch():
+    """The window's S1/S2 over k steps equal the moments of all k batches (at fixed weights)."""
+    model = small_mlp()
+    pruning = SNRAutoPruning(model, window_steps=100)
+    optimizer = pruning.wrap(torch.optim.SGD(model.parameters(), lr=0.0))
+    batches = make_batches(3)
+    train(model, optimizer, batches)
+    reference = small_mlp()  # the same weights (lr 0, no mask yet), statistics accumulated over 3 backward calls
+    collected = snrprune.GradientStats(reference)
+    for x, y in batches:
+        F.cross_entropy(reference(x), y).backward()
+    for name, m in collected.moments().items():
+        assert torch.allclose(pruning.window[name][0], m.sum, atol=1e-6)
+        assert torch.allclose(pruning.window[name][1], m.sum_sq, atol=1e-7)
+    assert pruning.window_count == 48
+
+
+def test_snr_auto_resume_is_bit_exact():
+    def setup(seed=0):
+        model = small_mlp(seed)
+        pruning = SNRAutoPruning(model, window_steps=3, update_every=2)
+        optimizer = pruning.wrap(torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9))
+        return model, pruning, optimizer
+
+    batches = make_batches(20)
+    model_a, pruning_a, opt_a = setup()
+    train(model_a, opt_a, batches)
+    model_b, pruning_b, opt_b = setup()
+    train(model_b, opt_b, batches[:7])  # mid-window
+    buffer = io.BytesIO()
+    torch.save({"model": model_b.state_dict(), "opt": opt_b.state_dict(), "pruning": pruning_b.state_dict()}, buffer)
+    buffer.seek(0)
+    saved = torch.load(buffer, weights_only=True)
+    model_c, pruning_c, opt_c = setup(seed=5)
+    model_c.load_state_dict(saved["model"])
+    opt_c.load_state_dict(saved["opt"])
+    pruning_c.load_state_dict(saved["pruning"])
+    train(model_c, opt_c, batches[7:])
+    assert pruning_a.density == pruning_c.density and pruning_a.window_count == pruning_c.window_count
+    for name in pruning_a.masks:
+        assert torch.equal(pruning_a.masks[name], pruning_c.masks[name])
+        assert torch.equal(pruning_a.dense[name], pruning_c.dense[name])
+    for (name, a), c in zip(model_a.state_dict().items(), model_c.state_dict().values()):
+        assert torch.equal(a, c), name
+
+
+def test_snr_auto_bad_input():
+    model = small_mlp()
+    for kwargs, message in [
+        ({"window_steps": 0}, "window_steps must be an integer >= 1"),
+        ({"window_steps": 4, "step": 1.0}, "step must be a number in"),
+        ({"window_steps": 4, "threshold": -1.0}, "threshold must be a number in"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            SNRAutoPruning(model, **kwargs)
+    assert get_method("snr-auto") is SNRAutoPruning

@@ -279,3 +279,17 @@ def test_batch_larger_than_training_set(tmp_path):
     with pytest.raises(training.TrainingError, match="larger than the 1438 training samples"):
         train(tiny(batch_size=5000), tmp_path, progress=False)
     assert not tmp_path.joinpath("config.json").exists()
+
+
+def test_snr_auto_end_to_end(tmp_path):
+    """snr-auto through train(): decisions once per window, densities logged, no layer below its floor."""
+    summary = train(tiny(method="snr-auto", epochs=4), tmp_path / "auto", progress=False)
+    metrics = read_lines(tmp_path / "auto" / "metrics.jsonl")
+    assert all("diagnostics" in m for m in metrics)
+    assert metrics[0]["sparsity"] == 0.0  # the first decision comes at the end of the first window
+    final = metrics[-1]["diagnostics"]["density"]
+    for name, density in final.items():
+        assert summary["layer_sparsity"][name] == pytest.approx(1 - density, abs=1e-3)
+        assert density >= summary["layer_shapes"][name][0] / summary["layer_params"][name] - 1e-9
+    config = TrainConfig.from_dict(json.loads((tmp_path / "auto" / "config.json").read_text()))
+    assert (config.update_every, config.scope, config.window_epochs) == (16, "layer", 1.0)

@@ -1,12 +1,12 @@
 """snrprune: train a network while pruning it dynamically, guided by per-weight gradient SNR.
 
 Public API: :class:`GradientStats` (exact per-weight gradient moments and SNR), the pruning methods
-:class:`SNRPruning`, :class:`DPFPruning`, :class:`NoPruning` (registered as ``snr``, ``dpf``,
-``dense``), and :func:`get_method` to look one up by name.
+:class:`SNRPruning`, :class:`SNRAutoPruning`, :class:`DPFPruning`, :class:`NoPruning` (registered as
+``snr``, ``snr-auto``, ``dpf``, ``dense``), and :func:`get_method` to look one up by name.
 """
 
 from .layers import MOMENTS, LayerMoments, find_prunable_layers
-from .pruners import PRUNING_METHODS, DPFPruning, NoPruning, Pruning, SNRPruning, get_method, register_method
+from .pruners import PRUNING_METHODS, DPFPruning, NoPruning, Pruning, SNRAutoPruning, SNRPruning, get_method, register_method
 from .statistics import SNR_CAP, GradientStats, Moments, snr_from_moments
 
 __version__ = "0.1.0"
@@ -21,6 +21,7 @@ __all__ = [
     "Moments",
     "NoPruning",
     "Pruning",
+    "SNRAutoPruning",
     "SNRPruning",
     "find_prunable_layers",
     "get_method",

@@ -38,14 +38,15 @@ from .training import (
 )
 
 # Options that only make sense for one pruning method (flag -> method).
-_SNR_ONLY = ("combine", "ema", "threshold", "burn_in_epochs", "stats_every")
+_SNR_ONLY = ("combine", "ema", "burn_in_epochs", "stats_every")
+_AUTO_ONLY = ("window_epochs", "auto_step")
 _DPF_ONLY = ("target_sparsity", "end_fraction")
 # TrainConfig fields set by `snrprune train` options (everything a --resume must not change).
 _CONFIG_OPTIONS = (
     "dataset", "model", "method", "model_options", "data_dir", "target", "data_seed", "seed", "device",
     "epochs", "batch_size", "optimizer", "lr", "momentum", "nesterov", "weight_decay", "schedule",
     "target_sparsity", "scope", "update_every", "combine", "ema", "threshold", "burn_in_epochs",
-    "stats_every", "end_fraction", "include_layers", "exclude_layers", "curve_every",
+    "stats_every", "window_epochs", "auto_step", "end_fraction", "include_layers", "exclude_layers", "curve_every",
 )
 
 
@@ -136,6 +137,8 @@ def build_parser() -> argparse.ArgumentParser:
     how.add_argument("--ema", metavar="BETA", type=_float_in(0.0, 1.0), help="snr: moving-average factor of the SNR (default 0.9)")
     how.add_argument("--threshold", metavar="T", type=_float_in(0.0, None), help="snr: SNR below which a weight may be pruned (default 1)")
     how.add_argument("--burn-in-epochs", metavar="E", type=_float_in(0.0, None), help="snr: epochs before the first mask update (default 1)")
+    how.add_argument("--window-epochs", metavar="E", type=_float_in(0.0, None, low_open=True), help="snr-auto: epochs of summed statistics behind each decision (default 1)")
+    how.add_argument("--auto-step", metavar="A", type=_float_in(0.0, 1.0, low_open=True), help="snr-auto: a decision multiplies a layer's density by 1 - A (default 0.5)")
     how.add_argument("--stats-every", type=_positive_int, metavar="K", help="snr: collect gradient statistics every K steps (default 1)")
     how.add_argument("--update-every", type=_positive_int, metavar="K", help="recompute masks every K steps (default: 1 for snr, 16 for dpf)")
     how.add_argument("--include-layers", action="append", metavar="PATTERN", help="prune only modules matching this glob, repeatable")
@@ -262,6 +265,11 @@ def _config_from_args(given: dict[str, Any], parser: argparse.ArgumentParser) ->
     for name in _SNR_ONLY if method != "snr" else ():
         if name in given:
             parser.error(f"--{name.replace('_', '-')} only applies to --method snr (this run uses --method {method})")
+    if method not in ("snr", "snr-auto") and "threshold" in given:
+        parser.error(f"--threshold only applies to --method snr or snr-auto (this run uses --method {method})")
+    for name in _AUTO_ONLY if method != "snr-auto" else ():
+        if name in given:
+            parser.error(f"--{name.replace('_', '-')} only applies to --method snr-auto (this run uses --method {method})")
     for name in _DPF_ONLY if method != "dpf" else ():
         if name in given:
             parser.error(f"--{name.replace('_', '-')} only applies to --method dpf (this run uses --method {method})")

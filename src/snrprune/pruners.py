@@ -36,7 +36,7 @@ from torch import Tensor, nn
 from .layers import NameFilter, find_prunable_layers
 from .masks import COMBINE_MODES, SCOPES, check_choice, combine, count, magnitude_keep_masks
 from .schedules import polynomial_sparsity
-from .statistics import GradientStats
+from .statistics import GradientStats, snr_from_moments
 
 PRUNING_METHODS: dict[str, type[Pruning]] = {}
 
@@ -254,6 +254,10 @@ class Pruning:
         """Per-layer quantiles of the SNR moving average (empty for methods that do not track it)."""
         return {}
 
+    def diagnostics(self) -> dict[str, Any]:
+        """Method-specific state worth logging every epoch (empty by default)."""
+        return {}
+
     def snr_histogram(self) -> dict[str, list[int]]:
         """Per-layer counts of the SNR moving average in the bins of :data:`SNR_HISTOGRAM_EDGES` (empty if untracked)."""
         return {}
@@ -454,3 +458,114 @@ class SNRPruning(Pruning):
     def load_state_dict(self, state: dict[str, Any]) -> None:
         super().load_state_dict(state)
         self.snr_ema = {name: t.to(self.dense[name].device).clone() for name, t in state.get("snr_ema", {}).items()}
+
+
+@register_method("snr-auto")
+class SNRAutoPruning(Pruning):
+    """Schedule-free pruning that asks each layer whether its *kept* weights still learn from the data.
+
+    The paper's per-weight test cannot say how much to prune: late in training nearly every weight's
+    mini-batch SNR sits at the noise level, pruned or not (``shared/research/snr-statistics.md``).
+    This method moves the test to the layer and to the whole data set. Over a window of
+    ``window_steps`` steps (one epoch by default in ``snrprune train``) it sums S1, S2 and the sample
+    count per weight, so each weight's window SNR ``z = N * mean**2 / var`` is its gradient SNR over
+    all N samples of the window. At the end of a window, per layer, Mahsereci's evidence-based
+    criterion is applied to the kept weights: if their mean z is not above ``threshold`` (1, the noise
+    level) by two standard errors of the pure-noise mean, the layer's remaining weights receive only
+    noise from the data, the layer has capacity to spare, and its
+    density is multiplied by ``1 - step``; otherwise the layer is still learning and its density is
+    divided by ``1 - step / 2`` (regrowth, so a layer pruned too far recovers). Masks keep the largest
+    dense magnitudes of each layer at its density, recomputed every ``update_every`` steps; pruned
+    weights keep training through the DPF feedback. A layer never drops below one weight per output
+    unit, and a window in which a layer's kept weights received no gradient at all leaves it as it is,
+    so no layer can collapse. No target sparsity, no schedule.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        window_steps: int,
+        step: float = 0.5,
+        threshold: float = 1.0,
+        update_every: int = 16,
+        *,
+        include: NameFilter = None,
+        exclude: NameFilter = None,
+    ):
+        super().__init__(model, scope="layer", include=include, exclude=exclude)
+        self.window_steps = _check_int("window_steps", window_steps, 1)
+        self.step_size = _check_float("step", step, 0.0, 1.0)
+        self.threshold = _check_float("threshold", threshold, 0.0, math.inf)
+        self.update_every = _check_int("update_every", update_every, 1)
+        self.density = {name: 1.0 for name in self.weights}
+        # the guard against collapse: at least one weight per output unit (rows of the weight)
+        self.min_density = {name: w.shape[0] / w.numel() for name, w in self.weights.items()}
+        self.window: dict[str, list[Tensor]] = {}  # name -> [S1, S2] summed over the window
+        self.window_count = 0
+        self.window_snr: dict[str, float] = {}  # the last decision's mean window SNR of the kept weights
+        self.stats = GradientStats(model, include=include, exclude=exclude)
+
+    def stats_due(self, step: int) -> bool:
+        return True
+
+    def observe_stats(self, stats: GradientStats) -> None:
+        moments = stats.moments()
+        for name, m in moments.items():
+            acc = self.window.get(name)
+            if acc is None:
+                self.window[name] = [m.sum.clone(), m.sum_sq.clone()]
+            else:
+                acc[0].add_(m.sum)
+                acc[1].add_(m.sum_sq)
+        self.window_count += max(m.count for m in moments.values())
+
+    def window_due(self, step: int) -> bool:
+        return step % self.window_steps == 0
+
+    def update_due(self, step: int) -> bool:
+        return self.window_due(step) or step % self.update_every == 0
+
+    def decide(self) -> None:
+        """End of a window: each layer's density moves by the evidence of its kept weights."""
+        if self.window_count < 2 or len(self.window) < len(self.weights):
+            return
+        for name, (s1, s2) in self.window.items():
+            z = snr_from_moments(s1, s2, self.window_count)
+            informed = (s2 > 0) & (self.keep[name] > 0)  # kept weights that received any gradient
+            if not informed.any():
+                continue  # no evidence either way: hold (a dead layer must not be pruned further)
+            mean_z = float(z[informed].mean())
+            self.window_snr[name] = mean_z
+            # pure noise gives z ~ chi2(1) per weight (mean 1, variance 2): "learning" needs the mean of
+            # the n kept weights to stand two standard errors above the noise level
+            if mean_z <= self.threshold + 2.0 * math.sqrt(2.0 / int(informed.sum())):
+                density = self.density[name] * (1.0 - self.step_size)
+            else:
+                density = self.density[name] / (1.0 - self.step_size / 2)
+            self.density[name] = min(1.0, max(self.min_density[name], density))
+        self.window = {}
+        self.window_count = 0
+
+    def compute_masks(self) -> dict[str, Tensor]:
+        if self.window_due(self.step_count):
+            self.decide()
+        n_prune = {name: w.numel() - max(1, round(self.density[name] * w.numel())) for name, w in self.dense.items()}
+        return magnitude_keep_masks(self.dense, n_prune, "layer")
+
+    def diagnostics(self) -> dict[str, Any]:
+        return {"density": dict(self.density), "window_snr": dict(self.window_snr)}
+
+    def state_dict(self) -> dict[str, Any]:
+        state = super().state_dict()
+        state["density"] = dict(self.density)
+        state["window"] = {name: [t.clone() for t in pair] for name, pair in self.window.items()}
+        state["window_count"] = self.window_count
+        state["window_snr"] = dict(self.window_snr)
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict(state)
+        self.density = {name: float(state["density"][name]) for name in self.weights}
+        self.window = {name: [t.to(self.dense[name]).clone() for t in pair] for name, pair in state["window"].items()}
+        self.window_count = int(state["window_count"])
+        self.window_snr = dict(state.get("window_snr", {}))

@@ -39,7 +39,7 @@ from .checkpoint import CheckpointError, atomic_torch_save, load_checkpoint, sav
 from .data import dataset_names, iterate_batches, load_dataset
 from .masks import COMBINE_MODES, SCOPES
 from .models import MODELS, build_model, model_names
-from .pruners import PRUNING_METHODS, SNR_HISTOGRAM_EDGES, DPFPruning, NoPruning, Pruning, SNRPruning
+from .pruners import PRUNING_METHODS, SNR_HISTOGRAM_EDGES, DPFPruning, NoPruning, Pruning, SNRAutoPruning, SNRPruning
 
 __all__ = [
     "Recipe",
@@ -162,6 +162,8 @@ class TrainConfig:
     threshold: float = 1.0  # snr
     burn_in_epochs: float = 1.0  # snr
     stats_every: int = 1  # snr
+    window_epochs: float = 1.0  # snr-auto: the window of summed statistics behind each decision
+    auto_step: float = 0.5  # snr-auto: a decision multiplies a layer's density by 1 - auto_step
     end_fraction: float = 0.75  # dpf: the target is reached at this fraction of training
     include_layers: list[str] | None = None  # glob patterns of module names to prune (None: all)
     exclude_layers: list[str] = field(default_factory=list)
@@ -203,7 +205,7 @@ class TrainConfig:
             c.schedule = recipe.schedule
         if c.method != "dense":
             c.scope = c.scope or {"snr": "layer", "dpf": "global"}.get(c.method, "layer")
-            c.update_every = c.update_every or {"snr": 1, "dpf": 16}.get(c.method, 1)
+            c.update_every = c.update_every or {"snr": 1, "dpf": 16, "snr-auto": 16}.get(c.method, 1)
         c.validate()
         return c
 
@@ -254,6 +256,10 @@ class TrainConfig:
         _check(_is_number(self.threshold) and self.threshold >= 0, f"threshold must be >= 0, got {self.threshold!r}")
         _check(_is_number(self.burn_in_epochs) and self.burn_in_epochs >= 0, f"burn_in_epochs must be >= 0, got {self.burn_in_epochs!r}")
         _check(_is_int(self.stats_every) and self.stats_every >= 1, f"stats_every must be a positive integer, got {self.stats_every!r}")
+        _check(_is_number(self.window_epochs) and self.window_epochs > 0, f"window_epochs must be > 0, got {self.window_epochs!r}")
+        _check(_is_number(self.auto_step) and 0 < self.auto_step < 1, f"auto_step must be in (0, 1), got {self.auto_step!r}")
+        _check(self.method != "snr-auto" or self.scope == "layer", "method 'snr-auto' decides per layer: scope must be 'layer'")
+        _check(self.method != "snr-auto" or self.batch_size >= 2, "SNR pruning needs batch_size >= 2: one sample has no gradient variance")
         _check(_is_number(self.end_fraction) and 0 < self.end_fraction <= 1, f"end_fraction must be in (0, 1], got {self.end_fraction!r}")
         _check(self.curve_every is None or (_is_int(self.curve_every) and self.curve_every >= 1), f"curve_every must be a positive integer, got {self.curve_every!r}")
         _check_device(self.device)
@@ -306,6 +312,15 @@ def make_pruning(config: TrainConfig, model: nn.Module, steps_per_epoch: int) ->
             scope=config.scope,
             update_every=config.update_every,
             stats_every=config.stats_every,
+            **layers,
+        )
+    if config.method == "snr-auto":
+        return SNRAutoPruning(
+            model,
+            window_steps=max(1, round(config.window_epochs * steps_per_epoch)),
+            step=config.auto_step,
+            threshold=config.threshold,
+            update_every=config.update_every,
             **layers,
         )
     if config.method == "dpf":
@@ -581,6 +596,8 @@ def train(
                 "seconds": seconds,
                 "wall_seconds": wall_seconds,
             }
+            if diagnostics := pruning.diagnostics():
+                metrics["diagnostics"] = diagnostics
             if epoch + 1 in (burn_in_epoch, config.epochs) and (histogram := pruning.snr_histogram()):
                 metrics["snr_histogram"] = {"edges": SNR_HISTOGRAM_EDGES, "counts": histogram}
             bar.set_postfix(loss=f"{metrics['train_loss']:.4f}", acc=f"{metrics['train_accuracy']:.4f}", test=f"{test_acc:.4f}", sparsity=f"{metrics['sparsity']:.3f}")
