@@ -24,6 +24,11 @@ __all__ = ["write_report", "noise_snr_average"]
 
 #: Main-grid method labels whose comparison the claims section reads, when the grid has them.
 DENSE, SNR, DPF_MATCHED = "dense", "snr", "dpf-matched"
+#: (method, DPF matched to its sparsity, title) compared cell by cell with dense and with DPF.
+COMPARISONS = [
+    (SNR, DPF_MATCHED, "Is SNR (`agree`, the paper's method) on par with dense training and with DPF?"),
+    ("snr-auto", "dpf-matched-auto", "Is `snr-auto` on par with dense training and with DPF at the sparsity it chose?"),
+]
 
 
 # -- numbers ------------------------------------------------------------------------------------
@@ -120,15 +125,15 @@ def _table(results: Results, cells: Sequence[Cell], methods: Sequence[str]) -> l
     return lines
 
 
-def _claims(results: Results, cells: Sequence[Cell]) -> list[str]:
-    """Each main cell: SNR against dense and against DPF at the same sparsity, in standard deviations."""
+def _claims(results: Results, cells: Sequence[Cell], method: str, matched: str) -> list[str]:
+    """Each main cell: a method against dense and against DPF at the same sparsity, in standard deviations."""
     lines = [
-        "| cell | dense error % | snr error % | snr − dense | dpf-matched error % | snr − dpf-matched | snr sparsity % (seeds) |",
+        f"| cell | dense error % | {method} error % | {method} − dense | {matched} error % | {method} − {matched} | {method} sparsity % (seeds) |",
         "|---|---|---|---|---|---|---|",
     ]
     on_par_dense = on_par_dpf = compared = 0
     for cell in cells:
-        dense, snr, dpf = (results.error(cell, m) for m in (DENSE, SNR, DPF_MATCHED))
+        dense, snr, dpf = (results.error(cell, m) for m in (DENSE, method, matched))
         if not (dense and snr):
             continue
         compared += 1
@@ -144,11 +149,11 @@ def _claims(results: Results, cells: Sequence[Cell]) -> list[str]:
         text_dpf, ok_dpf = diff(snr, dpf)
         on_par_dense += ok_dense
         on_par_dpf += ok_dpf
-        seeds = ", ".join(f"{100 * v:.1f}" for v in results.values(cell, SNR, "sparsity"))
+        seeds = ", ".join(f"{100 * v:.1f}" for v in results.values(cell, method, "sparsity"))
         lines.append(f"| {cell.key} | {_pm(dense)} | {_pm(snr)} | {text_dense} | {_pm(dpf)} | {text_dpf} | {seeds} |")
     lines.append("")
     lines.append(
-        f"SNR (`agree`) is on par with dense (error within one standard deviation, or lower) in {on_par_dense} of {compared} "
+        f"`{method}` is on par with dense (error within one standard deviation, or lower) in {on_par_dense} of {compared} "
         f"cells with both finished, and with DPF at the same sparsity in {on_par_dpf}."
     )
     return lines
@@ -195,7 +200,9 @@ def write_report(suite: Suite, layout: Layout, report: Path, command: str, data_
 
     main = suite.groups[0]
     methods_main = [m.name for m in main.methods]
-    lines += ["## Is SNR on par with dense training and with DPF?", "", *_claims(results, main.cells), ""]
+    for method, matched, title in COMPARISONS:
+        if method in methods_main:
+            lines += [f"## {title}", "", *_claims(results, main.cells, method, matched), ""]
     families: dict[str, list[Cell]] = {}
     for cell in main.cells:
         families.setdefault(cell.family, []).append(cell)
@@ -220,7 +227,10 @@ def write_report(suite: Suite, layout: Layout, report: Path, command: str, data_
 
 # -- plots --------------------------------------------------------------------------------------
 
-MARKERS = {"dense": ("o", "black"), "snr": ("s", "tab:blue"), "snr-either": ("D", "tab:cyan"), "dpf-matched": ("^", "tab:orange"), "dpf-90": ("v", "tab:red")}
+MARKERS = {
+    "dense": ("o", "black"), "snr": ("s", "tab:blue"), "snr-either": ("D", "tab:cyan"), "dpf-matched": ("^", "tab:orange"),
+    "dpf-90": ("v", "tab:red"), "snr-auto": ("P", "tab:green"), "dpf-matched-auto": ("<", "tab:olive"),
+}
 EXTRA_MARKERS = [("P", "tab:green"), ("X", "tab:purple"), ("*", "tab:brown"), ("h", "tab:pink"), ("<", "tab:olive")]
 
 
@@ -275,7 +285,7 @@ def _plot_accuracy(results: Results, cells: Sequence[Cell], methods: Sequence[An
 def _plot_curves(results: Results, cells: Sequence[Cell], path: Path) -> Path:
     fig, axes = _grid(len(cells))
     for ax, cell in zip(axes, cells):
-        for method, color in ((SNR, "tab:blue"), ("snr-either", "tab:cyan"), (DPF_MATCHED, "tab:orange"), ("dpf-90", "tab:red")):
+        for method, color in ((SNR, "tab:blue"), ("snr-either", "tab:cyan"), ("snr-auto", "tab:green"), (DPF_MATCHED, "tab:orange"), ("dpf-90", "tab:red")):
             curve = results.curve(f"{cell.key}/{method}/seed0")
             if curve:
                 ax.plot([p["step"] for p in curve], [100 * p["sparsity"] for p in curve], color=color, lw=1, label=method)
