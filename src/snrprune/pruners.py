@@ -138,10 +138,27 @@ class Pruning:
             )
         self.unwrap()
         self._hooks = [
-            optimizer.register_step_pre_hook(lambda opt, args, kwargs: self.before_step()),
+            optimizer.register_step_pre_hook(self._step_pre_hook),
             optimizer.register_step_post_hook(lambda opt, args, kwargs: self.after_step()),
         ]
         return optimizer
+
+    def _step_pre_hook(self, optimizer: torch.optim.Optimizer, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
+        """Runs :meth:`before_step`; with ``optimizer.step(closure)`` (PyTorch Lightning) only once
+        the closure's backward is done, since the closure computes the gradients inside the step."""
+        closure = kwargs.get("closure", args[1] if len(args) > 1 else None)  # args[0] is the optimizer
+        if closure is None:
+            self.before_step()
+            return None
+
+        def closure_then_before_step() -> Any:
+            result = closure()
+            self.before_step()
+            return result
+
+        if "closure" in kwargs:
+            return args, {**kwargs, "closure": closure_then_before_step}
+        return (args[0], closure_then_before_step, *args[2:]), kwargs
 
     def unwrap(self) -> None:
         for handle in self._hooks:
@@ -331,7 +348,8 @@ class SNRPruning(Pruning):
     After ``burn_in_steps``, every ``update_every`` steps: keep_snr = (SNR moving average > threshold);
     p = fraction with keep_snr false (per layer or global, ``scope``); keep_mag = all but the p*N
     smallest |theta|; the mask combines both (``combine``: agree, either, snr, magnitude). Statistics
-    are collected every ``stats_every`` steps, and the moving average is only updated then.
+    are collected every ``stats_every`` steps, and the moving average is only updated then. Under
+    torch.distributed they are summed over ``process_group`` (None: the default group).
     """
 
     def __init__(
@@ -347,6 +365,7 @@ class SNRPruning(Pruning):
         *,
         include: NameFilter = None,
         exclude: NameFilter = None,
+        process_group: Any = None,
     ):
         super().__init__(model, scope=scope, include=include, exclude=exclude)
         self.burn_in_steps = _check_int("burn_in_steps", burn_in_steps, 0)
@@ -356,7 +375,7 @@ class SNRPruning(Pruning):
         self.update_every = _check_int("update_every", update_every, 1)
         self.stats_every = _check_int("stats_every", stats_every, 1)
         self.snr_ema: dict[str, Tensor] = {}
-        self.stats = GradientStats(model, include=include, exclude=exclude, enabled=self.stats_due(0))
+        self.stats = GradientStats(model, include=include, exclude=exclude, enabled=self.stats_due(0), process_group=process_group)
 
     def stats_due(self, step: int) -> bool:
         return step % self.stats_every == 0
