@@ -104,3 +104,42 @@ def test_callback_fills_dpf_steps_and_rejects_unknown_options(tmp_path):
         PruningCallback("snr", target_sparsity=0.5)
     with pytest.raises(ValueError, match="unknown pruning method 'magic'"):
         PruningCallback("magic")
+
+
+class SavingCallback(PruningCallback):
+    """Writes each rank's final pruning state next to the run (ddp_spawn returns only rank 0's weights)."""
+
+    def __init__(self, folder):
+        super().__init__("snr", burn_in_steps=len(BATCHES))
+        self.folder = folder
+
+    def on_fit_end(self, trainer, pl_module):
+        super().on_fit_end(trainer, pl_module)
+        torch.save(self.pruning.state_dict(), f"{self.folder}/rank{trainer.global_rank}.pt")
+
+
+class ShardedModule(Module):
+    def train_dataloader(self):  # rank r takes samples r, r + 2, ...: the two halves of each 16-sample batch
+        dataset = loader().dataset
+        sampler = torch.utils.data.DistributedSampler(dataset, num_replicas=2, rank=self.global_rank, shuffle=False)
+        return torch.utils.data.DataLoader(dataset, batch_size=8, sampler=sampler)
+
+
+def test_callback_under_the_ddp_strategy(tmp_path):
+    """Two gloo processes, 8 samples each per step: both ranks equal the plain loop on the 16-sample batch."""
+    callback = SavingCallback(tmp_path)
+    trainer = lightning.Trainer(
+        max_epochs=3, accelerator="cpu", devices=2, strategy="ddp_spawn", logger=False, enable_checkpointing=False,
+        enable_progress_bar=False, enable_model_summary=False, callbacks=[callback], default_root_dir=tmp_path,
+        use_distributed_sampler=False,
+    )
+    trainer.fit(ShardedModule())
+    oracle = plain_loop(3)
+    states = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
+    for name in oracle.weights:
+        ours = "model." + name
+        assert torch.equal(states[0]["masks"][ours], states[1]["masks"][ours])
+        assert torch.equal(states[0]["dense"][ours], states[1]["dense"][ours])
+        assert torch.equal(states[0]["masks"][ours], oracle.masks[name])
+        torch.testing.assert_close(states[0]["dense"][ours], oracle.dense[name], rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(states[0]["snr_ema"][ours], oracle.snr_ema[name], rtol=1e-4, atol=1e-5)
