@@ -4,4 +4,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 python3 -m pip install --quiet torch==2.13.0
 python3 -m pip install --quiet -e ".[test]"
+# The Lightning extra without dependency resolution, so that it cannot replace the pinned torch;
+# its pure-Python dependencies are named explicitly (none of them requires torch).
+python3 -m pip install --quiet --no-deps "lightning>=2.1,<3" "pytorch-lightning>=2.1,<3" "lightning-utilities>=0.10,<1" "torchmetrics>=0.7,<2"
+python3 -m pip install --quiet "fsspec>=2022.5" "pyyaml>5.4" "packaging>=23" "typing-extensions>4.5" "tqdm>=4.57"
+python3 -c 'import torch, lightning; assert torch.__version__.split("+")[0] == "2.13.0", torch.__version__'
 python3 -m pytest tests

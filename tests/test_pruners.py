@@ -501,46 +501,63 @@ def _set_window(pruning, name, mean, std, n=400, seed=0):
     pruning.window[name] = [samples.sum(0), samples.pow(2).sum(0)]
 
 
+def _converged(pruning, name):
+    """Window sums of a weight held at a minimum: gradients that cancel (S1 = 0), variance 1."""
+    w = pruning.dense[name]
+    pruning.window[name] = [torch.zeros_like(w), torch.full_like(w, 400.0)]
+
+
 def test_snr_auto_decisions_follow_the_kept_weights_evidence():
     model = small_mlp()
     pruning = SNRAutoPruning(model, window_steps=4, step=0.5)
-    noise, signal, dead = "0.weight", "2.weight", "4.weight"
-    zero = {name: torch.zeros_like(w) for name, w in pruning.dense.items()}
-    _set_window(pruning, noise, zero[noise], 1.0)  # pure noise: mean window SNR near 1
-    _set_window(pruning, signal, zero[signal] + 0.5, 1.0)  # window SNR ~ 400 * 0.25 = 100
-    pruning.window[dead] = [zero[dead].clone(), zero[dead].clone()]  # no gradient reached it
+    converged, noise, signal = "0.weight", "2.weight", "4.weight"
+    _converged(pruning, converged)  # z = 0: below the noise band
+    _set_window(pruning, noise, torch.zeros_like(pruning.dense[noise]), 1.0)  # random walk: z ~ chi2(1)
+    _set_window(pruning, signal, torch.full_like(pruning.dense[signal], 0.5), 1.0)  # drift: z ~ 400 * 0.25
     pruning.window_count = 400
     z_noise = float(snrprune.snr_from_moments(*pruning.window[noise], 400).mean())
     margin = 2 * (2 / pruning.dense[noise].numel()) ** 0.5  # two standard errors of the noise mean
-    assert z_noise <= 1 + margin  # pure noise stays inside the noise band ...
+    assert abs(z_noise - 1) <= margin  # pure noise stays inside the band ...
     pruning.decide()
-    assert pruning.density[noise] == 0.5  # ... so the layer is pruned
-    assert pruning.density[signal] == 1.0  # capped at dense
-    assert pruning.density[dead] == 1.0  # held: no evidence either way
+    assert pruning.density == {converged: 0.5, noise: 1.0, signal: 1.0}  # ... and is held; drift is capped at dense
+    assert pruning.direction == {converged: -1, noise: 0, signal: 1}
     assert pruning.window == {} and pruning.window_count == 0
-    assert pruning.window_snr[signal] > 50 and signal in pruning.window_snr and dead not in pruning.window_snr
+    assert pruning.window_snr[converged] == 0.0 and pruning.window_snr[signal] > 50
 
 
-def test_snr_auto_regrows_and_never_collapses():
+def test_snr_auto_holds_a_layer_without_gradient():
+    model = small_mlp()
+    pruning = SNRAutoPruning(model, window_steps=4)
+    for name, w in pruning.dense.items():
+        pruning.window[name] = [torch.zeros_like(w), torch.zeros_like(w)]  # no gradient reached any weight
+    pruning.window_count = 400
+    pruning.decide()
+    assert set(pruning.density.values()) == {1.0} and pruning.window_snr == {}
+
+
+def test_snr_auto_settles_and_never_collapses():
     model = small_mlp()
     pruning = SNRAutoPruning(model, window_steps=4, step=0.5)
     name = "2.weight"  # 12 x 16: the floor is one weight per output unit, 12 of 192
-    for _ in range(10):  # ten windows of pure noise on every layer
-        for other, w in pruning.dense.items():
-            _set_window(pruning, other, torch.zeros_like(w), 1.0, seed=len(pruning.window))
+    for _ in range(10):  # ten windows of converged layers
+        for other in pruning.dense:
+            _converged(pruning, other)
         pruning.window_count = 400
         pruning.decide()
-    assert pruning.density[name] == pytest.approx(12 / 192)  # pure noise is pruned down to the floor, no further
+    assert pruning.density[name] == pytest.approx(12 / 192)
     masks = pruning.compute_masks()
     assert int(masks[name].sum()) == 12
-    _set_window(pruning, name, torch.full_like(pruning.dense[name], 0.5), 1.0)
-    for other in pruning.dense:
-        if other != name:
-            pruning.window[other] = [torch.zeros_like(pruning.dense[other])] * 2
+    for other in pruning.dense:  # now every layer drifts: regrowth, with half the step (a reversal)
+        _set_window(pruning, other, torch.full_like(pruning.dense[other], 0.5), 1.0)
     pruning.window_count = 400
     before = pruning.density[name]
     pruning.decide()
-    assert pruning.density[name] == pytest.approx(before / 0.75)  # still learning: regrowth
+    assert pruning.step[name] == 0.25 and pruning.density[name] == pytest.approx(before / 0.75)
+    for other in pruning.dense:  # converged again: another reversal, another halving
+        _converged(pruning, other)
+    pruning.window_count = 400
+    pruning.decide()
+    assert pruning.step[name] == 0.125 and pruning.density[name] == pytest.approx(before / 0.75 * 0.875)
 
 
 def test_snr_auto_masks_keep_the_largest_magnitudes_at_the_layer_density():
@@ -592,6 +609,7 @@ def test_snr_auto_resume_is_bit_exact():
     pruning_c.load_state_dict(saved["pruning"])
     train(model_c, opt_c, batches[7:])
     assert pruning_a.density == pruning_c.density and pruning_a.window_count == pruning_c.window_count
+    assert pruning_a.step == pruning_c.step and pruning_a.direction == pruning_c.direction
     for name in pruning_a.masks:
         assert torch.equal(pruning_a.masks[name], pruning_c.masks[name])
         assert torch.equal(pruning_a.dense[name], pruning_c.dense[name])

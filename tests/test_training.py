@@ -134,7 +134,7 @@ def test_run_writes_all_files(tmp_path):
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
     config = TrainConfig.from_dict(json.loads((out / "config.json").read_text()))
-    assert config == tiny().resolved()
+    assert config == tiny(world_size=1).resolved()  # train() records the number of processes
 
     metrics = read_lines(out / "metrics.jsonl")
     assert [m["epoch"] for m in metrics] == [1, 2, 3]

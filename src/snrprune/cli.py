@@ -11,6 +11,7 @@ import argparse
 import ast
 import json
 import math
+import os
 import re
 import sys
 import time
@@ -47,6 +48,7 @@ _CONFIG_OPTIONS = (
     "epochs", "batch_size", "optimizer", "lr", "momentum", "nesterov", "weight_decay", "schedule",
     "target_sparsity", "scope", "update_every", "combine", "ema", "threshold", "burn_in_epochs",
     "stats_every", "window_epochs", "auto_step", "end_fraction", "include_layers", "exclude_layers", "curve_every",
+    "accumulate", "amp",
 )
 
 
@@ -119,7 +121,9 @@ def build_parser() -> argparse.ArgumentParser:
         "train",
         help="train a model with dense, DPF or SNR pruning",
         description="Train a model while pruning it. Without options: LeNet-300-100 on MNIST with SNR pruning. "
-        "Optimisation options left out come from the model family's recipe (see snrprune.training.RECIPES).",
+        "Optimisation options left out come from the model family's recipe (see snrprune.training.RECIPES). "
+        "Several processes: torchrun --nproc_per_node=N -m snrprune train ...; --batch-size is then the global "
+        "batch of one optimizer step, split over the processes (and --accumulate micro-batches).",
     )
     what = t.add_argument_group("what to train")
     what.add_argument("--dataset", type=_dataset, help=f"{', '.join(dataset_names())}, or csv:PATH (default mnist)")
@@ -156,6 +160,8 @@ def build_parser() -> argparse.ArgumentParser:
     opt.add_argument("--seed", metavar="N", type=int, help="initialisation, data order, augmentation (default 0)")
     opt.add_argument("--data-seed", metavar="N", type=int, help="train/test split of data sets split here (default 0)")
     opt.add_argument("--device", type=_device, metavar="{cpu,cuda}", help="cpu or cuda (default cpu)")
+    opt.add_argument("--accumulate", type=_positive_int, metavar="K", help="split each step's batch into K micro-batches, one backward each (default 1)")
+    opt.add_argument("--amp", choices=["bf16", "fp16"], help="mixed precision: autocast to bf16, or fp16 with a GradScaler")
 
     run = t.add_argument_group("the run folder")
     run.add_argument("--out", metavar="DIR", help="output folder (default runs/<dataset>-<model>-<method>-<time>)")
@@ -210,6 +216,7 @@ def _fail(message: str, status: int = 1) -> int:
 
 
 def _train_command(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    main_process = os.environ.get("RANK", "0") == "0"  # under torchrun only rank 0 prints
     given = {name: getattr(args, name) for name in _CONFIG_OPTIONS if getattr(args, name) is not None}
     if "model_options" in given:
         given["model_options"] = dict(given["model_options"])
@@ -224,14 +231,18 @@ def _train_command(args: argparse.Namespace, parser: argparse.ArgumentParser) ->
         config = None
     else:
         config = _config_from_args(given, parser)
+        if args.out is None and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            parser.error("with several processes pass --out DIR: the default folder name has the time of each process's start")
         out = Path(args.out) if args.out is not None else _default_out(config)
         try:
-            check_output_dir(out, args.overwrite)
+            if main_process:  # the others could already see rank 0's first files
+                check_output_dir(out, args.overwrite)
         except TrainingError as exc:
             parser.error(str(exc))
 
     progress = not args.quiet
-    print(f"{'resuming' if args.resume else 'output'}: {out}", flush=True)
+    if main_process:
+        print(f"{'resuming' if args.resume else 'output'}: {out}", flush=True)
     try:
         summary = train(config, out, resume=args.resume is not None, overwrite=args.overwrite, progress=progress, stop_after_epochs=args.stop_after_epochs)
     except RunFinishedError as exc:
@@ -248,6 +259,8 @@ def _train_command(args: argparse.Namespace, parser: argparse.ArgumentParser) ->
         print(file=sys.stderr)
         return _fail(f"interrupted; continue from the last finished epoch with: snrprune train --resume {out}", status=130)
 
+    if not main_process:
+        return 0
     if not summary["finished"]:
         print(f"stopped after epoch {summary['epoch']} of {summary['epochs']}; continue with: snrprune train --resume {out}")
         return 0

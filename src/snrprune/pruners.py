@@ -151,10 +151,27 @@ class Pruning:
             )
         self.unwrap()
         self._hooks = [
-            optimizer.register_step_pre_hook(lambda opt, args, kwargs: self.before_step()),
+            optimizer.register_step_pre_hook(self._step_pre_hook),
             optimizer.register_step_post_hook(lambda opt, args, kwargs: self.after_step()),
         ]
         return optimizer
+
+    def _step_pre_hook(self, optimizer: torch.optim.Optimizer, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
+        """Runs :meth:`before_step`; with ``optimizer.step(closure)`` (PyTorch Lightning) only once
+        the closure's backward is done, since the closure computes the gradients inside the step."""
+        closure = kwargs.get("closure", args[1] if len(args) > 1 else None)  # args[0] is the optimizer
+        if closure is None:
+            self.before_step()
+            return None
+
+        def closure_then_before_step() -> Any:
+            result = closure()
+            self.before_step()
+            return result
+
+        if "closure" in kwargs:
+            return args, {**kwargs, "closure": closure_then_before_step}
+        return (args[0], closure_then_before_step, *args[2:]), kwargs
 
     def unwrap(self) -> None:
         for handle in self._hooks:
@@ -373,7 +390,8 @@ class SNRPruning(Pruning):
     After ``burn_in_steps``, every ``update_every`` steps: keep_snr = (SNR moving average > threshold);
     p = fraction with keep_snr false (per layer or global, ``scope``); keep_mag = all but the p*N
     smallest |theta|; the mask combines both (``combine``: agree, either, snr, magnitude). Statistics
-    are collected every ``stats_every`` steps, and the moving average is only updated then.
+    are collected every ``stats_every`` steps, and the moving average is only updated then. Under
+    torch.distributed they are summed over ``process_group`` (None: the default group).
     """
 
     def __init__(
@@ -389,6 +407,7 @@ class SNRPruning(Pruning):
         *,
         include: NameFilter = None,
         exclude: NameFilter = None,
+        process_group: Any = None,
     ):
         super().__init__(model, scope=scope, include=include, exclude=exclude)
         self.burn_in_steps = _check_int("burn_in_steps", burn_in_steps, 0)
@@ -398,7 +417,7 @@ class SNRPruning(Pruning):
         self.update_every = _check_int("update_every", update_every, 1)
         self.stats_every = _check_int("stats_every", stats_every, 1)
         self.snr_ema: dict[str, Tensor] = {}
-        self.stats = GradientStats(model, include=include, exclude=exclude, enabled=self.stats_due(0))
+        self.stats = GradientStats(model, include=include, exclude=exclude, enabled=self.stats_due(0), process_group=process_group)
 
     def stats_due(self, step: int) -> bool:
         return step % self.stats_every == 0
@@ -462,23 +481,30 @@ class SNRPruning(Pruning):
 
 @register_method("snr-auto")
 class SNRAutoPruning(Pruning):
-    """Schedule-free pruning that asks each layer whether its *kept* weights still learn from the data.
+    """Schedule-free pruning: each layer is pruned further while its *kept* weights have converged.
 
     The paper's per-weight test cannot say how much to prune: late in training nearly every weight's
     mini-batch SNR sits at the noise level, pruned or not (``shared/research/snr-statistics.md``).
-    This method moves the test to the layer and to the whole data set. Over a window of
-    ``window_steps`` steps (one epoch by default in ``snrprune train``) it sums S1, S2 and the sample
-    count per weight, so each weight's window SNR ``z = N * mean**2 / var`` is its gradient SNR over
-    all N samples of the window. At the end of a window, per layer, Mahsereci's evidence-based
-    criterion is applied to the kept weights: if their mean z is not above ``threshold`` (1, the noise
-    level) by two standard errors of the pure-noise mean, the layer's remaining weights receive only
-    noise from the data, the layer has capacity to spare, and its
-    density is multiplied by ``1 - step``; otherwise the layer is still learning and its density is
-    divided by ``1 - step / 2`` (regrowth, so a layer pruned too far recovers). Masks keep the largest
-    dense magnitudes of each layer at its density, recomputed every ``update_every`` steps; pruned
-    weights keep training through the DPF feedback. A layer never drops below one weight per output
-    unit, and a window in which a layer's kept weights received no gradient at all leaves it as it is,
-    so no layer can collapse. No target sparsity, no schedule.
+    This method moves the test to the layer and to a window of many steps (``window_steps``, one
+    epoch in ``snrprune train``): per weight it sums S1, S2 and the sample count N, so that
+    ``z = N * mean**2 / var`` is the SNR of the gradient averaged over the window. Under SGD the
+    summed gradient is the weight's displacement over the window divided by the learning rate, so z
+    reads how the weight moved: z ~ 1 for a random walk (gradient noise only), z < 1 for a weight held
+    at a minimum (its gradients cancel), z > 1 for a weight that drifts (still learning). At the end of
+    a window, per layer, the mean z of the kept weights is compared with the noise band
+    1 +- 2 * sqrt(2 / n) (the mean of n chi2(1) variables, two standard errors, scaled by ``threshold``):
+
+    - below the band: the layer's weights have converged, the layer can give up weights: its density
+      is multiplied by ``1 - step``;
+    - above the band: the kept weights drift, the layer is still adapting (or compensating for what
+      was pruned): its density is divided by ``1 - step`` (pruned weights of largest magnitude return);
+    - inside the band: no evidence either way, the layer is left as it is.
+
+    A layer's step halves every time its direction reverses, so it settles at the boundary instead
+    of oscillating. Masks keep the largest dense magnitudes of each layer at its density, recomputed
+    every ``update_every`` steps; pruned weights keep training through the DPF feedback. A layer
+    never drops below one weight per output unit, and a window in which its kept weights received
+    no gradient leaves it as it is, so no layer can collapse. No target sparsity, no schedule.
     """
 
     def __init__(
@@ -491,19 +517,22 @@ class SNRAutoPruning(Pruning):
         *,
         include: NameFilter = None,
         exclude: NameFilter = None,
+        process_group: Any = None,
     ):
         super().__init__(model, scope="layer", include=include, exclude=exclude)
         self.window_steps = _check_int("window_steps", window_steps, 1)
-        self.step_size = _check_float("step", step, 0.0, 1.0)
+        self.initial_step = _check_float("step", step, 0.0, 1.0)
         self.threshold = _check_float("threshold", threshold, 0.0, math.inf)
         self.update_every = _check_int("update_every", update_every, 1)
         self.density = {name: 1.0 for name in self.weights}
+        self.step = {name: self.initial_step for name in self.weights}
+        self.direction = {name: 0 for name in self.weights}  # the last move: -1 pruned, +1 regrown, 0 none yet
         # the guard against collapse: at least one weight per output unit (rows of the weight)
         self.min_density = {name: w.shape[0] / w.numel() for name, w in self.weights.items()}
         self.window: dict[str, list[Tensor]] = {}  # name -> [S1, S2] summed over the window
         self.window_count = 0
         self.window_snr: dict[str, float] = {}  # the last decision's mean window SNR of the kept weights
-        self.stats = GradientStats(model, include=include, exclude=exclude)
+        self.stats = GradientStats(model, include=include, exclude=exclude, process_group=process_group)
 
     def stats_due(self, step: int) -> bool:
         return True
@@ -525,24 +554,36 @@ class SNRAutoPruning(Pruning):
     def update_due(self, step: int) -> bool:
         return self.window_due(step) or step % self.update_every == 0
 
+    def evidence(self, name: str) -> int:
+        """-1: the layer's kept weights converged; +1: they drift; 0: noise or no gradient (hold)."""
+        s1, s2 = self.window[name]
+        z = snr_from_moments(s1, s2, self.window_count)
+        informed = (s2 > 0) & (self.keep[name] > 0)  # kept weights that received any gradient
+        n = int(informed.sum())
+        if n == 0:
+            return 0  # a dead layer must not be pruned further
+        mean_z = float(z[informed].mean())
+        self.window_snr[name] = mean_z
+        margin = 2.0 * math.sqrt(2.0 / n)  # two standard errors of the mean of n chi2(1) variables
+        if mean_z < self.threshold * (1.0 - margin):
+            return -1
+        if mean_z > self.threshold * (1.0 + margin):
+            return 1
+        return 0
+
     def decide(self) -> None:
         """End of a window: each layer's density moves by the evidence of its kept weights."""
-        if self.window_count < 2 or len(self.window) < len(self.weights):
-            return
-        for name, (s1, s2) in self.window.items():
-            z = snr_from_moments(s1, s2, self.window_count)
-            informed = (s2 > 0) & (self.keep[name] > 0)  # kept weights that received any gradient
-            if not informed.any():
-                continue  # no evidence either way: hold (a dead layer must not be pruned further)
-            mean_z = float(z[informed].mean())
-            self.window_snr[name] = mean_z
-            # pure noise gives z ~ chi2(1) per weight (mean 1, variance 2): "learning" needs the mean of
-            # the n kept weights to stand two standard errors above the noise level
-            if mean_z <= self.threshold + 2.0 * math.sqrt(2.0 / int(informed.sum())):
-                density = self.density[name] * (1.0 - self.step_size)
-            else:
-                density = self.density[name] / (1.0 - self.step_size / 2)
-            self.density[name] = min(1.0, max(self.min_density[name], density))
+        if self.window_count >= 2 and len(self.window) == len(self.weights):
+            for name in self.weights:
+                move = self.evidence(name)
+                if move == 0:
+                    continue
+                if move == -self.direction[name]:
+                    self.step[name] /= 2  # reversed: settle at the boundary
+                factor = 1.0 - self.step[name]
+                density = self.density[name] * factor if move < 0 else self.density[name] / factor
+                self.density[name] = min(1.0, max(self.min_density[name], density))
+                self.direction[name] = move
         self.window = {}
         self.window_count = 0
 
@@ -553,19 +594,25 @@ class SNRAutoPruning(Pruning):
         return magnitude_keep_masks(self.dense, n_prune, "layer")
 
     def diagnostics(self) -> dict[str, Any]:
-        return {"density": dict(self.density), "window_snr": dict(self.window_snr)}
+        return {"density": dict(self.density), "window_snr": dict(self.window_snr), "step": dict(self.step)}
 
     def state_dict(self) -> dict[str, Any]:
         state = super().state_dict()
-        state["density"] = dict(self.density)
-        state["window"] = {name: [t.clone() for t in pair] for name, pair in self.window.items()}
-        state["window_count"] = self.window_count
-        state["window_snr"] = dict(self.window_snr)
+        state.update(
+            density=dict(self.density),
+            auto_step=dict(self.step),
+            direction=dict(self.direction),
+            window={name: [t.clone() for t in pair] for name, pair in self.window.items()},
+            window_count=self.window_count,
+            window_snr=dict(self.window_snr),
+        )
         return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         super().load_state_dict(state)
         self.density = {name: float(state["density"][name]) for name in self.weights}
+        self.step = {name: float(state["auto_step"][name]) for name in self.weights}
+        self.direction = {name: int(state["direction"][name]) for name in self.weights}
         self.window = {name: [t.to(self.dense[name]).clone() for t in pair] for name, pair in state["window"].items()}
         self.window_count = int(state["window_count"])
         self.window_snr = dict(state.get("window_snr", {}))

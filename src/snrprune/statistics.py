@@ -4,12 +4,18 @@
 per weight entry k, the sums S1_k = sum_i g_ik and S2_k = sum_i g_ik**2 over the samples i, and the
 sample count B. The sums add up over several backward calls (gradient accumulation) and over
 processes (all-reduce), so the SNR of the whole batch stays exact.
+
+The sums follow the weight gradients: a backward call that finds the gradient cleared
+(``zero_grad()``, set to None) while the sums already hold a finished backward starts them afresh.
+So the statistics of a step whose ``optimizer.step()`` never came (GradScaler skips a step with
+inf/NaN gradients) never leak into the next step's sums.
 """
 
 from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -78,9 +84,16 @@ class GradientStats:
         include: NameFilter = None,
         exclude: NameFilter = None,
         enabled: bool = True,
+        process_group: Any = None,
     ) -> None:
         self.layers: list[PrunableLayer] = find_prunable_layers(model, include, exclude)
+        #: The torch.distributed group :meth:`all_reduce` sums over (None: the default group).
+        self.process_group = process_group
         # Persistent buffers: fresh big tensors every step cost page faults that rival the arithmetic.
+        # Where all layers share device and dtype, S1, S2 and the counts are views of one flat
+        # tensor, so that the all-reduce is one call on it without copies.
+        self._flat: Tensor | None = None
+        self._flat_counts: Tensor | None = None
         self._s1: dict[str, Tensor] = {}
         self._s2: dict[str, Tensor] = {}
         self._scratch: dict[str, Tensor] = {}
@@ -121,14 +134,39 @@ class GradientStats:
             return
         output.register_hook(functools.partial(self._on_output_grad, layer, inputs[0].detach()))
 
+    @staticmethod
+    def _dtype(layer: PrunableLayer) -> torch.dtype:
+        return torch.promote_types(layer.weight.dtype, torch.float32)  # float32 at least (bf16/fp16 weights)
+
+    def _allocate_flat(self) -> None:
+        kinds = {(layer.weight.device, self._dtype(layer)) for layer in self.layers}
+        if len(kinds) != 1:
+            return  # mixed devices or dtypes: per-layer buffers, packed for the all-reduce
+        device, dtype = kinds.pop()
+        n = sum(layer.weight.numel() for layer in self.layers)
+        self._flat = torch.zeros(2 * n + len(self.layers), dtype=dtype, device=device)
+        offset = 0
+        for buffers in (self._s1, self._s2):
+            for layer in self.layers:
+                size = layer.weight.numel()
+                buffers[layer.name] = self._flat[offset : offset + size].view(layer.weight.shape)
+                offset += size
+        self._flat_counts = self._flat[offset:]
+
     def _buffer(self, buffers: dict[str, Tensor], layer: PrunableLayer) -> Tensor:
         buf = buffers.get(layer.name)
+        if buf is None and self._flat is None:
+            self._allocate_flat()
+            buf = buffers.get(layer.name)
         if buf is None:
-            dtype = torch.promote_types(layer.weight.dtype, torch.float32)
-            buf = buffers[layer.name] = torch.zeros(layer.weight.shape, dtype=dtype, device=layer.weight.device)
+            buf = buffers[layer.name] = torch.zeros(layer.weight.shape, dtype=self._dtype(layer), device=layer.weight.device)
         return buf
 
     def _on_output_grad(self, layer: PrunableLayer, x: Tensor, delta: Tensor) -> None:
+        if layer.name in self._has_s1 and layer.weight.grad is None:
+            # The sums hold a finished backward but the gradient has been cleared since: its step
+            # never came (e.g. skipped by GradScaler). They belong to no step; start afresh.
+            self.reset()
         with torch.no_grad():
             out = self._buffer(self._s2, layer)
             seen = self._count.get(layer.name, 0)
@@ -184,17 +222,47 @@ class GradientStats:
         self._count = {}
         self._has_s1 = set()
 
-    def all_reduce(self, group=None) -> None:
-        """Sums S1, S2 and B over the processes of ``group`` so that every rank sees the global batch."""
+    def all_reduce(self, group: Any = None) -> None:
+        """Sums S1, S2 and B over the processes of ``group`` (default: ``process_group``) in one call.
+
+        Collective: every rank of the group must call it, also a rank that saw no sample. Layers a
+        rank did not reach count as zeros there. Counts travel in the buffer's float dtype, exact
+        up to 2**24 samples per statistics step in float32.
+        """
         import torch.distributed as dist
 
-        names = sorted(self._count)  # the same layers on every rank, in the same order
-        if not names:
-            return
-        counts = torch.tensor([self._count[n] for n in names], dtype=torch.float64, device=self._s1[names[0]].device)
-        dist.all_reduce(counts, group=group)
-        for name, count in zip(names, counts.tolist()):
-            dist.all_reduce(self._s1[name], group=group)
-            dist.all_reduce(self._s2[name], group=group)
-            self._count[name] = int(count)
+        group = self.process_group if group is None else group
+        if self._flat is None and not self._s1:
+            self._allocate_flat()
+        with torch.no_grad():
+            for layer in self.layers:  # a layer without this step's sums contributes zeros
+                name = layer.name
+                if name not in self._has_s1:
+                    self._buffer(self._s1, layer).zero_()
+                if name not in self._count:
+                    self._buffer(self._s2, layer).zero_()
+            counts = [float(self._count.get(layer.name, 0)) for layer in self.layers]
+            if self._flat is not None:
+                self._flat_counts.copy_(torch.tensor(counts, dtype=self._flat.dtype))
+                dist.all_reduce(self._flat, group=group)
+                counts = self._flat_counts.tolist()
+            else:
+                counts = self._all_reduce_packed(counts, group)
+        self._count = {layer.name: round(c) for layer, c in zip(self.layers, counts) if c > 0}
+        self._has_s1 = set(self._count)
+
+    def _all_reduce_packed(self, counts: list[float], group: Any) -> list[float]:
+        """Layers of mixed devices/dtypes: pack everything into one float64 tensor per call."""
+        import torch.distributed as dist
+
+        s1 = [self._s1[layer.name] for layer in self.layers]
+        s2 = [self._s2[layer.name] for layer in self.layers]
+        device = s1[0].device
+        flat = torch.cat([t.reshape(-1).to(device, torch.float64) for t in s1 + s2] + [torch.tensor(counts, dtype=torch.float64, device=device)])
+        dist.all_reduce(flat, group=group)
+        offset = 0
+        for t in s1 + s2:
+            t.copy_(flat[offset : offset + t.numel()].view(t.shape))
+            offset += t.numel()
+        return flat[offset:].tolist()
 

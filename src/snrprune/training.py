@@ -16,14 +16,26 @@ Files in the run folder:
 A resumed run is bit-identical to an uninterrupted one on the same machine: the checkpoint holds the
 model, optimizer, scheduler and pruning states and both random number generators (the data order and
 augmentation generator, and torch's global one used by dropout).
+
+Several processes (``torchrun --nproc_per_node=N -m snrprune train ...``): ``batch_size`` is the
+global batch of one optimizer step. Every rank draws the same shuffled (and augmented) batch and
+trains on its slice of batch_size / N samples under DistributedDataParallel; the gradient statistics
+are summed over the ranks, so the run equals a one-process run up to float round-off (except for
+BatchNorm, whose batch statistics are per process, and dropout, whose random masks then differ).
+Only rank 0 prints and writes files. ``accumulate`` K splits each process's slice into K
+micro-batches, one backward each, gradients synchronised on the last only. ``amp`` runs the forward
+under ``torch.autocast`` (bf16, or fp16 with a GradScaler).
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
+import os
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -56,6 +68,7 @@ __all__ = [
 ]
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
+AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 SCHEDULES = ("cosine", "step", "constant")
 #: The learning rate used when ``optimizer`` is switched away from the recipe's and ``lr`` is not given.
 DEFAULT_LR = {"sgd": 0.1, "adam": 1e-3, "adamw": 1e-3}
@@ -164,6 +177,10 @@ class TrainConfig:
     stats_every: int = 1  # snr
     window_epochs: float = 1.0  # snr-auto: the window of summed statistics behind each decision
     auto_step: float = 0.5  # snr-auto: a decision multiplies a layer's density by 1 - auto_step
+    # scale-out
+    accumulate: int = 1  # micro-batches (backward calls) per optimizer step
+    amp: str | None = None  # mixed precision: None, "bf16" or "fp16"
+    world_size: int | None = None  # processes; None: set by train() from the launch (torchrun)
     end_fraction: float = 0.75  # dpf: the target is reached at this fraction of training
     include_layers: list[str] | None = None  # glob patterns of module names to prune (None: all)
     exclude_layers: list[str] = field(default_factory=list)
@@ -262,7 +279,17 @@ class TrainConfig:
         _check(self.method != "snr-auto" or self.batch_size >= 2, "SNR pruning needs batch_size >= 2: one sample has no gradient variance")
         _check(_is_number(self.end_fraction) and 0 < self.end_fraction <= 1, f"end_fraction must be in (0, 1], got {self.end_fraction!r}")
         _check(self.curve_every is None or (_is_int(self.curve_every) and self.curve_every >= 1), f"curve_every must be a positive integer, got {self.curve_every!r}")
+        _check(_is_int(self.accumulate) and self.accumulate >= 1, f"accumulate must be a positive integer, got {self.accumulate!r}")
+        _check(self.world_size is None or (_is_int(self.world_size) and self.world_size >= 1), f"world_size must be a positive integer, got {self.world_size!r}")
+        split = self.accumulate * (self.world_size or 1)
+        _check(
+            self.batch_size % split == 0,
+            f"batch_size {self.batch_size} (the global batch of one optimizer step) must be divisible by "
+            f"accumulate x processes = {self.accumulate} x {self.world_size or 1}; choose a multiple of {split}",
+        )
+        _check(self.amp is None or self.amp in AMP_DTYPES, f"unknown amp {self.amp!r}; valid values: {', '.join(AMP_DTYPES)}")
         _check_device(self.device)
+        _check_amp(self.amp, self.device)
 
 
 def _is_int(x: Any) -> bool:
@@ -292,6 +319,20 @@ def _check_device(device: str) -> None:
         raise ValueError(f"device {device!r} requested but CUDA is not available ({build}); use --device cpu")
     if dev.index is not None and dev.index >= torch.cuda.device_count():
         raise ValueError(f"device {device!r} does not exist: {torch.cuda.device_count()} CUDA device(s) visible")
+
+
+def _check_amp(amp: str | None, device: str) -> None:
+    """Refuses a mixed-precision dtype that this torch's autocast does not support on the device."""
+    if amp is None:
+        return
+    device_type = torch.device(device).type
+    dtype = AMP_DTYPES[amp]
+    with contextlib.suppress(RuntimeError), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # autocast warns and disables itself for an unsupported dtype
+        with torch.autocast(device_type, dtype=dtype), torch.no_grad():
+            if torch.mm(torch.ones(1, 1, device=device), torch.ones(1, 1, device=device)).dtype == dtype:
+                return
+    raise ValueError(f"amp {amp!r} is not supported on {device_type} by torch {torch.__version__}; use amp 'bf16' or train without amp")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -444,6 +485,57 @@ class EpochSparsity:
         return {key: self._band(key) for key in self.sum if key}
 
 
+def _start_distributed(device: torch.device, cleanup: contextlib.ExitStack) -> tuple[int, int, torch.device]:
+    """(rank, world size, device) of this process; joins the torchrun launch if there is one.
+
+    Uses an initialised default process group as it is; otherwise, with ``WORLD_SIZE`` > 1 in the
+    environment (torchrun sets it), initialises one (gloo on CPU, nccl on CUDA) and lets
+    ``cleanup`` destroy it. On CUDA every process takes the GPU ``LOCAL_RANK``.
+    """
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size(), device
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return 0, 1, device
+    if not dist.is_available():
+        raise TrainingError("WORLD_SIZE > 1 but this torch build has no torch.distributed; run one process")
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(device)
+    dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    cleanup.callback(dist.destroy_process_group)
+    return dist.get_rank(), dist.get_world_size(), device
+
+
+def _forward_backward(
+    net: nn.Module, x: Tensor, y: Tensor, accumulate: int, amp: str | None, scaler: torch.amp.GradScaler | None
+) -> tuple[Tensor, Tensor]:
+    """Forward and backward of this process's share of one step: (mean loss, number correct).
+
+    ``accumulate`` equal micro-batches, each loss divided by their number, so that every sample's
+    gradient has the same scale 1/batch as in one big batch (the SNR is exact for a common scale).
+    Under DDP only the last backward synchronises the gradients.
+    """
+    losses, correct = [], []
+    parts = list(zip(x.chunk(accumulate), y.chunk(accumulate))) if accumulate > 1 else [(x, y)]
+    for k, (xk, yk) in enumerate(parts):
+        sync = k == len(parts) - 1 or not isinstance(net, nn.parallel.DistributedDataParallel)
+        with contextlib.nullcontext() if sync else net.no_sync():
+            with torch.autocast(xk.device.type, dtype=AMP_DTYPES[amp]) if amp else contextlib.nullcontext():
+                logits = net(xk)
+                loss = compute_loss(logits, yk)
+            if accumulate > 1:
+                loss = loss / accumulate
+            (loss if scaler is None else scaler.scale(loss)).backward()
+        losses.append(loss.detach())
+        correct.append((logits.argmax(1) == yk).sum())
+    if len(parts) == 1:
+        return losses[0], correct[0]
+    return torch.stack(losses).sum(), torch.stack(correct).sum()
+
+
 # ------------------------------------------------------------------------------------------------
 # The run
 # ------------------------------------------------------------------------------------------------
@@ -462,8 +554,26 @@ def train(
 
     ``config`` may be None with ``resume`` (it is read from the checkpoint). ``stop_after_epochs``
     ends this call after that many epochs with the checkpoint written, e.g. to split a long run
-    into jobs; the returned dict then has ``finished`` False.
+    into jobs; the returned dict then has ``finished`` False. Launched by torchrun (or with a
+    process group initialised), every process calls it; see the module docstring.
     """
+    with contextlib.ExitStack() as cleanup:
+        result = _train(config, out_dir, cleanup, resume=resume, overwrite=overwrite, progress=progress, stop_after_epochs=stop_after_epochs)
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.barrier()  # rank 0 has written its files when any rank returns
+        return result
+
+
+def _train(
+    config: TrainConfig | None,
+    out_dir: str | Path,
+    cleanup: contextlib.ExitStack,
+    *,
+    resume: bool,
+    overwrite: bool,
+    progress: bool,
+    stop_after_epochs: int | None,
+) -> dict[str, Any]:
     out = Path(out_dir)
 
     # -- 1. the configuration: new, or the one the checkpoint was written with ------------------
@@ -474,7 +584,10 @@ def train(
             saved = TrainConfig.from_dict(checkpoint["config"])
         except (TypeError, ValueError) as exc:
             raise CheckpointError(f"{out / CHECKPOINT} holds an unusable configuration: {exc}") from exc
-        if config is not None and config.resolved() != saved:
+        given = config.resolved() if config is not None else None
+        if given is not None and given.world_size is None:
+            given.world_size = saved.world_size
+        if given is not None and given != saved:
             raise TrainingError(f"--resume continues {out} with its own configuration; do not pass a different one")
         config = saved
         _check_device(config.device)
@@ -483,7 +596,20 @@ def train(
             raise TypeError("train() needs a config unless resume=True")
         config = config.resolved()
         check_output_dir(out, overwrite)
-    device = torch.device(config.device)
+    rank, world, device = _start_distributed(torch.device(config.device), cleanup)
+    if resume and (config.world_size or 1) != world:
+        raise TrainingError(
+            f"{out} was trained by {config.world_size or 1} process(es) and this launch has {world}: resume it with "
+            f"the same number (torchrun --nproc_per_node={config.world_size or 1} -m snrprune train --resume {out})"
+        )
+    if config.world_size is not None and config.world_size != world:
+        raise TrainingError(f"the configuration is for world_size {config.world_size} but {world} process(es) run it; launch {config.world_size}")
+    config = dataclasses.replace(config, world_size=world)
+    config.validate()  # the batch must split evenly over the processes
+    progress = progress and rank == 0
+    writes = rank == 0  # only rank 0 writes files
+    if world > 1:
+        torch.distributed.barrier()  # every rank has looked at the folder before rank 0 writes into it
 
     # -- 2. data -------------------------------------------------------------------------------
     data = load_dataset(config.dataset, config.data_dir, seed=config.data_seed, target=config.target)
@@ -503,6 +629,7 @@ def train(
     pruning = make_pruning(config, model, steps_per_epoch)
     optimizer = pruning.wrap(make_optimizer(config, model))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(config.schedule, total_steps))
+    scaler = torch.amp.GradScaler(device.type) if config.amp == "fp16" else None
     generator = torch.Generator().manual_seed(config.seed)
     counts = reporting.model_counts(model, pruning)
 
@@ -515,16 +642,23 @@ def train(
             optimizer.load_state_dict(checkpoint["optimizer"])
             scheduler.load_state_dict(checkpoint["scheduler"])
             set_rng_state(checkpoint["rng"], generator, device)
+            if scaler is not None:
+                scaler.load_state_dict(checkpoint["scaler"])
         except (RuntimeError, ValueError, KeyError, TypeError) as exc:
             raise CheckpointError(f"{out / CHECKPOINT} does not fit this run's model or optimizer: {exc}") from exc
         start_epoch, wall_seconds = int(checkpoint["epoch"]), float(checkpoint["wall_seconds"])
         last_step = start_epoch * steps_per_epoch
-        _keep_records(out / METRICS, lambda r: r.get("epoch", 0) <= start_epoch)
-        _keep_records(out / CURVE, lambda r: r.get("step", 0) <= last_step)
-    else:
+        if writes:
+            _keep_records(out / METRICS, lambda r: r.get("epoch", 0) <= start_epoch)
+            _keep_records(out / CURVE, lambda r: r.get("step", 0) <= last_step)
+    elif writes:
         out.mkdir(parents=True, exist_ok=True)
         clear_run_files(out)
         reporting.write_json(out / CONFIG, config.to_dict())
+    net: nn.Module = model
+    if world > 1:  # after loading: DDP's construction broadcasts rank 0's parameters
+        net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    share = config.batch_size // world  # this rank's slice of every global batch
     if progress:
         _print_header(config, data, counts, steps_per_epoch, start_epoch)
 
@@ -549,16 +683,23 @@ def train(
                 step = epoch * steps_per_epoch + i + 1
                 lr = optimizer.param_groups[0]["lr"]
                 optimizer.zero_grad(set_to_none=True)
-                logits = model(x)
-                loss = compute_loss(logits, y)
+                if world > 1:
+                    x, y = x[rank * share : (rank + 1) * share], y[rank * share : (rank + 1) * share]
+                loss, step_correct = _forward_backward(net, x, y, config.accumulate, config.amp, scaler)
+                if world > 1:  # the global mean, so that every rank takes the same decision below
+                    torch.distributed.all_reduce(loss)
+                    loss /= world
                 loss_value = loss.item()
                 if not math.isfinite(loss_value):
                     raise TrainingDiverged(_diverged_message(out, loss_value, epoch, step, config))
-                loss.backward()
-                optimizer.step()  # the pruning hooks: update the dense weights, the masks, re-prune
+                if scaler is None:
+                    optimizer.step()  # the pruning hooks: update the dense weights, the masks, re-prune
+                else:
+                    scaler.step(optimizer)  # skipped (with the pruning hooks) on inf/NaN gradients
+                    scaler.update()
                 scheduler.step()
-                loss_sum += loss.detach()
-                correct += (logits.argmax(1) == y).sum()
+                loss_sum += loss
+                correct += step_correct
                 band.add(*pruning.mask_sparsity())
                 if step % curve_every == 0 or i + 1 == steps_per_epoch:
                     sparsity = pruning.sparsity()
@@ -566,6 +707,8 @@ def train(
                     bar.set_postfix(loss=f"{loss_sum.item() / (i + 1):.4f}", acc=f"{correct.item() / ((i + 1) * len(y)):.4f}", sparsity=f"{sparsity:.3f}", refresh=False)
                 bar.update()
 
+            if world > 1:
+                torch.distributed.all_reduce(correct)
             # evaluate the pruned weights (the model) and, for reference, the dense weights
             test_acc, test_loss = evaluate(model, x_test, y_test, config.eval_batch_size)
             dense_acc = test_acc
@@ -603,26 +746,29 @@ def train(
             bar.set_postfix(loss=f"{metrics['train_loss']:.4f}", acc=f"{metrics['train_accuracy']:.4f}", test=f"{test_acc:.4f}", sparsity=f"{metrics['sparsity']:.3f}")
 
         # log first, then checkpoint: a crash in between is repaired on resume (lines are dropped)
-        reporting.append_jsonl(out / CURVE, curve)
-        reporting.append_jsonl(out / METRICS, [metrics])
-        save_checkpoint(
-            {
-                "config": config.to_dict(),
-                "epoch": epoch + 1,
-                "wall_seconds": wall_seconds,
-                "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(),
-                "pruning": pruning.state_dict(),
-                "rng": rng_state(generator, device),
-            },
-            out / CHECKPOINT,
-        )
+        if writes:
+            reporting.append_jsonl(out / CURVE, curve)
+            reporting.append_jsonl(out / METRICS, [metrics])
+            save_checkpoint(
+                {
+                    "config": config.to_dict(),
+                    "epoch": epoch + 1,
+                    "wall_seconds": wall_seconds,
+                    "model": model.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(),
+                    "pruning": pruning.state_dict(),
+                    "rng": rng_state(generator, device),
+                    **({"scaler": scaler.state_dict()} if scaler is not None else {}),
+                },
+                out / CHECKPOINT,
+            )
         if stop_after_epochs is not None and epoch + 1 - start_epoch >= stop_after_epochs and epoch + 1 < config.epochs:
             return {"finished": False, "epoch": epoch + 1, "epochs": config.epochs, "out_dir": str(out), **metrics}
 
     # -- 6. the finished run: pruned weights, summary, plots --------------------------------------
-    atomic_torch_save({k: v.detach().cpu().clone() for k, v in model.state_dict().items()}, out / MODEL)
+    if writes:
+        atomic_torch_save({k: v.detach().cpu().clone() for k, v in model.state_dict().items()}, out / MODEL)
     counts = reporting.model_counts(model, pruning)  # after training: the zeros are there now
     summary = {
         "finished": True,
@@ -653,11 +799,13 @@ def train(
         "num_classes": data.num_classes,
         "wall_seconds": wall_seconds,
         "device": str(device),
+        "world_size": world,
         "torch_version": torch.__version__,
         "data_source": data.source,
     }
-    reporting.write_json(out / SUMMARY, summary)
-    reporting.plot_run(out)
+    if writes:
+        reporting.write_json(out / SUMMARY, summary)
+        reporting.plot_run(out)
     return summary
 
 
@@ -701,6 +849,11 @@ def _print_header(config: TrainConfig, data: Any, counts: dict[str, Any], steps_
         f"optim:  {config.optimizer} lr {config.lr:g}, {config.schedule} schedule, weight decay {config.weight_decay:g}, "
         f"batch {config.batch_size}, {config.epochs} epochs x {steps_per_epoch} steps, {config.device}",
     ]
+    if config.world_size != 1 or config.accumulate != 1 or config.amp:
+        lines.append(
+            f"scale:  {config.world_size} process(es) x {config.accumulate} micro-batch(es) of "
+            f"{config.batch_size // (config.world_size * config.accumulate)} samples per step, amp {config.amp or 'off'}"
+        )
     if start_epoch:
         lines.append(f"resuming after epoch {start_epoch}")
     tqdm.write("\n".join(lines))
