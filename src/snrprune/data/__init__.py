@@ -44,6 +44,11 @@ Preprocessing
   (missing values form their own category, unseen categories encode as all
   zeros).  Labels are mapped to ``0..K-1`` in sorted order (numeric order when
   all labels are numbers).  ``input_shape`` is (F,).
+* ``csv:PATH`` checks what curated files do not need: see :mod:`snrprune.data.csv`
+  (errors for a regression-like target, repeated column names, a non-UTF-8
+  file; a :class:`~snrprune.data.base.DataWarning` for each column it changed).
+* ``data_dir`` must be an existing folder when given (never a silent fall-back
+  to an installed copy).
 * ``mnist1d`` signals keep the shape (1, 40) (channel, length); they are
   normalised with one training-set mean/std (per channel, like images) so the
   signal shape is preserved.  ``kind`` is ``"tabular"`` because the input is not
@@ -71,6 +76,8 @@ from .base import (
     SHARE_DIRS,
     Dataset,
     DatasetNotFoundError,
+    DataWarning,
+    MissingInputError,
     stratified_split,
 )
 from .batches import iterate_batches, random_crop_flip
@@ -105,6 +112,8 @@ __all__ = [
     "Dataset",
     "DATASETS",
     "DatasetNotFoundError",
+    "DataWarning",
+    "MissingInputError",
     "register_dataset",
     "dataset_names",
     "load_dataset",

@@ -15,6 +15,8 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
+from ..errors import InputError
+
 ENV_DATA_DIR = "SNRPRUNE_DATA_DIR"
 ENV_CIFAR10_DIR = "SNRPRUNE_CIFAR10_DIR"
 #: where ``scripts/install-datasets.sh`` unpacks Debian packages it does not install
@@ -62,6 +64,14 @@ class DatasetNotFoundError(FileNotFoundError):
 
     The message says what to install or where to put which files.
     """
+
+
+class MissingInputError(DatasetNotFoundError, InputError):
+    """A file or folder the user named (a ``csv:PATH``, a ``data_dir``) does not exist: bad input."""
+
+
+class DataWarning(UserWarning):
+    """Data was read, but not quite as written (a column dropped, values treated as missing, ...)."""
 
 
 # --------------------------------------------------------------------------

@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 from typing import Callable
 
-from .base import Dataset
+from .base import Dataset, MissingInputError
 from .csv import load_csv
 
 DATASETS: dict[str, Callable[..., Dataset]] = {}
@@ -43,12 +43,16 @@ def load_dataset(
     if not isinstance(name, str):
         raise TypeError(f"dataset name must be a str, got {type(name).__name__}")
     stripped = name.strip()
+    if data_dir is not None and not Path(data_dir).expanduser().is_dir():
+        # never fall back silently to an installed copy when the user named a folder
+        what = "is not a folder" if Path(data_dir).expanduser().exists() else "does not exist"
+        raise MissingInputError(f"data_dir (--data-dir) {data_dir} {what}; give the folder that holds the data files")
     if stripped[:4].lower() == "csv:":
         path = stripped[4:]
         if not path:
             raise ValueError("csv: needs a path, e.g. 'csv:/data/my.csv'")
         if data_dir is not None and not os.path.isabs(path) and not os.path.exists(path):
-            candidate = Path(data_dir) / path
+            candidate = Path(data_dir).expanduser() / path
             if candidate.exists():
                 path = str(candidate)
         return load_csv(path, target=target, seed=seed)
