@@ -153,10 +153,10 @@ def _check_output(target: Path, run_dir: Path, source: Path, overwrite: bool) ->
     folder = target.parent
     if not folder.is_dir():
         what = "is a file, not a folder" if folder.exists() else "does not exist"
-        raise ExportPathError(f"cannot write --output {target}: the folder {folder} {what}; create it or choose another path")
+        raise ExportPathError(f"cannot write {target}: the folder {folder} {what}; create it or choose another --output")
     problem = writable_folder_problem(folder)
     if problem is not None:
-        raise ExportPathError(f"cannot write --output {target}: {problem}")
+        raise ExportPathError(f"cannot write {target}: {problem}; choose another --output")
     if not target.exists():
         return
     own_run = folder.resolve() == run_dir.resolve()
