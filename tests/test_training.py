@@ -277,4 +277,3 @@ def test_batch_larger_than_training_set(tmp_path):
     with pytest.raises(training.TrainingError, match="larger than the 1438 training samples"):
         train(tiny(batch_size=5000), tmp_path, progress=False)
     assert not tmp_path.joinpath("config.json").exists()
-
