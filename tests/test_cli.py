@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 
@@ -144,3 +145,80 @@ def test_bad_model_option_value(tmp_path, capsys):
     code = main(["train", *TINY, "--model-option", "depth=3", "--out", str(tmp_path / "run")])
     assert code == 2 and "unknown option(s) 'depth'" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()
+
+
+# ---------------------------------------------------------------- paths, exit codes and abbreviations
+
+
+@pytest.mark.parametrize("out", ["/proc/snrprune-run", "/sys/snrprune-run", "FILE/run"])
+def test_unwritable_out_is_a_usage_error(out, tmp_path, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    out = out.replace("FILE", str(blocker))
+    err = usage_error(["train", *TINY, "--out", out], capsys)
+    assert f"cannot write the run folder {out}" in err and "choose another --out" in err
+
+
+@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() == 0, reason="root may write into a read-only folder")
+def test_out_in_a_read_only_folder_is_a_usage_error(tmp_path, capsys):
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o500)
+    err = usage_error(["train", *TINY, "--out", str(locked / "run")], capsys)
+    assert "cannot create anything in" in err
+
+
+def test_out_expands_the_home_folder(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(tmp_path)
+    assert main(["train", *TINY, "--epochs", "1", "--method", "dense", "--out", "~/run"]) == 0
+    assert (tmp_path / "home" / "run" / "summary.json").is_file() and not (tmp_path / "~").exists()
+    assert f"output: {tmp_path / 'home' / 'run'}" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["train", "--epoch", "2"],  # abbreviation of --epochs
+        ["train", "--over"],  # of --overwrite
+        ["export", "somewhere", "--out", "x.pt"],  # of --output
+    ],
+)
+def test_abbreviated_options_are_refused(argv, capsys):
+    assert "unrecognized arguments" in usage_error(argv, capsys)
+
+
+def test_bad_input_found_while_loading_exits_2(tmp_path, capsys):
+    cases = [
+        (["--dataset", f"csv:{tmp_path / 'missing.csv'}"], "CSV file not found"),
+        (["--batch-size", "5000"], "batch_size 5000 is larger than the 1438 training samples"),
+        (["--data-dir", str(tmp_path / "nowhere")], "nowhere does not exist"),
+    ]
+    for i, (extra, expected) in enumerate(cases):
+        argv = ["train", *TINY, "--method", "dense", *extra, "--out", str(tmp_path / f"run{i}")]
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert expected in err and "Traceback" not in err
+
+
+def test_resume_removes_stale_temporary_files(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["train", *TINY, "--epochs", "2", "--out", str(out), "--stop-after-epochs", "1"]) == 0
+    stale = [out / ".checkpoint.pt.0badf00d.tmp", out / ".metrics.jsonl.tmp"]
+    for path in stale:
+        path.write_bytes(b"half a checkpoint")  # a write killed mid-way
+    assert main(["train", "--resume", str(out), "--quiet"]) == 0
+    assert not any(path.exists() for path in stale)
+    assert (out / "summary.json").is_file()
+
+
+def test_data_warnings_are_one_line(tmp_path, capsys):
+    data = tmp_path / "toy.csv"
+    rows = ["size,empty,label"] + [f"{i % 9},,{'ab'[i % 2]}" for i in range(80)]
+    rows[5] = "oops,,a"
+    data.write_text("\n".join(rows) + "\n")
+    argv = ["train", "--dataset", f"csv:{data}", "--model", "mlp", "--model-option", "widths=[4]", "--method", "dense", "--epochs", "1", "--batch-size", "16", "--out", str(tmp_path / "run"), "--quiet"]
+    assert main(argv) == 0
+    err = capsys.readouterr().err
+    assert "snrprune: warning: " in err and "column 'size'" in err and "'oops' (row 6)" in err
+    assert "column(s) 'empty' are empty in every row and were dropped" in err
+    assert "warnings.warn" not in err

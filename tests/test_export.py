@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import shutil
+from pathlib import Path
+
 import pytest
 import torch
 from torch import nn
 
 from snrprune.cli import main
 from snrprune.export import (
+    ExportPathError,
     compress_state_dict,
     decompress_state_dict,
     export_sparse,
@@ -100,3 +104,92 @@ def test_load_sparse_rejects_other_files(tmp_path):
     torch.save(nn.Linear(2, 2).state_dict(), tmp_path / "plain.pt")
     with pytest.raises(ValueError, match="not a snrprune sparse export"):
         load_sparse(tmp_path / "plain.pt")
+
+
+# ---------------------------------------------------------------- the export never destroys data, and says why
+
+
+@pytest.fixture
+def run_copy(sparse_run, tmp_path):
+    """A private copy of the finished run (tests here try to damage it)."""
+    return Path(shutil.copytree(sparse_run, tmp_path / "run"))
+
+
+def _files(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in folder.iterdir()}
+
+
+@pytest.mark.parametrize("name", ["model.pt", "config.json", "checkpoint.pt", "summary.json", "metrics.jsonl"])
+def test_export_never_replaces_a_file_of_the_run(run_copy, name, capsys):
+    before = _files(run_copy)
+    for extra in ([], ["--overwrite"]):
+        assert main(["export", str(run_copy), "--output", str(run_copy / name), *extra]) == 2
+        err = capsys.readouterr().err
+        assert f"{run_copy / name} is a file of the run" in err and "never replaces" in err and "Traceback" not in err
+    assert _files(run_copy) == before
+    with pytest.raises(ExportPathError):
+        export_sparse(run_copy, run_copy / name, overwrite=True)
+
+
+def test_export_never_replaces_a_file_of_another_run(run_copy, sparse_run, capsys):
+    before = _files(sparse_run)
+    assert main(["export", str(run_copy), "--output", str(sparse_run / "model.pt"), "--overwrite"]) == 2
+    assert "is a file of the run" in capsys.readouterr().err
+    assert _files(sparse_run) == before
+
+
+def test_a_second_export_works_and_reports_the_dense_file(run_copy, capsys):
+    first = export_sparse(run_copy)
+    second = export_sparse(run_copy)  # the run's own model_sparse.pt is rewritten: same model.pt, same file
+    assert first == second and first["dense_file_bytes"] == (run_copy / "model.pt").stat().st_size
+    assert main(["export", str(run_copy)]) == 0
+    assert "ratio:" in capsys.readouterr().out
+
+
+def test_an_existing_file_is_replaced_only_with_overwrite(run_copy, tmp_path, capsys):
+    target = tmp_path / "notes.txt"
+    target.write_text("keep me")
+    assert main(["export", str(run_copy), "--output", str(target)]) == 2
+    err = capsys.readouterr().err
+    assert f"{target} exists" in err and "--overwrite" in err
+    assert target.read_text() == "keep me"
+    assert main(["export", str(run_copy), "--output", str(target), "--overwrite"]) == 0
+    assert load_sparse(target).keys() == torch.load(run_copy / "model.pt", weights_only=True).keys()
+
+
+def test_output_paths_that_cannot_be_written(run_copy, tmp_path, capsys):
+    cases = [
+        (tmp_path, f"--output {tmp_path} is a folder; give a file path"),
+        (tmp_path / "missing" / "m.pt", f"the folder {tmp_path / 'missing'} does not exist"),
+        (run_copy / "summary.json" / "m.pt", f"the folder {run_copy / 'summary.json'} is a file, not a folder"),
+    ]
+    for output, expected in cases:
+        assert main(["export", str(run_copy), "--output", str(output)]) == 2
+        err = capsys.readouterr().err
+        assert expected in err and ".tmp" not in err and "Traceback" not in err
+    assert main(["export", str(run_copy), "--output", "/proc/m.pt"]) == 2
+    assert "cannot write /proc/m.pt: cannot create anything in /proc" in capsys.readouterr().err
+
+
+def test_user_paths_expand_the_home_folder(run_copy, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert main(["export", str(run_copy), "--output", "~/small.pt"]) == 0
+    assert (tmp_path / "small.pt").is_file() and not Path("~").exists()
+
+
+def test_model_files_that_are_not_a_state_dict(run_copy, capsys):
+    model_pt = run_copy / "model.pt"
+    blob = compress_state_dict(torch.load(model_pt, weights_only=True))
+    cases = [
+        (lambda: torch.save(blob, model_pt), "holds a sparse export, not a run's dense weights"),  # old export damage
+        (lambda: torch.save([torch.zeros(2)], model_pt), "is not a state_dict"),
+        (lambda: torch.save({"a": "text"}, model_pt), "is not a state_dict"),
+        (lambda: model_pt.write_bytes(model_pt.read_bytes()[:300]), f"{model_pt} is not a readable model file"),
+        (lambda: torch.save(nn.Linear(2, 2), model_pt), f"{model_pt} is not a readable model file"),
+    ]
+    for damage, expected in cases:
+        damage()
+        assert main(["export", str(run_copy)]) == 1
+        err = capsys.readouterr().err
+        assert expected in err and "Traceback" not in err
+        assert "weights_only=False" not in err and "In PyTorch 2.6" not in err  # torch's advice is not ours

@@ -246,6 +246,21 @@ def test_non_empty_out_dir_is_refused(tmp_path):
     assert (tmp_path / "summary.json").is_file()
 
 
+def test_batch_larger_than_training_set_is_bad_input(tmp_path):
+    from snrprune.errors import InputError
+
+    with pytest.raises(InputError, match="larger than the 1438 training samples"):
+        train(tiny(batch_size=5000), tmp_path, progress=False)
+
+
+@pytest.mark.parametrize("where", ["/proc/snrprune-run", "/sys/snrprune-run", "FILE/run"])
+def test_unwritable_output_folder_is_refused_before_any_work(where, tmp_path):
+    (tmp_path / "file").write_text("x")
+    out = where.replace("FILE", str(tmp_path / "file"))
+    with pytest.raises(OutputDirError, match=f"cannot write the run folder {out}"):
+        train(tiny(), out, progress=False)
+
+
 def test_nan_loss_stops_and_keeps_the_last_checkpoint(tmp_path, monkeypatch):
     steps_per_epoch = 1438 // 64
     calls = {"n": 0}

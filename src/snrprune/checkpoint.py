@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -69,13 +70,7 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device | 
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"no checkpoint at {path}")
-    try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as exc:  # truncated zip, random bytes, pickled classes, ...: all mean "not usable"
-        raise CheckpointError(
-            f"{path} is not a readable checkpoint (corrupt, truncated or not written by snrprune): "
-            f"{type(exc).__name__}: {_first_line(exc)}"
-        ) from exc
+    state = safe_torch_load(path, "checkpoint", map_location)
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise CheckpointError(f"{path} is a torch file but not a snrprune checkpoint (no format={FORMAT!r} entry)")
     if state.get("version") != VERSION:
@@ -86,6 +81,39 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device | 
     if missing:
         raise CheckpointError(f"{path} is incomplete: it lacks {', '.join(missing)}")
     return state
+
+
+def safe_torch_load(path: str | os.PathLike, what: str, map_location: str | torch.device | None = "cpu") -> Any:
+    """``torch.load(path, weights_only=True)``; any failure becomes a :class:`CheckpointError` naming the file.
+
+    ``what`` names the kind of file in the message ("checkpoint", "model file").
+    """
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:  # truncated zip, random bytes, pickled classes, ...: all mean "not usable"
+        raise CheckpointError(
+            f"{path} is not a readable {what} (corrupt, truncated or not written by snrprune): "
+            f"{type(exc).__name__}: {_first_line(exc)}"
+        ) from exc
+
+
+def writable_folder_problem(folder: str | os.PathLike) -> str | None:
+    """Why files cannot be written into ``folder`` (created with its parents if missing), or None.
+
+    Tried by creating and removing an empty folder in the nearest existing ancestor: permission
+    bits do not tell (root, read-only mounts, /proc and /sys), so only an attempt does.
+    """
+    ancestor = Path(folder)
+    while not os.path.exists(ancestor) and ancestor.parent != ancestor:  # os.path: no PermissionError
+        ancestor = ancestor.parent
+    if not os.path.isdir(ancestor):
+        return f"{ancestor} is a file, not a folder"
+    try:
+        probe = tempfile.mkdtemp(prefix=".snrprune-write-test-", dir=ancestor)
+    except OSError as exc:
+        return f"cannot create anything in {ancestor} ({exc.strerror or type(exc).__name__})"
+    os.rmdir(probe)
+    return None
 
 
 def _first_line(exc: BaseException) -> str:

@@ -1,20 +1,25 @@
 """The ``snrprune`` command: ``snrprune train`` runs one experiment, ``snrprune export`` compresses its result.
 
 Every mistake a user can make on the command line is reported before any work starts, argparse
-style (usage line, message, exit status 2). Problems found while running (missing data files, a
-diverging loss, a corrupt checkpoint) end with a one-line message and exit status 1, no traceback.
+style (usage line, message, exit status 2). Bad input that shows only when it is read (a missing
+csv:PATH file or --data-dir folder, a malformed CSV, a batch larger than the data set, an --output
+that cannot be written) ends with a one-line message and exit status 2 as well. Problems found while
+running (a data set that is not installed, a diverging loss, a corrupt checkpoint or model file) end
+with a one-line message and exit status 1, no traceback. Warnings are one line each.
 """
 
 from __future__ import annotations
 
 import argparse
 import ast
+import functools
 import json
 import math
 import os
 import re
 import sys
 import time
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -22,6 +27,7 @@ from typing import Any
 from . import __version__
 from .checkpoint import CheckpointError
 from .data import DatasetNotFoundError, dataset_names
+from .errors import InputError
 from .masks import COMBINE_MODES, SCOPES
 from .models import model_names
 from .pruners import PRUNING_METHODS
@@ -103,6 +109,11 @@ def _model_option(value: str) -> tuple[str, Any]:
     return key.strip(), parsed
 
 
+def _user_path(value: str) -> str:
+    """A path with ``~`` expanded (a quoted ``'~/x'`` reaches us unexpanded by the shell)."""
+    return str(Path(value).expanduser())
+
+
 def _device(value: str) -> str:
     if value == "cpu" or re.fullmatch(r"cuda(:\d+)?", value):
         return value
@@ -113,9 +124,10 @@ def _device(value: str) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="snrprune", description="Dynamic pruning during training, guided by per-weight gradient SNR.")
+    # allow_abbrev=False everywhere: an option added later must not change what an old command means
+    parser = argparse.ArgumentParser(prog="snrprune", description="Dynamic pruning during training, guided by per-weight gradient SNR.", allow_abbrev=False)
     parser.add_argument("--version", action="version", version=f"snrprune {__version__}")
-    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True, parser_class=functools.partial(argparse.ArgumentParser, allow_abbrev=False))
 
     t = commands.add_parser(
         "train",
@@ -164,18 +176,19 @@ def build_parser() -> argparse.ArgumentParser:
     opt.add_argument("--amp", choices=["bf16", "fp16"], help="mixed precision: autocast to bf16, or fp16 with a GradScaler")
 
     run = t.add_argument_group("the run folder")
-    run.add_argument("--out", metavar="DIR", help="output folder (default runs/<dataset>-<model>-<method>-<time>)")
+    run.add_argument("--out", metavar="DIR", type=_user_path, help="output folder (default runs/<dataset>-<model>-<method>-<time>)")
     run.add_argument("--overwrite", action="store_true", help="replace the run files in an existing --out")
-    run.add_argument("--resume", metavar="DIR", help="continue the interrupted run in DIR (no other options)")
+    run.add_argument("--resume", metavar="DIR", type=_user_path, help="continue the interrupted run in DIR (no other options)")
     run.add_argument("--stop-after-epochs", type=_positive_int, metavar="N", help="stop after N epochs of this call (continue with --resume)")
     run.add_argument("--curve-every", type=_positive_int, metavar="K", help="log the sparsity curve every K steps (default ~100 points per epoch)")
     run.add_argument("--quiet", action="store_true", help="no progress bars")
     t.set_defaults(handler=_train_command, parser=t)
 
     e = commands.add_parser("export", help="write a finished run's pruned model in compressed form")
-    e.add_argument("run_dir", metavar="DIR", help="a finished run folder (with model.pt)")
+    e.add_argument("run_dir", metavar="DIR", type=_user_path, help="a finished run folder (with model.pt)")
     e.add_argument("--format", choices=["sparse"], default="sparse", help="sparse: bitmask of the nonzeros + their values")
-    e.add_argument("--output", metavar="PATH", help="where to write (default DIR/model_sparse.pt)")
+    e.add_argument("--output", metavar="PATH", type=_user_path, help="where to write (default DIR/model_sparse.pt)")
+    e.add_argument("--overwrite", action="store_true", help="replace an existing --output file (never a file of a run)")
     e.set_defaults(handler=_export_command, parser=e)
 
     b = commands.add_parser(
@@ -204,7 +217,13 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    return args.handler(args, args.parser)
+    with warnings.catch_warnings():
+        warnings.showwarning = _show_warning
+        return args.handler(args, args.parser)
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    print(f"snrprune: warning: {message}", file=sys.stderr)
 
 
 def _fail(message: str, status: int = 1) -> int:
@@ -249,6 +268,8 @@ def _train_command(args: argparse.Namespace, parser: argparse.ArgumentParser) ->
         print(exc)
         _print_table(out / SUMMARY)
         return 0
+    except InputError as exc:  # e.g. a missing CSV file, a batch larger than the data
+        return _fail(str(exc), status=2)
     except DatasetNotFoundError as exc:
         return _fail(str(exc))
     except (TrainingError, CheckpointError) as exc:
@@ -321,7 +342,9 @@ def _export_command(args: argparse.Namespace, parser: argparse.ArgumentParser) -
     if not run_dir.is_dir():
         parser.error(f"{run_dir} is not a folder")
     try:
-        info = export_sparse(run_dir, args.output)
+        info = export_sparse(run_dir, args.output, overwrite=args.overwrite)
+    except InputError as exc:
+        return _fail(str(exc), status=2)
     except (FileNotFoundError, ValueError, RuntimeError) as exc:
         return _fail(str(exc))
     print(f"wrote {info['path']} ({len(info['compressed_tensors'])} tensors as bitmask + values)")

@@ -17,14 +17,26 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .checkpoint import atomic_torch_save
+from .checkpoint import atomic_torch_save, safe_torch_load, writable_folder_problem
+from .errors import InputError
 from .models import build_model
 
-__all__ = ["pack_bits", "unpack_bits", "compress_state_dict", "decompress_state_dict", "export_sparse", "load_sparse", "load_run_model"]
+__all__ = [
+    "pack_bits", "unpack_bits", "compress_state_dict", "decompress_state_dict", "export_sparse", "load_sparse",
+    "load_run_model", "read_state_dict", "ExportPathError",
+]
 
 FORMAT = "snrprune-sparse"
 VERSION = 1
 SPARSE_FILE = "model_sparse.pt"
+
+#: Files whose presence marks a folder as a snrprune run folder (whose files an export never replaces).
+_RUN_MARKERS = ("config.json", "checkpoint.pt")
+
+
+class ExportPathError(InputError):
+    """The export's output path cannot be used (a folder, a missing folder, a file it must not replace)."""
+
 
 _BIT_WEIGHTS = torch.tensor([128, 64, 32, 16, 8, 4, 2, 1], dtype=torch.uint8)
 
@@ -87,7 +99,7 @@ def payload_bytes(blob: dict[str, Any]) -> int:
 
 def load_sparse(path: str | os.PathLike) -> dict[str, Tensor]:
     """The dense state_dict stored in a ``model_sparse.pt`` (``model.load_state_dict`` takes it as is)."""
-    blob = torch.load(path, map_location="cpu", weights_only=True)
+    blob = safe_torch_load(path, "sparse export")
     if not isinstance(blob, dict) or blob.get("format") != FORMAT:
         raise ValueError(f"{path} is not a snrprune sparse export (no format={FORMAT!r} entry)")
     if blob.get("version") != VERSION:
@@ -95,9 +107,16 @@ def load_sparse(path: str | os.PathLike) -> dict[str, Tensor]:
     return decompress_state_dict(blob)
 
 
-def export_sparse(run_dir: str | os.PathLike, output: str | os.PathLike | None = None) -> dict[str, Any]:
-    """Writes the pruned weights of a finished run (``model.pt``) as ``model_sparse.pt``; returns the sizes."""
-    run_dir = Path(run_dir)
+def export_sparse(
+    run_dir: str | os.PathLike, output: str | os.PathLike | None = None, *, overwrite: bool = False
+) -> dict[str, Any]:
+    """Writes the pruned weights of a finished run (``model.pt``) as ``model_sparse.pt``; returns the sizes.
+
+    ``output`` (default ``run_dir/model_sparse.pt``) never replaces a file of a run folder other than
+    its ``model_sparse.pt``, and replaces any other existing file only with ``overwrite``. The run's own
+    ``model_sparse.pt`` is rewritten without asking: it is made from the same ``model.pt``.
+    """
+    run_dir = Path(run_dir).expanduser()
     source = run_dir / "model.pt"
     if not source.is_file():
         hint = (
@@ -106,10 +125,14 @@ def export_sparse(run_dir: str | os.PathLike, output: str | os.PathLike | None =
             else "is it a snrprune run folder?"
         )
         raise FileNotFoundError(f"{source} not found: {hint}")
-    state = torch.load(source, map_location="cpu", weights_only=True)
+    target = Path(output).expanduser() if output is not None else run_dir / SPARSE_FILE
+    _check_output(target, run_dir, source, overwrite)
+    state = read_state_dict(source)
     blob = compress_state_dict(state)
-    target = Path(output) if output is not None else run_dir / SPARSE_FILE
-    atomic_torch_save(blob, target)
+    try:
+        atomic_torch_save(blob, target)
+    except OSError as exc:
+        raise RuntimeError(f"could not write {target}: {exc.strerror or exc}") from exc
     dense_bytes = sum(_nbytes(t) for t in state.values())
     sparse_bytes = payload_bytes(blob)
     return {
@@ -121,6 +144,46 @@ def export_sparse(run_dir: str | os.PathLike, output: str | os.PathLike | None =
         "sparse_file_bytes": target.stat().st_size,
         "compressed_tensors": sorted(name for name, entry in blob["tensors"].items() if "bits" in entry),
     }
+
+
+def _check_output(target: Path, run_dir: Path, source: Path, overwrite: bool) -> None:
+    """Raises :class:`ExportPathError` unless ``target`` is a file path the export may write."""
+    if target.is_dir():
+        raise ExportPathError(f"--output {target} is a folder; give a file path, e.g. {target / SPARSE_FILE}")
+    folder = target.parent
+    if not folder.is_dir():
+        what = "is a file, not a folder" if folder.exists() else "does not exist"
+        raise ExportPathError(f"cannot write {target}: the folder {folder} {what}; create it or choose another --output")
+    problem = writable_folder_problem(folder)
+    if problem is not None:
+        raise ExportPathError(f"cannot write {target}: {problem}; choose another --output")
+    if not target.exists():
+        return
+    own_run = folder.resolve() == run_dir.resolve()
+    run_folder = own_run or any((folder / name).is_file() for name in _RUN_MARKERS)
+    if target.samefile(source) or (run_folder and target.name != SPARSE_FILE):
+        raise ExportPathError(
+            f"{target} is a file of the run in {folder}; an export never replaces a run's files: "
+            f"choose another --output, e.g. {folder / SPARSE_FILE}"
+        )
+    if not overwrite and not (own_run and target.name == SPARSE_FILE):
+        raise ExportPathError(f"{target} exists; choose another --output or pass --overwrite to replace it")
+
+
+def read_state_dict(path: str | os.PathLike) -> dict[str, Tensor]:
+    """A ``model.pt`` (a state_dict saved by a run), loaded safely and checked to be a dict of tensors."""
+    state = safe_torch_load(path, "model file")
+    if isinstance(state, dict) and state.get("format") == FORMAT:
+        raise ValueError(
+            f"{path} holds a sparse export, not a run's dense weights (an export may have been written over it); "
+            f"rebuild it with load_sparse, or rerun the training"
+        )
+    if not isinstance(state, dict) or not state or not all(
+        isinstance(k, str) and isinstance(v, Tensor) for k, v in state.items()
+    ):
+        kind = type(state).__name__ if not isinstance(state, dict) else "a dict that is not all name -> tensor"
+        raise ValueError(f"{path} is not a state_dict (a dict of parameter names to tensors): it holds {kind}")
+    return state
 
 
 def load_run_model(run_dir: str | os.PathLike, sparse: bool = False) -> nn.Module:
@@ -135,6 +198,6 @@ def load_run_model(run_dir: str | os.PathLike, sparse: bool = False) -> nn.Modul
     if sparse:
         state = load_sparse(run_dir / SPARSE_FILE)
     else:
-        state = torch.load(run_dir / "model.pt", map_location="cpu", weights_only=True)
+        state = read_state_dict(run_dir / "model.pt")
     model.load_state_dict(state)
     return model.eval()

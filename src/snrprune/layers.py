@@ -14,12 +14,14 @@ subclassing :class:`LayerMoments` and adding an entry to :data:`MOMENTS`.
 from __future__ import annotations
 
 import fnmatch
+import warnings
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.nn.utils import parametrize
 
 # Per-sample gradients that must be materialised (convolutions, Linear on sequences) are processed in
 # chunks of the batch so that at most this many elements live at once (32 MiB in float32).
@@ -188,26 +190,69 @@ def find_prunable_layers(model: nn.Module, include: NameFilter = None, exclude: 
     """The weights of every supported layer (Linear, Conv1d/2d/3d), filtered by module name.
 
     ``include``/``exclude`` are glob patterns on the module name (``"features.*"``) or a predicate.
-    Biases and normalisation parameters are never prunable.
+    Biases and normalisation parameters are never prunable. A selected layer whose weight cannot be
+    pruned (frozen with ``requires_grad=False``, or computed by ``torch.nn.utils.parametrize`` such as
+    ``weight_norm``) is skipped with a warning. A weight shared by several modules (tied weights) is
+    refused: its per-sample gradients would need the cross terms of every use.
     """
     if isinstance(include, str) or isinstance(exclude, str):
         raise TypeError("include/exclude take a list of glob patterns or a callable, not a single string: use [pattern]")
-    layers = []
+    layers, skipped = [], []
     for module_name, module in model.named_modules():
         moments = moments_for(module)
-        weight = getattr(module, "weight", None)
-        if moments is None or not isinstance(weight, nn.Parameter) or not weight.requires_grad:
+        if moments is None or getattr(module, "weight", None) is None:
             continue
         if include is not None and not _matches(module_name, include):
             continue
         if exclude is not None and _matches(module_name, exclude):
             continue
         name = f"{module_name}.weight" if module_name else "weight"
+        reason = _unprunable_reason(module)
+        if reason is not None:
+            skipped.append(f"{name} ({reason})")
+            continue
         layers.append(PrunableLayer(name, module_name, module, moments))
     if not layers:
         supported = ", ".join(cls.__name__ for cls in MOMENTS)
+        found = f"; skipped: {', '.join(skipped)}" if skipped else ""
         raise ValueError(
-            f"no prunable layer found in {type(model).__name__} (supported layer types: {supported}); "
+            f"no prunable layer found in {type(model).__name__} (supported layer types: {supported}){found}; "
             "check the model and the include/exclude filters"
         )
+    if skipped:
+        warnings.warn(
+            f"not pruned: {', '.join(skipped)}; unfreeze or remove the parametrization to prune them, "
+            "or exclude these layers to silence this warning",
+        )
+    _refuse_shared_weights(model, layers)
     return layers
+
+
+def _unprunable_reason(module: nn.Module) -> str | None:
+    if parametrize.is_parametrized(module, "weight"):
+        return "parametrized with torch.nn.utils.parametrize, e.g. weight_norm"
+    if not isinstance(module.weight, nn.Parameter):
+        return "computed from other parameters, not a parameter itself"
+    if not module.weight.requires_grad:
+        return "frozen: requires_grad=False"
+    return None
+
+
+def _refuse_shared_weights(model: nn.Module, layers: list[PrunableLayer]) -> None:
+    """Raises ValueError when a selected weight is also held by another module (``l2.weight = l1.weight``)."""
+    holders: dict[int, list[str]] = {}
+    seen: set[tuple[int, int]] = set()
+    for module_name, module in model.named_modules(remove_duplicate=False):
+        for param_name, param in module.named_parameters(recurse=False):
+            if (id(module), id(param)) not in seen:  # a module registered twice is one use per call
+                seen.add((id(module), id(param)))
+                holders.setdefault(id(param), []).append(f"{module_name}.{param_name}" if module_name else param_name)
+    for layer in layers:
+        names = holders.get(id(layer.weight), [])
+        if len(names) > 1:
+            modules = " ".join(f"--exclude-layers {n.rpartition('.')[0]}" for n in names)
+            raise ValueError(
+                f"{' and '.join(names)} are one shared (tied) tensor; snrprune cannot prune shared weights (its "
+                f"per-sample gradient statistics are per module). Give each module its own weight, or exclude every "
+                f"module that uses it (exclude=[...], or {modules})"
+            )

@@ -47,8 +47,9 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from . import reporting
-from .checkpoint import CheckpointError, atomic_torch_save, load_checkpoint, save_checkpoint
+from .checkpoint import CheckpointError, atomic_torch_save, load_checkpoint, save_checkpoint, writable_folder_problem
 from .data import dataset_names, iterate_batches, load_dataset
+from .errors import InputError
 from .masks import COMBINE_MODES, SCOPES
 from .models import MODELS, build_model, model_names
 from .pruners import PRUNING_METHODS, SNR_HISTOGRAM_EDGES, DPFPruning, NoPruning, Pruning, SNRAutoPruning, SNRPruning
@@ -93,6 +94,10 @@ class RunFinishedError(TrainingError):
 
 class TrainingDiverged(TrainingError):
     """The training loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+class TrainingInputError(TrainingError, InputError):
+    """The configuration does not fit the data (e.g. a batch larger than the training set)."""
 
 
 # ------------------------------------------------------------------------------------------------
@@ -437,12 +442,20 @@ def check_output_dir(out: Path, overwrite: bool) -> None:
             f"{out} exists and is not empty; choose another --out, continue the run in it with "
             f"--resume {out}, or pass --overwrite to replace its run files"
         )
+    problem = writable_folder_problem(out)
+    if problem is not None:
+        raise OutputDirError(f"cannot write the run folder {out}: {problem}; choose another --out")
 
 
 def clear_run_files(out: Path) -> None:
     for name in RUN_FILES:
         (out / name).unlink(missing_ok=True)
-    for tmp in out.glob(".*.tmp"):  # leftovers of an interrupted atomic write
+    remove_stale_temporaries(out)
+
+
+def remove_stale_temporaries(out: Path) -> None:
+    """Deletes the leftovers of atomic writes that were killed (``.checkpoint.pt.1a2b3c4d.tmp``, ...)."""
+    for tmp in out.glob(".*.tmp"):
         tmp.unlink(missing_ok=True)
 
 
@@ -619,7 +632,7 @@ def _train(
     x_val, y_val = (data.x_val.to(device), data.y_val.to(device)) if has_val else (None, None)
     steps_per_epoch = len(x_train) // config.batch_size  # drop_last: SNR never sees a tiny batch
     if steps_per_epoch == 0:
-        raise TrainingError(f"batch_size {config.batch_size} is larger than the {len(x_train)} training samples of {data.name}")
+        raise TrainingInputError(f"batch_size {config.batch_size} is larger than the {len(x_train)} training samples of {data.name}")
     total_steps = config.epochs * steps_per_epoch
     curve_every = config.curve_every or max(1, steps_per_epoch // 100)
 
@@ -818,6 +831,7 @@ def _load_resume_checkpoint(out: Path) -> dict[str, Any]:
             f"start it again with --overwrite"
         )
     checkpoint = load_checkpoint(out / CHECKPOINT)
+    remove_stale_temporaries(out)  # no write of this run is in progress: a temporary file is a leftover
     epochs = checkpoint["config"].get("epochs") if isinstance(checkpoint["config"], dict) else None
     if checkpoint["epoch"] == epochs and (out / SUMMARY).is_file():
         raise RunFinishedError(f"the run in {out} has already finished ({epochs} epochs); its results are in {out / SUMMARY}")
