@@ -520,7 +520,7 @@ def test_snr_auto_decisions_follow_the_kept_weights_evidence():
     assert abs(z_noise - 1) <= margin  # pure noise stays inside the band ...
     pruning.decide()
     assert pruning.density == {converged: 0.5, noise: 1.0, signal: 1.0}  # ... and is held; drift is capped at dense
-    assert pruning.direction == {converged: -1, noise: 0, signal: 1}
+    assert pruning.direction == {converged: -1, noise: 0, signal: 0}  # capped at dense: no move
     assert pruning.window == {} and pruning.window_count == 0
     assert pruning.window_snr[converged] == 0.0 and pruning.window_snr[signal] > 50
 

@@ -138,7 +138,7 @@ class Run:
         values: dict[str, Any] = {"dataset": self.cell.dataset, "model": self.cell.model, "epochs": self.cell.epochs, "seed": self.seed}
         values.update(self.cell.options)
         values.update(self.method.options)
-        if data_dir is not None and values.get("data_dir") is None:
+        if data_dir is not None and values.get("data_dir") is None and self.cell.dataset == "cifar10":  # the only data given by folder
             values["data_dir"] = data_dir
         if self.method.matched_to is not None:
             if matched_sparsity is None:

@@ -582,8 +582,10 @@ class SNRAutoPruning(Pruning):
                     self.step[name] /= 2  # reversed: settle at the boundary
                 factor = 1.0 - self.step[name]
                 density = self.density[name] * factor if move < 0 else self.density[name] / factor
-                self.density[name] = min(1.0, max(self.min_density[name], density))
-                self.direction[name] = move
+                density = min(1.0, max(self.min_density[name], density))
+                if density != self.density[name]:  # a move against a bound (dense, the floor) is no direction
+                    self.density[name] = density
+                    self.direction[name] = move
         self.window = {}
         self.window_count = 0
 
