@@ -14,8 +14,11 @@ SNR = Method("snr", {"method": "snr"})  # combine "agree": the paper's stated in
 SNR_EITHER = Method("snr-either", {"method": "snr", "combine": "either"})  # the paper's formula, literally
 DPF_MATCHED = Method("dpf-matched", {"method": "dpf"}, matched_to="snr")  # DPF at the sparsity SNR found
 DPF_90 = Method("dpf-90", {"method": "dpf", "target_sparsity": 0.9})
+# beyond the paper: schedule-free, one setting (the defaults) on every cell; and DPF at its sparsity
+SNR_AUTO = Method("snr-auto", {"method": "snr-auto"})
+DPF_MATCHED_AUTO = Method("dpf-matched-auto", {"method": "dpf"}, matched_to="snr-auto")
 
-MAIN_METHODS = [DENSE, SNR, SNR_EITHER, DPF_MATCHED, DPF_90]
+MAIN_METHODS = [DENSE, SNR, SNR_EITHER, DPF_MATCHED, DPF_90, SNR_AUTO, DPF_MATCHED_AUTO]
 
 ABLATIONS = [
     Method("snr-combine-snr", {"method": "snr", "combine": "snr"}),
@@ -28,6 +31,13 @@ ABLATIONS = [
     Method("snr-threshold-0.5", {"method": "snr", "threshold": 0.5}),
     Method("snr-threshold-2", {"method": "snr", "threshold": 2.0}),
     Method("snr-stats-every-4", {"method": "snr", "stats_every": 4}),
+]
+
+AUTO_ABLATIONS = [
+    Method("snr-auto-window-0.5", {"method": "snr-auto", "window_epochs": 0.5}),
+    Method("snr-auto-window-2", {"method": "snr-auto", "window_epochs": 2.0}),
+    Method("snr-auto-step-0.25", {"method": "snr-auto", "auto_step": 0.25}),
+    Method("snr-auto-step-0.75", {"method": "snr-auto", "auto_step": 0.75}),
 ]
 
 # -- cells -----------------------------------------------------------------------------------------
@@ -70,6 +80,7 @@ SUITE = Suite(
     groups=[
         Group("Main grid", IMAGE + TABULAR + CIFAR, MAIN_METHODS),
         Group("Ablations of SNR's own hyperparameters (LeNet-300-100/MNIST and letter)", [LENET300, LETTER], ABLATIONS),
+        Group("Ablations of snr-auto (LeNet-300-100/MNIST and letter)", [LENET300, LETTER], AUTO_ABLATIONS),
     ],
     report="benchmarks/RESULTS.md",
     findings="findings.md",
