@@ -8,8 +8,8 @@ Usage::
 
 ``method`` is any registered pruning method (``snrprune.PRUNING_METHODS``) and the options are its
 constructor's arguments but the model. What the trainer knows is filled in when not given:
-``total_steps`` (DPF) from ``trainer.estimated_stepping_batches`` and ``burn_in_steps`` (SNR) as one
-epoch of optimizer steps. The callback wraps the module's optimizer, so gradient accumulation
+``total_steps`` (DPF) from ``trainer.estimated_stepping_batches``, ``burn_in_steps`` (SNR) and
+``window_steps`` (snr-auto) as one epoch of optimizer steps. The callback wraps the module's optimizer, so gradient accumulation
 (``accumulate_grad_batches``), mixed precision (a step GradScaler skips leaves the statistics and
 masks alone) and the DDP strategy (statistics summed over the processes) work as in a plain loop.
 Its state (dense weights, masks, SNR averages) is saved in Lightning checkpoints and restored on resume.
@@ -56,8 +56,10 @@ class PruningCallback(lightning.pytorch.Callback):
             if not math.isfinite(total):
                 raise ValueError(f"{self.method}: the trainer cannot estimate its number of steps; pass total_steps= to PruningCallback")
             options["total_steps"] = int(total)
-        if "burn_in_steps" in parameters and "burn_in_steps" not in options:
-            options["burn_in_steps"] = max(1, math.ceil(trainer.num_training_batches / trainer.accumulate_grad_batches))
+        epoch_steps = max(1, math.ceil(trainer.num_training_batches / trainer.accumulate_grad_batches))
+        for name in ("burn_in_steps", "window_steps"):  # SNR's burn-in, snr-auto's window: one epoch
+            if name in parameters and name not in options:
+                options[name] = epoch_steps
         return options
 
     def on_train_start(self, trainer: lightning.Trainer, pl_module: lightning.LightningModule) -> None:
