@@ -102,7 +102,7 @@ def test_run_skip_resume_matched_and_report(tmp_path: Path, suite_file: Path):
     report = write_report(suite, layout, tmp_path / "RESULTS.md", "snrprune bench tiny.py")
     text = report.read_text()
     assert "**7 of 11 runs finished**" in text
-    assert "`digits-mlp/snr-ema-0.5/seed0`" in text and "cifar10-resnet20`: skipped" in text
+    assert "- `digits-mlp`: 1 of 8: snr-ema-0.5/seed0" in text and "cifar10-resnet20`: skipped" in text
     assert "| cifar10-resnet20 | dense | 0/1 | pending |" in text
     assert "| digits-mlp | snr-ema-0.5 | 1/2 |" in text
     for png in ("accuracy_vs_sparsity.png", "sparsity_curves.png", "snr_distribution_digits-mlp.png"):

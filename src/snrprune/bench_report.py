@@ -172,10 +172,16 @@ def write_report(suite: Suite, layout: Layout, report: Path, command: str, data_
     all_runs = suite.runs()
     finished = [r for r in all_runs if r.key in results.summaries]
     total = sum(results.summaries[r.key]["wall_seconds"] for r in finished)
-    execution = {}
-    for r in finished[:1]:
+    settings: dict[str, int] = {}
+    machine = "?"
+    for r in finished:
         meta = layout.results / r.key / "bench.json"
-        execution = json.loads(meta.read_text()) if meta.is_file() else {}
+        if meta.is_file():
+            info = json.loads(meta.read_text())
+            label = f"{info.get('jobs', '?')} run(s) in parallel x {info.get('threads', '?')} thread(s)"
+            settings[label] = settings.get(label, 0) + 1
+            machine = f"{info.get('cpus', '?')} CPUs, {info.get('processor', '?')}"
+    how = "; ".join(f"{n} runs with {label}" for label, n in settings.items()) or "no runs yet"
     lines = [
         f"# {suite.name}: results",
         "",
@@ -185,17 +191,23 @@ def write_report(suite: Suite, layout: Layout, report: Path, command: str, data_
         f"`{command} --report` rewrites this page from `{layout.results}/`.",
         "",
         f"**{len(finished)} of {len(all_runs)} runs finished**; their training took {total / 3600:.2f} h of wall time in all "
-        f"(sum of the runs' own clocks; {execution.get('jobs', '?')} run(s) in parallel with {execution.get('threads', '?')} "
-        f"torch thread(s) each, on {execution.get('cpus', '?')} CPUs: {execution.get('processor', '?')}). Times relative to dense "
-        "compare runs made the same way and are noisy when other work shared the machine.",
+        f"(sum of the runs' own clocks, on {machine}: {how}). Times relative to dense compare runs made the same way "
+        "and are noisy when other work shared the machine.",
         "",
     ]
     skipped = {c.key: why for c in suite.cells() if (why := cell_unavailable(c, data_dir))}
     for key, why in skipped.items():
         lines.append(f"- `{key}`: skipped: {why}. To run it, put the CIFAR-10 python batches in a folder and pass `--data-dir DIR`.")
-    pending = [r.key for r in all_runs if r.key not in results.summaries and r.cell.key not in skipped]
+    pending: dict[str, list[str]] = {}
+    for r in all_runs:
+        if r.key not in results.summaries and r.cell.key not in skipped:
+            pending.setdefault(r.cell.key, []).append(f"{r.method.name}/seed{r.seed}")
     if pending:
-        lines += ["", f"<details><summary>{len(pending)} pending run(s)</summary>", "", *[f"- `{k}`" for k in pending], "", "</details>"]
+        lines += ["", f"Pending ({sum(map(len, pending.values()))} runs):", ""]
+        for cell, keys in pending.items():
+            total = sum(1 for r in all_runs if r.cell.key == cell)
+            shown = "all" if len(keys) == total else ", ".join(keys[:8]) + (", ..." if len(keys) > 8 else "")
+            lines.append(f"- `{cell}`: {len(keys)} of {total}: {shown}")
     lines.append("")
 
     main = suite.groups[0]
