@@ -25,6 +25,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
+from fnmatch import fnmatchcase
 from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
@@ -233,8 +234,6 @@ def copy_results(work_dir: Path, result_dir: Path, execution: dict[str, Any] | N
 
 def plan(suite: Suite, layout: Layout, only: str | None = None, data_dir: str | None = None) -> dict[str, list[Run]]:
     """The runs by state: finished, uncopied, interrupted, new, skipped (data missing), filtered by ``only``."""
-    from fnmatch import fnmatchcase
-
     by_state: dict[str, list[Run]] = {s: [] for s in ("finished", "uncopied", "interrupted", "new", "skipped")}
     unavailable = {cell.key: cell_unavailable(cell, data_dir) for cell in suite.cells()}
     for run in suite.runs():
