@@ -307,8 +307,8 @@ def _config_from_args(given: dict[str, Any], parser: argparse.ArgumentParser) ->
     for name in _DPF_ONLY if method != "dpf" else ():
         if name in given:
             parser.error(f"--{name.replace('_', '-')} only applies to --method dpf (this run uses --method {method})")
-    if method == "snr" and given.get("batch_size") == 1:
-        parser.error("--batch-size 1 does not work with --method snr: the gradient SNR needs the variance over at least 2 samples")
+    if method in ("snr", "snr-auto") and given.get("batch_size") == 1:
+        parser.error(f"--batch-size 1 does not work with --method {method}: the gradient SNR needs the variance over at least 2 samples")
     if "target" in given and not given.get("dataset", "").lower().startswith("csv:"):
         parser.error("--target COLUMN only applies to --dataset csv:PATH")
     try:

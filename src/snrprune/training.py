@@ -246,7 +246,7 @@ class TrainConfig:
         _check(_is_int(self.epochs) and self.epochs >= 1, f"epochs must be a positive integer, got {self.epochs!r}")
         _check(_is_int(self.batch_size) and self.batch_size >= 1, f"batch_size must be a positive integer, got {self.batch_size!r}")
         _check(
-            self.method != "snr" or self.batch_size >= 2,
+            self.method not in ("snr", "snr-auto") or self.batch_size >= 2,
             "SNR pruning needs batch_size >= 2: one sample has no gradient variance, so its SNR is undefined",
         )
         _check(_is_int(self.eval_batch_size) and self.eval_batch_size >= 1, f"eval_batch_size must be a positive integer, got {self.eval_batch_size!r}")
@@ -281,7 +281,6 @@ class TrainConfig:
         _check(_is_number(self.window_epochs) and self.window_epochs > 0, f"window_epochs must be > 0, got {self.window_epochs!r}")
         _check(_is_number(self.auto_step) and 0 < self.auto_step < 1, f"auto_step must be in (0, 1), got {self.auto_step!r}")
         _check(self.method != "snr-auto" or self.scope == "layer", "method 'snr-auto' decides per layer: scope must be 'layer'")
-        _check(self.method != "snr-auto" or self.batch_size >= 2, "SNR pruning needs batch_size >= 2: one sample has no gradient variance")
         _check(_is_number(self.end_fraction) and 0 < self.end_fraction <= 1, f"end_fraction must be in (0, 1], got {self.end_fraction!r}")
         _check(self.curve_every is None or (_is_int(self.curve_every) and self.curve_every >= 1), f"curve_every must be a positive integer, got {self.curve_every!r}")
         _check(_is_int(self.accumulate) and self.accumulate >= 1, f"accumulate must be a positive integer, got {self.accumulate!r}")
@@ -856,6 +855,8 @@ def _print_header(config: TrainConfig, data: Any, counts: dict[str, Any], steps_
         method += f" (target sparsity {config.target_sparsity:g}, scope {config.scope})"
     elif method == "snr":
         method += f" (combine {config.combine}, scope {config.scope}, ema {config.ema:g}, burn-in {config.burn_in_epochs:g} epochs)"
+    elif method == "snr-auto":
+        method += f" (window {config.window_epochs:g} epochs, step {config.auto_step:g}, threshold {config.threshold:g}; no target)"
     lines = [
         f"data:   {data.name}: {len(data.x_train):,} train / {len(data.x_test):,} test, input {tuple(data.input_shape)}, {data.num_classes} classes",
         f"model:  {config.model}: {counts['params']:,} parameters, {counts['prunable_params']:,} prunable in {len(counts['layer_params'])} tensors",
