@@ -143,7 +143,8 @@ def _claims(results: Results, cells: Sequence[Cell], method: str, matched: str) 
                 return "pending", False
             d = 100 * (statistics.fmean(a) - statistics.fmean(b))
             spread = 100 * max(_mean_std(a)[1], _mean_std(b)[1])
-            return f"{d:+.2f} ({'within' if abs(d) <= spread else 'outside'} 1 std)", abs(d) <= spread or d <= 0
+            where = "within 1 std" if abs(d) <= spread else ("lower by more than 1 std" if d < 0 else "higher by more than 1 std")
+            return f"{d:+.2f} ({where})", abs(d) <= spread or d <= 0
 
         text_dense, ok_dense = diff(snr, dense)
         text_dpf, ok_dpf = diff(snr, dpf)
