@@ -38,6 +38,7 @@ AUTO_ABLATIONS = [
     Method("snr-auto-window-2", {"method": "snr-auto", "window_epochs": 2.0}),
     Method("snr-auto-step-0.25", {"method": "snr-auto", "auto_step": 0.25}),
     Method("snr-auto-step-0.75", {"method": "snr-auto", "auto_step": 0.75}),
+    Method("snr-auto-window-0.5-step-0.25", {"method": "snr-auto", "window_epochs": 0.5, "auto_step": 0.25}),
 ]
 
 # -- cells -----------------------------------------------------------------------------------------
