@@ -274,6 +274,8 @@ def run_suite(
 
     Interrupted runs continue only with ``resume`` (otherwise nothing starts and the error lists
     them). ``jobs`` runs go in parallel, each in a fresh process with ``threads`` torch threads.
+    Run folders are not locked: run one ``bench`` per suite at a time, or give concurrent calls
+    disjoint ``only`` patterns (a run in progress elsewhere looks interrupted here).
     """
     state = plan(suite, layout, only, data_dir)
     if state["interrupted"] and not resume:
