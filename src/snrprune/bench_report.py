@@ -206,9 +206,9 @@ def write_report(suite: Suite, layout: Layout, report: Path, command: str, data_
     if pending:
         lines += ["", f"Pending ({sum(map(len, pending.values()))} runs):", ""]
         for cell, keys in pending.items():
-            total = sum(1 for r in all_runs if r.cell.key == cell)
-            shown = "all" if len(keys) == total else ", ".join(keys[:8]) + (", ..." if len(keys) > 8 else "")
-            lines.append(f"- `{cell}`: {len(keys)} of {total}: {shown}")
+            in_cell = sum(1 for r in all_runs if r.cell.key == cell)
+            shown = "all" if len(keys) == in_cell else ", ".join(keys[:8]) + (", ..." if len(keys) > 8 else "")
+            lines.append(f"- `{cell}`: {len(keys)} of {in_cell}: {shown}")
     lines.append("")
 
     main = suite.groups[0]
@@ -227,13 +227,13 @@ def write_report(suite: Suite, layout: Layout, report: Path, command: str, data_
         lines += [f"## {group.title}", "", *_table(results, group.cells, [m.name for m in group.methods]), ""]
         lines += [f"- `{m.name}`: {', '.join(f'{k}={v}' for k, v in m.options.items())}" for m in group.methods] + [""]
 
-    lines += ["## Plots", ""]
-    for title, path in _plots(results, main, plots):
-        lines += [f"### {title}", "", f"![{title}]({link(path)})", ""]
     if suite.findings:
         findings = Path(suite.source).parent / suite.findings
         if findings.is_file():
             lines += [findings.read_text().strip(), ""]
+    lines += ["## Plots", ""]
+    for title, path in _plots(results, main, plots):
+        lines += [f"### {title}", "", f"![{title}]({link(path)})", ""]
     report.write_text("\n".join(lines).rstrip() + "\n")
     return report
 
