@@ -287,8 +287,10 @@ def run_suite(
     for run in state["uncopied"]:
         copy_results(layout.work_dir(run), layout.result_dir(run))
         log(f"[bench] {run.key}: finished earlier, results copied")
+    skipped_cells = {run.cell.key: run.cell for run in state["skipped"]}
+    reasons = {key: cell_unavailable(cell, data_dir) for key, cell in skipped_cells.items()}  # once per cell
     for run in state["skipped"]:
-        log(f"[bench] {run.key}: skipped ({cell_unavailable(run.cell, data_dir)})")
+        log(f"[bench] {run.key}: skipped ({reasons[run.cell.key]})")
     order = {run.key: i for i, run in enumerate(suite.runs())}
     todo = sorted(state["interrupted"] + state["new"], key=lambda r: order[r.key])
     done = failed = 0

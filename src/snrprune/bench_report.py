@@ -125,6 +125,16 @@ def _table(results: Results, cells: Sequence[Cell], methods: Sequence[str]) -> l
     return lines
 
 
+def _difference(a: list[float], b: list[float]) -> tuple[str, bool]:
+    """Mean error of a minus b in points, against the larger std; on par = within it, or lower."""
+    if not (a and b):
+        return "pending", False
+    d = 100 * (statistics.fmean(a) - statistics.fmean(b))
+    spread = 100 * max(_mean_std(a)[1], _mean_std(b)[1])
+    where = "within 1 std" if abs(d) <= spread else ("lower by more than 1 std" if d < 0 else "higher by more than 1 std")
+    return f"{d:+.2f} ({where})", abs(d) <= spread or d <= 0
+
+
 def _claims(results: Results, cells: Sequence[Cell], method: str, matched: str) -> list[str]:
     """Each main cell: a method against dense and against DPF at the same sparsity, in standard deviations."""
     lines = [
@@ -137,17 +147,8 @@ def _claims(results: Results, cells: Sequence[Cell], method: str, matched: str) 
         if not (dense and snr):
             continue
         compared += 1
-
-        def diff(a: list[float], b: list[float]) -> tuple[str, bool]:
-            if not (a and b):
-                return "pending", False
-            d = 100 * (statistics.fmean(a) - statistics.fmean(b))
-            spread = 100 * max(_mean_std(a)[1], _mean_std(b)[1])
-            where = "within 1 std" if abs(d) <= spread else ("lower by more than 1 std" if d < 0 else "higher by more than 1 std")
-            return f"{d:+.2f} ({where})", abs(d) <= spread or d <= 0
-
-        text_dense, ok_dense = diff(snr, dense)
-        text_dpf, ok_dpf = diff(snr, dpf)
+        text_dense, ok_dense = _difference(snr, dense)
+        text_dpf, ok_dpf = _difference(snr, dpf)
         on_par_dense += ok_dense
         on_par_dpf += ok_dpf
         seeds = ", ".join(f"{100 * v:.1f}" for v in results.values(cell, method, "sparsity"))

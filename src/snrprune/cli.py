@@ -45,9 +45,12 @@ from .training import (
 )
 
 # Options that only make sense for one pruning method (flag -> method).
-_SNR_ONLY = ("combine", "ema", "burn_in_epochs", "stats_every")
-_AUTO_ONLY = ("window_epochs", "auto_step")
-_DPF_ONLY = ("target_sparsity", "end_fraction")
+_METHOD_ONLY = {
+    **{name: ("snr",) for name in ("combine", "ema", "burn_in_epochs", "stats_every")},
+    "threshold": ("snr", "snr-auto"),
+    **{name: ("snr-auto",) for name in ("window_epochs", "auto_step")},
+    **{name: ("dpf",) for name in ("target_sparsity", "end_fraction")},
+}
 # TrainConfig fields set by `snrprune train` options (everything a --resume must not change).
 _CONFIG_OPTIONS = (
     "dataset", "model", "method", "model_options", "data_dir", "target", "data_seed", "seed", "device",
@@ -151,7 +154,7 @@ def build_parser() -> argparse.ArgumentParser:
     how.add_argument("--combine", choices=COMBINE_MODES, help="snr: how SNR and magnitude masks combine (default agree)")
     how.add_argument("--scope", choices=SCOPES, help="per-layer or global masks (default: layer for snr, global for dpf)")
     how.add_argument("--ema", metavar="BETA", type=_float_in(0.0, 1.0), help="snr: moving-average factor of the SNR (default 0.9)")
-    how.add_argument("--threshold", metavar="T", type=_float_in(0.0, None), help="snr: SNR below which a weight may be pruned (default 1)")
+    how.add_argument("--threshold", metavar="T", type=_float_in(0.0, None), help="snr: SNR below which a weight may be pruned; snr-auto: the noise level of its window SNR (default 1)")
     how.add_argument("--burn-in-epochs", metavar="E", type=_float_in(0.0, None), help="snr: epochs before the first mask update (default 1)")
     how.add_argument("--window-epochs", metavar="E", type=_float_in(0.0, None, low_open=True), help="snr-auto: epochs of summed statistics behind each decision (default 1)")
     how.add_argument("--auto-step", metavar="A", type=_float_in(0.0, 1.0, low_open=True), help="snr-auto: a decision multiplies a layer's density by 1 - A (default 0.5)")
@@ -296,17 +299,10 @@ def _config_from_args(given: dict[str, Any], parser: argparse.ArgumentParser) ->
     method = given.get("method", TrainConfig.method)
     if method == "dpf" and "target_sparsity" not in given:
         parser.error("--method dpf needs --target-sparsity S (the final sparsity, e.g. 0.9)")
-    for name in _SNR_ONLY if method != "snr" else ():
-        if name in given:
-            parser.error(f"--{name.replace('_', '-')} only applies to --method snr (this run uses --method {method})")
-    if method not in ("snr", "snr-auto") and "threshold" in given:
-        parser.error(f"--threshold only applies to --method snr or snr-auto (this run uses --method {method})")
-    for name in _AUTO_ONLY if method != "snr-auto" else ():
-        if name in given:
-            parser.error(f"--{name.replace('_', '-')} only applies to --method snr-auto (this run uses --method {method})")
-    for name in _DPF_ONLY if method != "dpf" else ():
-        if name in given:
-            parser.error(f"--{name.replace('_', '-')} only applies to --method dpf (this run uses --method {method})")
+    for name, methods in _METHOD_ONLY.items():
+        if name in given and method not in methods:
+            flag = "--" + name.replace("_", "-")
+            parser.error(f"{flag} only applies to --method {' or '.join(methods)} (this run uses --method {method})")
     if method in ("snr", "snr-auto") and given.get("batch_size") == 1:
         parser.error(f"--batch-size 1 does not work with --method {method}: the gradient SNR needs the variance over at least 2 samples")
     if "target" in given and not given.get("dataset", "").lower().startswith("csv:"):
