@@ -4,4 +4,5 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 python3 -m pip install --quiet torch==2.13.0          # pinned first: nothing may pull a CUDA build
 python3 -m pip install --quiet -e ".[data]"
+python3 -m pip install --quiet ninja                  # builds the fused CPU kernels on first use (snrprune.fused)
 bash scripts/install-datasets.sh

@@ -235,7 +235,8 @@ def test_pruned_weight_regrows_when_its_magnitude_recovers():
 def test_snr_regrowth_when_snr_recovers():
     """agree mode: a weight whose SNR recovers comes back although its magnitude is the smallest."""
     model = small_mlp()
-    pruning = SNRPruning(model, burn_in_steps=0, combine="agree", stats_every=100)  # EMA frozen after step 0
+    # EMA frozen after step 0, masks recomputed every step nevertheless
+    pruning = SNRPruning(model, burn_in_steps=0, combine="agree", stats_every=100, update_every=1)
     optimizer = pruning.wrap(torch.optim.SGD(model.parameters(), lr=0.0))
     batches = make_batches(3)
     train(model, optimizer, batches[:1])

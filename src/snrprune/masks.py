@@ -31,8 +31,8 @@ def check_choice(value: str, valid: tuple[str, ...], what: str) -> str:
 def kth_smallest(values: Tensor, k: int) -> Tensor:
     """The exact k-th smallest entry (1-based) of a 1-D tensor.
 
-    On CPU numpy's introselect (``np.partition``) is several times faster than ``torch.kthvalue``
-    (``benchmarks/mask_selection.py``); other devices use ``torch.kthvalue``. (Starting from the
+    On CPU numpy's introselect (``np.partition``, vectorized in numpy 2) is several times faster than
+    ``torch.kthvalue`` (``benchmarks/mask_selection.py``); other devices use ``torch.kthvalue``. (Starting from the
     previous update's threshold was tried: on 2 cores the counting and band extraction cost as much
     as the whole introselect, and a 3-epoch LeNet-300 run spent 25% longer selecting.)
     """
