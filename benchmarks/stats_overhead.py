@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 
 import snrprune
+from snrprune import fused
 from snrprune.models import build_model
 
 MODELS = {"lenet300": (1, 28, 28), "lenet5": (1, 28, 28), "resnet20": (3, 32, 32)}
@@ -34,10 +35,13 @@ VARIANTS = {
     "snr stats/1 (burn-in)": lambda m: snrprune.SNRPruning(m, burn_in_steps=10**9, stats_every=1),
     "snr stats/4 (burn-in)": lambda m: snrprune.SNRPruning(m, burn_in_steps=10**9, stats_every=4),
     "snr stats/1 (pruning)": lambda m: snrprune.SNRPruning(m, burn_in_steps=0, stats_every=1),
+    "snr stats/1 (pruning, eager)": lambda m: snrprune.SNRPruning(m, burn_in_steps=0, stats_every=1),
     "snr stats/4 (pruning)": lambda m: snrprune.SNRPruning(m, burn_in_steps=0, stats_every=4),
-    "snr stats/4 masks/4": lambda m: snrprune.SNRPruning(m, burn_in_steps=0, stats_every=4, update_every=4),
+    "snr stats/4 masks/1": lambda m: snrprune.SNRPruning(m, burn_in_steps=0, stats_every=4, update_every=1),
     "dpf (masks/16)": lambda m: snrprune.DPFPruning(m, target_sparsity=0.9, total_steps=100, end_fraction=0.1),
 }
+#: Variants that run without the fused CPU kernels (snrprune.fused), for the side-by-side comparison.
+EAGER = {"snr stats/1 (pruning, eager)"}
 
 
 def make_step(model_name: str, variant: str, batch: int = 128, seed: int = 0):
@@ -60,7 +64,18 @@ def make_step(model_name: str, variant: str, batch: int = 128, seed: int = 0):
         F.cross_entropy(model(x), y).backward()
         optimizer.step()
 
-    return step
+    if variant not in EAGER:
+        return step
+
+    def eager_step() -> None:
+        built = fused.kernels
+        fused.kernels = lambda: None  # fused.usable() is then False: the eager code runs
+        try:
+            step()
+        finally:
+            fused.kernels = built
+
+    return eager_step
 
 
 def time_model(model_name: str, rounds: int, warmup: int) -> dict[str, float]:
@@ -121,6 +136,7 @@ def main() -> None:
         return
 
     print(f"# stats_overhead: torch {torch.__version__}, {torch.get_num_threads()} threads, "
+          f"fused kernels {'built' if fused.kernels() is not None else 'unavailable'}, "
           f"{platform.processor() or platform.machine()}, batch 128, {args.rounds} rounds\n")
     print("Step time / plain step time (median of interleaved rounds).\n")
     print("| variant | " + " | ".join(args.models) + " |")

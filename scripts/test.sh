@@ -4,6 +4,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 python3 -m pip install --quiet torch==2.13.0
 python3 -m pip install --quiet -e ".[test]"
+python3 -m pip install --quiet ninja   # the fused CPU kernels are built with it (else: eager fallback, their tests skip)
 # The Lightning extra without dependency resolution, so that it cannot replace the pinned torch;
 # its pure-Python dependencies are named explicitly (none of them requires torch).
 python3 -m pip install --quiet --no-deps "lightning>=2.1,<3" "pytorch-lightning>=2.1,<3" "lightning-utilities>=0.10,<1" "torchmetrics>=0.7,<2"

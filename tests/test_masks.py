@@ -45,6 +45,9 @@ def test_kth_smallest_exact_on_structured_and_tied_data():
     for values in (scaled, sorted_values, tied, sorted_values.flip(0)):
         for k in (1, values.numel() // 3, values.numel() // 2 + 17, values.numel() - 1):
             assert kth_smallest(values, k) == torch.kthvalue(values, k).values
+            scratch = values.clone()  # in place: same value, same multiset left behind
+            assert kth_smallest(scratch, k, scratch=True) == torch.kthvalue(values, k).values
+            assert torch.equal(scratch.sort().values, values.sort().values)
     assert torch.equal(smallest_k_mask(tied, 70_000), oracle_smallest_k(tied, 70_000))
 
 

@@ -70,6 +70,11 @@ def test_resolved_fills_recipe_and_method_defaults():
     assert (c.dataset, c.model, c.method) == ("mnist", "lenet300", "snr")
     assert c.optimizer == "sgd" and c.lr == recipe_for("lenet300").lr and c.epochs == recipe_for("lenet300").epochs
     assert c.scope == "layer" and c.update_every == 1
+    # statistics every k > 1 steps: the masks follow them (None), unless update_every is given
+    assert TrainConfig(stats_every=4).resolved().update_every is None
+    assert TrainConfig(stats_every=4, update_every=2).resolved().update_every == 2
+    with pytest.raises(ValueError, match="update_every"):
+        TrainConfig(method="dpf", target_sparsity=0.5, update_every=0).resolved()
     d = TrainConfig(model="resnet20", method="dpf", target_sparsity=0.9, lr=0.05).resolved()
     assert d.scope == "global" and d.update_every == 16 and d.lr == 0.05 and d.nesterov
     # switching the optimizer away from the recipe's without an lr takes that optimizer's usual lr

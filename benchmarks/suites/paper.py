@@ -30,7 +30,8 @@ ABLATIONS = [
     Method("snr-scope-global", {"method": "snr", "scope": "global"}),
     Method("snr-threshold-0.5", {"method": "snr", "threshold": 0.5}),
     Method("snr-threshold-2", {"method": "snr", "threshold": 2.0}),
-    Method("snr-stats-every-4", {"method": "snr", "stats_every": 4}),
+    # masks every step between statistics, as this ablation ran before masks followed the statistics
+    Method("snr-stats-every-4", {"method": "snr", "stats_every": 4, "update_every": 1}),
 ]
 
 AUTO_ABLATIONS = [

@@ -159,7 +159,7 @@ def build_parser() -> argparse.ArgumentParser:
     how.add_argument("--window-epochs", metavar="E", type=_float_in(0.0, None, low_open=True), help="snr-auto: epochs of summed statistics behind each decision (default 1)")
     how.add_argument("--auto-step", metavar="A", type=_float_in(0.0, 1.0, low_open=True), help="snr-auto: a decision multiplies a layer's density by 1 - A (default 0.5)")
     how.add_argument("--stats-every", type=_positive_int, metavar="K", help="snr: collect gradient statistics every K steps (default 1)")
-    how.add_argument("--update-every", type=_positive_int, metavar="K", help="recompute masks every K steps (default: 1 for snr, 16 for dpf)")
+    how.add_argument("--update-every", type=_positive_int, metavar="K", help="recompute masks every K steps (default: 16 for dpf and snr-auto; snr: on every step with new statistics)")
     how.add_argument("--include-layers", action="append", metavar="PATTERN", help="prune only modules matching this glob, repeatable")
     how.add_argument("--exclude-layers", action="append", metavar="PATTERN", help="never prune modules matching this glob, repeatable")
 

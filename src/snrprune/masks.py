@@ -28,13 +28,15 @@ def check_choice(value: str, valid: tuple[str, ...], what: str) -> str:
     return value
 
 
-def kth_smallest(values: Tensor, k: int) -> Tensor:
+def kth_smallest(values: Tensor, k: int, scratch: bool = False) -> Tensor:
     """The exact k-th smallest entry (1-based) of a 1-D tensor.
 
     On CPU numpy's introselect (``np.partition``, vectorized in numpy 2) is several times faster than
-    ``torch.kthvalue`` (``benchmarks/mask_selection.py``); other devices use ``torch.kthvalue``. (Starting from the
-    previous update's threshold was tried: on 2 cores the counting and band extraction cost as much
-    as the whole introselect, and a 3-epoch LeNet-300 run spent 25% longer selecting.)
+    ``torch.kthvalue`` (``benchmarks/mask_selection.py``); other devices use ``torch.kthvalue``.
+    With ``scratch`` the caller gives up ``values``: it is reordered in place instead of copied.
+    (Starting from the previous update's threshold was tried: on 2 cores the counting and band
+    extraction cost as much as the whole introselect, and a 3-epoch LeNet-300 run spent 25% longer
+    selecting. A radix-histogram select and a sampled-band select in C++ were slower than numpy's.)
     """
     n = values.numel()
     if not 1 <= k <= n:
@@ -42,6 +44,9 @@ def kth_smallest(values: Tensor, k: int) -> Tensor:
     if values.device.type != "cpu" or values.dtype not in (torch.float32, torch.float64, torch.float16):
         return torch.kthvalue(values, k).values
     array = values.detach().numpy()
+    if scratch:
+        array.partition(k - 1)
+        return torch.tensor(array[k - 1], dtype=values.dtype)
     return torch.tensor(np.partition(array, k - 1)[k - 1], dtype=values.dtype)
 
 

@@ -191,7 +191,8 @@ class Pruning:
                 self.observe_stats(self.stats)
             self.stats.reset()
         for name, w in self.weights.items():
-            w.copy_(self.dense[name])
+            if self.kept[name] < w.numel():  # a layer with nothing pruned holds theta already
+                w.copy_(self.dense[name])
 
     @torch.no_grad()
     def after_step(self) -> None:
@@ -205,7 +206,9 @@ class Pruning:
         if self.update_due(self.step_count):
             self.update_masks()
         else:
-            self.apply_masks()
+            for name, w in self.weights.items():
+                if self.kept[name] < w.numel():  # theta_hat = theta where nothing is pruned
+                    torch.mul(self.dense[name], self.keep[name], out=w.data)
         if self.stats is not None:
             self.stats.enabled = self.stats_due(self.step_count)
 
@@ -497,9 +500,9 @@ class SNRPruning(Pruning):
             if self.combine != "snr" and n_prune >= n:
                 thr, ties = math.inf, -1  # magnitude keeps nothing
             elif self.combine != "snr" and n_prune > 0:
-                magnitude = torch.abs(dense, out=self._scratch(name))
-                thr = float(kth_smallest(magnitude.view(-1), n_prune))
-                less, equal = kernels.count_around(magnitude, thr, False)
+                magnitude = torch.abs(dense, out=self._scratch(name)).view(-1)
+                thr = float(kth_smallest(magnitude, n_prune, scratch=True))  # reorders the scratch buffer
+                less, equal = kernels.count_around(dense, thr, True)
                 ties = n_prune - less  # of the entries equal to thr, the first `ties` are pruned
                 ties = -1 if ties == equal else ties  # -1: all of them
             kept, flips = kernels.apply_mask(self.snr_ema[name], dense, self.keep[name], self.ever_regrown[name], w.data, self.cut, thr, ties, mode)

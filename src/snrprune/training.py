@@ -174,7 +174,7 @@ class TrainConfig:
     # pruning
     target_sparsity: float | None = None  # dpf only, required
     scope: str | None = None  # None: "layer" for snr, "global" for dpf
-    update_every: int | None = None  # None: 1 for snr, 16 for dpf
+    update_every: int | None = None  # None: 16 for dpf and snr-auto; snr: 1, or when statistics arrive if stats_every > 1
     combine: str = "agree"  # snr
     ema: float = 0.9  # snr
     threshold: float = 1.0  # snr
@@ -227,7 +227,9 @@ class TrainConfig:
             c.schedule = recipe.schedule
         if c.method != "dense":
             c.scope = c.scope or {"snr": "layer", "dpf": "global"}.get(c.method, "layer")
-            c.update_every = c.update_every or {"snr": 1, "dpf": 16, "snr-auto": 16}.get(c.method, 1)
+            if c.update_every is None and not (c.method == "snr" and c.stats_every > 1):
+                # snr with statistics every k > 1 steps keeps None: masks follow the new statistics
+                c.update_every = {"snr": 1, "dpf": 16, "snr-auto": 16}.get(c.method, 1)
         c.validate()
         return c
 
@@ -272,7 +274,10 @@ class TrainConfig:
             )
         if self.method != "dense":
             _check(self.scope in SCOPES, f"unknown scope {self.scope!r}; valid names: {', '.join(SCOPES)}")
-            _check(_is_int(self.update_every) and self.update_every >= 1, f"update_every must be a positive integer, got {self.update_every!r}")
+            _check(
+                (self.update_every is None and self.method == "snr") or (_is_int(self.update_every) and self.update_every >= 1),
+                f"update_every must be a positive integer, got {self.update_every!r}",
+            )
         _check(self.combine in COMBINE_MODES, f"unknown combine mode {self.combine!r}; valid names: {', '.join(COMBINE_MODES)}")
         _check(_is_number(self.ema) and 0 <= self.ema < 1, f"ema must be in [0, 1), got {self.ema!r}")
         _check(_is_number(self.threshold) and self.threshold >= 0, f"threshold must be >= 0, got {self.threshold!r}")
