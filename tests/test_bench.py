@@ -127,3 +127,18 @@ def test_noise_snr_matches_the_f_distribution():
     averaged = noise_snr_average(batch_size=128, ema=0.9, steps=400, n=50_000)
     assert averaged.mean() == pytest.approx(127 / 125, rel=0.02)  # averaging keeps the mean ...
     assert averaged.std() < 0.35 * values.std()  # ... and shrinks the spread
+
+
+def test_cifar_cells_are_available_once_the_batches_are_there(tmp_path, monkeypatch):
+    """Presence is checked from the file names alone: the check reads no batch."""
+    from snrprune.bench import cell_unavailable
+    from snrprune.data import CIFAR10_TEST_FILE, CIFAR10_TRAIN_FILES
+
+    monkeypatch.delenv("SNRPRUNE_CIFAR10_DIR", raising=False)
+    monkeypatch.delenv("SNRPRUNE_DATA_DIR", raising=False)
+    cell = Cell("cifar10", "resnet20", epochs=1, seeds=1)
+    assert "CIFAR-10 python batches were not found" in cell_unavailable(cell, str(tmp_path))
+    for name in (*CIFAR10_TRAIN_FILES, CIFAR10_TEST_FILE):
+        (tmp_path / name).write_bytes(b"")  # empty: reading them would fail
+    assert cell_unavailable(cell, str(tmp_path)) is None
+    assert cell_unavailable(Cell("digits", "mlp", epochs=1)) is None

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from . import reporting
-from .data import DatasetNotFoundError, load_dataset
+from .data import cifar10_folder
 from .training import CHECKPOINT, CONFIG, CURVE, METRICS, SUMMARY, TrainConfig
 
 __all__ = ["Method", "Cell", "Group", "Suite", "Run", "BenchError", "load_suite", "plan", "run_suite", "cell_unavailable"]
@@ -165,9 +165,7 @@ def cell_unavailable(cell: Cell, data_dir: str | None = None) -> str | None:
     """Why a cell cannot run here (its data is missing), or None. Only data sets that may be absent are checked."""
     if cell.dataset != "cifar10":
         return None
-    try:
-        load_dataset(cell.dataset, cell.options.get("data_dir") or data_dir)
-    except DatasetNotFoundError:
+    if cifar10_folder(cell.options.get("data_dir") or data_dir) is None:  # looks for the files, reads none
         return "the CIFAR-10 python batches were not found (no --data-dir, no $SNRPRUNE_CIFAR10_DIR)"
     return None
 

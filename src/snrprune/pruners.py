@@ -106,6 +106,7 @@ class Pruning:
         # keep-masks as 0/1 in the weights' dtype: cheap to compute and to apply (see masks.py)
         self.keep: dict[str, Tensor] = {name: torch.ones_like(w.detach()) for name, w in self.weights.items()}
         self.kept: dict[str, int] = {name: w.numel() for name, w in self.weights.items()}  # ones per keep-mask
+        self.total = sum(self.kept.values())  # prunable entries
         # 1 where a weight was pruned and later kept again, at least once: distinct regrown weights
         self.ever_regrown: dict[str, Tensor] = {name: torch.zeros_like(k) for name, k in self.keep.items()} if self.prunes else {}
         self.step_count = 0
@@ -264,9 +265,8 @@ class Pruning:
 
         Equals :meth:`sparsity` unless a kept dense weight is itself exactly zero.
         """
-        layers = {name: 1.0 - kept / self.keep[name].numel() for name, kept in self.kept.items()}
-        total = sum(k.numel() for k in self.keep.values())
-        return (1.0 - sum(self.kept.values()) / total if total else 0.0), layers
+        layers = {name: 1.0 - kept / self.weights[name].numel() for name, kept in self.kept.items()}
+        return (1.0 - sum(self.kept.values()) / self.total if self.total else 0.0), layers
 
     def regrown_distinct(self) -> int:
         """How many distinct weights were pruned and later kept again, at least once."""

@@ -91,6 +91,7 @@ from .images import (
     FASHION_MNIST_SYSTEM_DIR,
     MNIST1D_SEED,
     MNIST_VAL_START,
+    cifar10_folder,
     load_cifar10,
     load_digits,
     load_fashion_mnist,

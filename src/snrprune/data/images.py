@@ -440,6 +440,15 @@ def _cifar_dirs(data_dir) -> list[Path]:
     return dirs
 
 
+def cifar10_folder(data_dir: str | os.PathLike | None = None) -> Path | None:
+    """The first folder holding the CIFAR-10 python batches (or their tarball), without reading them."""
+    names = (*CIFAR10_TRAIN_FILES, CIFAR10_TEST_FILE)
+    for folder in _cifar_dirs(data_dir):
+        if all((folder / n).is_file() for n in names) or (folder / CIFAR10_TARBALL).is_file():
+            return folder
+    return None
+
+
 def _load_cifar_batches(dirs: list[Path]) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], str] | None:
     names = (*CIFAR10_TRAIN_FILES, CIFAR10_TEST_FILE)
     for folder in dirs:
