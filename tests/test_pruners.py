@@ -618,12 +618,60 @@ def test_snr_auto_resume_is_bit_exact():
         assert torch.equal(a, c), name
 
 
+def test_snr_auto_global_scope_pools_the_evidence_and_ranks_magnitudes_over_all_layers():
+    model = small_mlp()
+    pruning = SNRAutoPruning(model, window_steps=4, step=0.5, scope="global")
+    assert set(pruning.density) == {SNRAutoPruning.GLOBAL}
+    for name in pruning.dense:
+        _converged(pruning, name)
+    pruning.window_count = 400
+    pruning.decide()  # every kept weight converged: the network's density halves
+    assert pruning.density == {"*": 0.5} and pruning.direction == {"*": -1}
+    masks = pruning.compute_masks()
+    flat = torch.cat([w.abs().reshape(-1) for w in pruning.dense.values()])
+    expected = stable_prune_count_mask(flat, flat.numel() - round(0.5 * flat.numel()))
+    assert torch.equal(torch.cat([m.bool().reshape(-1) for m in masks.values()]), expected)
+    # one layer converged, two drifting strongly: the pooled mean is above the band, the network regrows
+    _converged(pruning, "0.weight")
+    for name in ("2.weight", "4.weight"):
+        _set_window(pruning, name, torch.full_like(pruning.dense[name], 0.5), 1.0)
+    pruning.window_count = 400
+    pruning.decide()
+    assert pruning.step["*"] == 0.25 and pruning.density["*"] == pytest.approx(0.5 / 0.75)
+    assert pruning.window_snr["0.weight"] == 0.0 and pruning.window_snr["*"] > 1
+
+
+def test_snr_auto_global_scope_never_empties_a_layer():
+    model = small_mlp()
+    with torch.no_grad():
+        model[2].weight.mul_(1e-6)  # the global ranking alone would prune this whole layer first
+    pruning = SNRAutoPruning(model, window_steps=4, scope="global")
+    pruning.density = {"*": 0.3}
+    masks = pruning.compute_masks()
+    assert int(masks["2.weight"].sum()) == 12  # its floor: one weight per output unit (12 rows)
+    assert torch.equal(masks["2.weight"].bool(), stable_prune_count_mask(pruning.dense["2.weight"].abs(), 192 - 12))
+
+
+def test_snr_auto_global_scope_resumes_and_refuses_a_layer_state():
+    model = small_mlp()
+    pruning = SNRAutoPruning(model, window_steps=3, update_every=2, scope="global")
+    optimizer = pruning.wrap(torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9))
+    train(model, optimizer, make_batches(7))
+    state = pruning.state_dict()
+    again = SNRAutoPruning(small_mlp(3), window_steps=3, update_every=2, scope="global")
+    again.load_state_dict(state)
+    assert again.density == pruning.density and again.step == pruning.step and again.window_count == pruning.window_count
+    with pytest.raises(ValueError, match="same scope"):
+        SNRAutoPruning(small_mlp(), window_steps=3).load_state_dict(state)
+
+
 def test_snr_auto_bad_input():
     model = small_mlp()
     for kwargs, message in [
         ({"window_steps": 0}, "window_steps must be an integer >= 1"),
         ({"window_steps": 4, "step": 1.0}, "step must be a number in"),
         ({"window_steps": 4, "threshold": -1.0}, "threshold must be a number in"),
+        ({"window_steps": 4, "scope": "row"}, "unknown scope"),
     ]:
         with pytest.raises(ValueError, match=message):
             SNRAutoPruning(model, **kwargs)

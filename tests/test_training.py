@@ -313,3 +313,13 @@ def test_snr_auto_end_to_end(tmp_path):
         assert density >= summary["layer_shapes"][name][0] / summary["layer_params"][name] - 1e-9
     config = TrainConfig.from_dict(json.loads((tmp_path / "auto" / "config.json").read_text()))
     assert (config.update_every, config.scope, config.window_epochs) == (16, "layer", 1.0)
+
+
+def test_snr_auto_global_scope_end_to_end(tmp_path):
+    """--scope global reaches SNRAutoPruning: one network-wide density, every layer above its floor."""
+    summary = train(tiny(method="snr-auto", scope="global", epochs=4), tmp_path / "auto", progress=False)
+    final = read_lines(tmp_path / "auto" / "metrics.jsonl")[-1]["diagnostics"]["density"]
+    assert set(final) == {"*"}
+    assert summary["sparsity"] == pytest.approx(1 - final["*"], abs=1e-3)
+    for name, sparsity in summary["layer_sparsity"].items():
+        assert (1 - sparsity) * summary["layer_params"][name] >= summary["layer_shapes"][name][0] - 1e-6

@@ -42,6 +42,13 @@ AUTO_ABLATIONS = [
     Method("snr-auto-window-0.5-step-0.25", {"method": "snr-auto", "window_epochs": 0.5, "auto_step": 0.25}),
 ]
 
+# snr-auto with one network-wide controller and global magnitude masks (DPF's allocation across
+# layers), and DPF at the sparsity it chose: a candidate default (see findings)
+AUTO_GLOBAL = [
+    Method("snr-auto-global", {"method": "snr-auto", "scope": "global"}),
+    Method("dpf-matched-auto-global", {"method": "dpf"}, matched_to="snr-auto-global"),
+]
+
 # -- cells -----------------------------------------------------------------------------------------
 LENET300 = Cell("mnist", "lenet300", epochs=12, why="The LeNet recipe (SGD 0.05, momentum 0.9, cosine): dense reaches ~98.3% by epoch 10 and is flat after.")
 LENET5_MNIST = Cell("mnist", "lenet5", epochs=8, why="Dense LeNet-5 is at ~99.1% after 6-8 epochs of the LeNet recipe; 8 keeps the cell at ~1 CPU-hour for all methods and seeds.")
@@ -83,6 +90,8 @@ SUITE = Suite(
         Group("Main grid", IMAGE + TABULAR + CIFAR, MAIN_METHODS),
         Group("Ablations of SNR's own hyperparameters (LeNet-300-100/MNIST and letter)", [LENET300, LETTER], ABLATIONS),
         Group("Ablations of snr-auto (LeNet-300-100/MNIST and letter)", [LENET300, LETTER], AUTO_ABLATIONS),
+        Group("snr-auto with global scope (LeNet-300-100, LeNet-5 on Fashion-MNIST and MNIST, letter)",
+              [LENET300, LENET5_FMNIST, LETTER, LENET5_MNIST], AUTO_GLOBAL),
     ],
     report="benchmarks/RESULTS.md",
     findings="findings.md",

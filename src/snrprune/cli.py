@@ -152,7 +152,7 @@ def build_parser() -> argparse.ArgumentParser:
     how.add_argument("--target-sparsity", type=_float_in(0.0, 1.0), metavar="S", help="dpf: final sparsity in [0, 1) (required)")
     how.add_argument("--end-fraction", metavar="F", type=_float_in(0.0, 1.0, high_open=False, low_open=True), help="dpf: reach the target at this fraction of training (default 0.75)")
     how.add_argument("--combine", choices=COMBINE_MODES, help="snr: how SNR and magnitude masks combine (default agree)")
-    how.add_argument("--scope", choices=SCOPES, help="per-layer or global masks (default: layer for snr, global for dpf)")
+    how.add_argument("--scope", choices=SCOPES, help="per-layer or global masks (default: layer for snr and snr-auto, global for dpf); snr-auto global: one network-wide density")
     how.add_argument("--ema", metavar="BETA", type=_float_in(0.0, 1.0), help="snr: moving-average factor of the SNR (default 0.9)")
     how.add_argument("--threshold", metavar="T", type=_float_in(0.0, None), help="snr: SNR below which a weight may be pruned; snr-auto: the noise level of its window SNR (default 1)")
     how.add_argument("--burn-in-epochs", metavar="E", type=_float_in(0.0, None), help="snr: epochs before the first mask update (default 1)")

@@ -35,7 +35,7 @@ from torch import Tensor, nn
 
 from . import fused
 from .layers import NameFilter, find_prunable_layers
-from .masks import COMBINE_MODES, SCOPES, check_choice, combine, count, kth_smallest, magnitude_keep_masks
+from .masks import COMBINE_MODES, SCOPES, check_choice, combine, count, keep_largest, kth_smallest, magnitude_keep_masks
 from .schedules import polynomial_sparsity
 from .statistics import GradientStats, snr_from_moments
 
@@ -593,7 +593,15 @@ class SNRAutoPruning(Pruning):
     every ``update_every`` steps; pruned weights keep training through the DPF feedback. A layer
     never drops below one weight per output unit, and a window in which its kept weights received
     no gradient leaves it as it is, so no layer can collapse. No target sparsity, no schedule.
+
+    ``scope="global"``: one controller for the whole network (key :data:`GLOBAL` of ``density``,
+    ``step``, ``direction``), fed by the mean window SNR of all kept weights, and masks that keep the
+    largest magnitudes over all layers, as DPF's global scope does, so that the layers share the
+    density by magnitude; every layer still keeps at least one weight per output unit.
     """
+
+    #: The key of the network-wide controller in ``density``, ``step`` and ``direction`` (global scope).
+    GLOBAL = "*"
 
     def __init__(
         self,
@@ -602,21 +610,29 @@ class SNRAutoPruning(Pruning):
         step: float = 0.5,
         threshold: float = 1.0,
         update_every: int = 16,
+        scope: str = "layer",
         *,
         include: NameFilter = None,
         exclude: NameFilter = None,
         process_group: Any = None,
     ):
-        super().__init__(model, scope="layer", include=include, exclude=exclude)
+        super().__init__(model, scope=scope, include=include, exclude=exclude)
         self.window_steps = _check_int("window_steps", window_steps, 1)
         self.initial_step = _check_float("step", step, 0.0, 1.0)
         self.threshold = _check_float("threshold", threshold, 0.0, math.inf)
         self.update_every = _check_int("update_every", update_every, 1)
-        self.density = {name: 1.0 for name in self.weights}
-        self.step = {name: self.initial_step for name in self.weights}
-        self.direction = {name: 0 for name in self.weights}  # the last move: -1 pruned, +1 regrown, 0 none yet
+        # the controllers: one per layer, or one for the network
+        self.units: dict[str, list[str]] = (
+            {name: [name] for name in self.weights} if self.scope == "layer" else {self.GLOBAL: list(self.weights)}
+        )
+        self.density = {unit: 1.0 for unit in self.units}
+        self.step = {unit: self.initial_step for unit in self.units}
+        self.direction = {unit: 0 for unit in self.units}  # the last move: -1 pruned, +1 regrown, 0 none yet
         # the guard against collapse: at least one weight per output unit (rows of the weight)
-        self.min_density = {name: w.shape[0] / w.numel() for name, w in self.weights.items()}
+        self.min_kept = {name: w.shape[0] for name, w in self.weights.items()}
+        self.min_density = {
+            unit: sum(self.min_kept[n] for n in names) / sum(self.weights[n].numel() for n in names) for unit, names in self.units.items()
+        }
         self.window: dict[str, list[Tensor]] = {}  # name -> [S1, S2] summed over the window
         self.window_count = 0
         self.window_snr: dict[str, float] = {}  # the last decision's mean window SNR of the kept weights
@@ -642,16 +658,22 @@ class SNRAutoPruning(Pruning):
     def update_due(self, step: int) -> bool:
         return self.window_due(step) or step % self.update_every == 0
 
-    def evidence(self, name: str) -> int:
-        """-1: the layer's kept weights converged; +1: they drift; 0: noise or no gradient (hold)."""
-        s1, s2 = self.window[name]
-        z = snr_from_moments(s1, s2, self.window_count)
-        informed = (s2 > 0) & (self.keep[name] > 0)  # kept weights that received any gradient
-        n = int(informed.sum())
+    def evidence(self, unit: str) -> int:
+        """-1: the unit's kept weights converged; +1: they drift; 0: noise or no gradient (hold)."""
+        means: list[tuple[float, int]] = []  # (mean z, count) of the kept weights per layer
+        for name in self.units[unit]:
+            s1, s2 = self.window[name]
+            z = snr_from_moments(s1, s2, self.window_count)
+            informed = (s2 > 0) & (self.keep[name] > 0)  # kept weights that received any gradient
+            count_layer = int(informed.sum())
+            if count_layer:
+                self.window_snr[name] = float(z[informed].mean())
+                means.append((self.window_snr[name], count_layer))
+        n = sum(c for _, c in means)
         if n == 0:
             return 0  # a dead layer must not be pruned further
-        mean_z = float(z[informed].mean())
-        self.window_snr[name] = mean_z
+        mean_z = means[0][0] if len(means) == 1 else sum(m * c for m, c in means) / n
+        self.window_snr[unit] = mean_z
         margin = 2.0 * math.sqrt(2.0 / n)  # two standard errors of the mean of n chi2(1) variables
         if mean_z < self.threshold * (1.0 - margin):
             return -1
@@ -660,28 +682,36 @@ class SNRAutoPruning(Pruning):
         return 0
 
     def decide(self) -> None:
-        """End of a window: each layer's density moves by the evidence of its kept weights."""
+        """End of a window: each unit's density (a layer's, or the network's) moves by the evidence of its kept weights."""
         if self.window_count >= 2 and len(self.window) == len(self.weights):
-            for name in self.weights:
-                move = self.evidence(name)
+            for unit in self.units:
+                move = self.evidence(unit)
                 if move == 0:
                     continue
-                if move == -self.direction[name]:
-                    self.step[name] /= 2  # reversed: settle at the boundary
-                factor = 1.0 - self.step[name]
-                density = self.density[name] * factor if move < 0 else self.density[name] / factor
-                density = min(1.0, max(self.min_density[name], density))
-                if density != self.density[name]:  # a move against a bound (dense, the floor) is no direction
-                    self.density[name] = density
-                    self.direction[name] = move
+                if move == -self.direction[unit]:
+                    self.step[unit] /= 2  # reversed: settle at the boundary
+                factor = 1.0 - self.step[unit]
+                density = self.density[unit] * factor if move < 0 else self.density[unit] / factor
+                density = min(1.0, max(self.min_density[unit], density))
+                if density != self.density[unit]:  # a move against a bound (dense, the floor) is no direction
+                    self.density[unit] = density
+                    self.direction[unit] = move
         self.window = {}
         self.window_count = 0
 
     def compute_masks(self) -> dict[str, Tensor]:
         if self.window_due(self.step_count):
             self.decide()
-        n_prune = {name: w.numel() - max(1, round(self.density[name] * w.numel())) for name, w in self.dense.items()}
-        return magnitude_keep_masks(self.dense, n_prune, "layer")
+        if self.scope == "layer":
+            n_prune = {name: w.numel() - max(1, round(self.density[name] * w.numel())) for name, w in self.dense.items()}
+            return magnitude_keep_masks(self.dense, n_prune, "layer")
+        total = sum(w.numel() for w in self.dense.values())
+        masks = magnitude_keep_masks(self.dense, total - max(1, round(self.density[self.GLOBAL] * total)), "global")
+        for name, w in self.dense.items():  # the guard: a layer the global ranking empties keeps its floor
+            if count(masks[name]) < self.min_kept[name]:
+                floor = keep_largest(w.abs(), w.numel() - self.min_kept[name])
+                masks[name] = torch.maximum(masks[name], floor)
+        return masks
 
     def diagnostics(self) -> dict[str, Any]:
         return {"density": dict(self.density), "window_snr": dict(self.window_snr), "step": dict(self.step)}
@@ -699,10 +729,15 @@ class SNRAutoPruning(Pruning):
         return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        if set(state.get("density", {})) != set(self.units):
+            raise ValueError(
+                f"the state's controllers are {sorted(state.get('density', {}))}, this object's are {sorted(self.units)}: "
+                "load it into an SNRAutoPruning of the same scope"
+            )
         super().load_state_dict(state)
-        self.density = {name: float(state["density"][name]) for name in self.weights}
-        self.step = {name: float(state["auto_step"][name]) for name in self.weights}
-        self.direction = {name: int(state["direction"][name]) for name in self.weights}
+        self.density = {unit: float(state["density"][unit]) for unit in self.units}
+        self.step = {unit: float(state["auto_step"][unit]) for unit in self.units}
+        self.direction = {unit: int(state["direction"][unit]) for unit in self.units}
         self.window = {name: [t.to(self.dense[name]).clone() for t in pair] for name, pair in state["window"].items()}
         self.window_count = int(state["window_count"])
         self.window_snr = dict(state.get("window_snr", {}))

@@ -285,7 +285,6 @@ class TrainConfig:
         _check(_is_int(self.stats_every) and self.stats_every >= 1, f"stats_every must be a positive integer, got {self.stats_every!r}")
         _check(_is_number(self.window_epochs) and self.window_epochs > 0, f"window_epochs must be > 0, got {self.window_epochs!r}")
         _check(_is_number(self.auto_step) and 0 < self.auto_step < 1, f"auto_step must be in (0, 1), got {self.auto_step!r}")
-        _check(self.method != "snr-auto" or self.scope == "layer", "method 'snr-auto' decides per layer: scope must be 'layer'")
         _check(_is_number(self.end_fraction) and 0 < self.end_fraction <= 1, f"end_fraction must be in (0, 1], got {self.end_fraction!r}")
         _check(self.curve_every is None or (_is_int(self.curve_every) and self.curve_every >= 1), f"curve_every must be a positive integer, got {self.curve_every!r}")
         _check(_is_int(self.accumulate) and self.accumulate >= 1, f"accumulate must be a positive integer, got {self.accumulate!r}")
@@ -371,6 +370,7 @@ def make_pruning(config: TrainConfig, model: nn.Module, steps_per_epoch: int) ->
             step=config.auto_step,
             threshold=config.threshold,
             update_every=config.update_every,
+            scope=config.scope,
             **layers,
         )
     if config.method == "dpf":
