@@ -28,6 +28,7 @@ DENSE, SNR, DPF_MATCHED = "dense", "snr", "dpf-matched"
 COMPARISONS = [
     (SNR, DPF_MATCHED, "Is SNR (`agree`, the paper's method) on par with dense training and with DPF?"),
     ("snr-auto", "dpf-matched-auto", "Is `snr-auto` on par with dense training and with DPF at the sparsity it chose?"),
+    ("snr-auto-global", "dpf-matched-auto-global", "`snr-auto` with global scope: on par with dense and with DPF at its sparsity?"),
 ]
 
 
@@ -214,9 +215,10 @@ def write_report(suite: Suite, layout: Layout, report: Path, command: str, data_
 
     main = suite.groups[0]
     methods_main = [m.name for m in main.methods]
-    for method, matched, title in COMPARISONS:
-        if method in methods_main:
-            lines += [f"## {title}", "", *_claims(results, main.cells, method, matched), ""]
+    for method, matched, title in COMPARISONS:  # over the cells of every group that has the method
+        cells = list({c.key: c for g in suite.groups if method in [m.name for m in g.methods] for c in g.cells}.values())
+        if cells:
+            lines += [f"## {title}", "", *_claims(results, cells, method, matched), ""]
     families: dict[str, list[Cell]] = {}
     for cell in main.cells:
         families.setdefault(cell.family, []).append(cell)
