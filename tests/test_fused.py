@@ -125,10 +125,10 @@ def run(combine, eager, monkeypatch, steps=25, **options):
 
 
 @pytest.mark.parametrize("combine", ["agree", "either", "snr", "magnitude"])
-@pytest.mark.parametrize("stats_every", [1, 3])
-def test_snr_pruning_fused_equals_eager_step_by_step(combine, stats_every, monkeypatch):
-    fast, pruning = run(combine, False, monkeypatch, stats_every=stats_every)
-    slow, _ = run(combine, True, monkeypatch, stats_every=stats_every)
+@pytest.mark.parametrize("stats_every, update_every", [(1, None), (3, None), (3, 1)])  # (3, 1): masks from older averages
+def test_snr_pruning_fused_equals_eager_step_by_step(combine, stats_every, update_every, monkeypatch):
+    fast, pruning = run(combine, False, monkeypatch, stats_every=stats_every, update_every=update_every)
+    slow, _ = run(combine, True, monkeypatch, stats_every=stats_every, update_every=update_every)
     assert 0 < pruning.sparsity() < 1
     for step, ((masks_f, weights_f, *counts_f), (masks_e, weights_e, *counts_e)) in enumerate(zip(fast, slow)):
         assert all(torch.equal(masks_f[n], masks_e[n]) for n in masks_f), f"masks differ at step {step}"

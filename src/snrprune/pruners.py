@@ -494,8 +494,8 @@ class SNRPruning(Pruning):
         for name, w in self.weights.items():
             dense, n = self.dense[name], self.dense[name].numel()
             n_prune = self._not_above.get(name) if self._not_above_step == self.step_count else None
-            if n_prune is None:  # the average is older than this step
-                n_prune = n - count(torch.gt(self.snr_ema[name], self.cut, out=torch.empty_like(dense)))
+            if n_prune is None:  # the average is older than this step: count it again (<= cut)
+                n_prune = sum(kernels.count_around(self.snr_ema[name], self.cut, False))
             thr, ties = -1.0, 0  # magnitude keeps everything
             if self.combine != "snr" and n_prune >= n:
                 thr, ties = math.inf, -1  # magnitude keeps nothing
@@ -672,6 +672,7 @@ class SNRAutoPruning(Pruning):
         n = sum(c for _, c in means)
         if n == 0:
             return 0  # a dead layer must not be pruned further
+        # one layer: its own mean as computed (a weighted mean of one could round differently)
         mean_z = means[0][0] if len(means) == 1 else sum(m * c for m, c in means) / n
         self.window_snr[unit] = mean_z
         margin = 2.0 * math.sqrt(2.0 / n)  # two standard errors of the mean of n chi2(1) variables

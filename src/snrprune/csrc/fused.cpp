@@ -21,6 +21,9 @@ namespace {
 
 constexpr float kSnrCap = 1e12f;  // statistics.SNR_CAP
 constexpr int64_t kGrain = 1 << 15;
+// Loops are written without data-dependent branches (selects and min/max instead), so that the
+// compiler vectorizes them; counts go through int32 counters per block of kBlock for the same reason.
+constexpr int64_t kBlock = 4096;
 
 void check(const torch::Tensor& t, const char* name) {
   TORCH_CHECK(t.device().is_cpu() && t.scalar_type() == torch::kFloat32 && t.is_contiguous(), name,
@@ -28,10 +31,6 @@ void check(const torch::Tensor& t, const char* name) {
 }
 
 }  // namespace
-
-// Loops are written without data-dependent branches (selects and min/max instead), so that the
-// compiler vectorizes them; counts go through int32 block counters for the same reason.
-constexpr int64_t kBlock = 4096;
 
 // snr = B * mean^2 / var of the per-sample gradients, written as in statistics.snr_from_moments,
 // then avg <- lerp(avg, snr, weight) (avg <- snr when `first`). Returns how many averages are not
@@ -129,8 +128,7 @@ std::vector<int64_t> apply_mask(const torch::Tensor& avg, const torch::Tensor& d
   float* o = weight.data_ptr<float>();
   const float c = static_cast<float>(cut);
   const float t = static_cast<float>(thr);
-  // per mode, keep = (snr & use_snr_and) | (mag & use_mag_and) ... written as two selects:
-  // agree: snr | mag; either: snr & mag; snr: snr; magnitude: mag
+  // keep: agree snr | mag (max), either snr & mag (min), snr alone, magnitude alone
   std::atomic<int64_t> kept{0}, changed{0};
   // ties_left: how many entries equal to thr are still to be pruned, in flat order; with `ordered`
   // false every tie is pruned (-1) or kept (0), the same for all, so blocks run in any order

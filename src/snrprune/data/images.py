@@ -440,22 +440,26 @@ def _cifar_dirs(data_dir) -> list[Path]:
     return dirs
 
 
+def _cifar_form(folder: Path) -> str | None:
+    """How a folder holds CIFAR-10: "batches" (the extracted files), "tarball", or None."""
+    if all((folder / n).is_file() for n in (*CIFAR10_TRAIN_FILES, CIFAR10_TEST_FILE)):
+        return "batches"
+    return "tarball" if (folder / CIFAR10_TARBALL).is_file() else None
+
+
 def cifar10_folder(data_dir: str | os.PathLike | None = None) -> Path | None:
     """The first folder holding the CIFAR-10 python batches (or their tarball), without reading them."""
-    names = (*CIFAR10_TRAIN_FILES, CIFAR10_TEST_FILE)
-    for folder in _cifar_dirs(data_dir):
-        if all((folder / n).is_file() for n in names) or (folder / CIFAR10_TARBALL).is_file():
-            return folder
-    return None
+    return next((folder for folder in _cifar_dirs(data_dir) if _cifar_form(folder)), None)
 
 
 def _load_cifar_batches(dirs: list[Path]) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], str] | None:
     names = (*CIFAR10_TRAIN_FILES, CIFAR10_TEST_FILE)
     for folder in dirs:
-        if all((folder / n).is_file() for n in names):
+        form = _cifar_form(folder)
+        if form == "batches":
             parts = {n: _cifar_batch(_load_pickle(_read_bytes(folder / n)), str(folder / n)) for n in names}
             origin = str(folder)
-        elif (folder / CIFAR10_TARBALL).is_file():
+        elif form == "tarball":
             parts = {}
             with tarfile.open(folder / CIFAR10_TARBALL, "r:gz") as tar:
                 for member in tar.getmembers():
