@@ -42,6 +42,8 @@ def usage_error(argv, capsys) -> str:
         (["--method", "snr-auto", "--auto-step", "1"], ["--auto-step", "must be in (0, 1)"]),
         (["--method", "dense", "--threshold", "2"], ["--threshold only applies to --method snr or snr-auto"]),
         (["--method", "snr-auto", "--ema", "0.5"], ["--ema only applies to --method snr"]),
+        (["--no-auto-lr-scale"], ["--auto-lr-scale only applies to --method snr-auto (this run uses --method snr)"]),
+        (["--method", "dpf", "--target-sparsity", "0.5", "--auto-hysteresis"], ["--auto-hysteresis only applies to --method snr-auto"]),
         (["--lr", "0"], ["--lr", "must be in (0, inf)"]),
         (["--combine", "maybe"], ["invalid choice", "agree", "either", "magnitude"]),
         (["--device", "tpu"], ["unknown device 'tpu'", "cpu, cuda"]),

@@ -105,6 +105,8 @@ def test_config_json_round_trip():
         (dict(lr=float("nan")), "lr must be a positive number"),
         (dict(combine="sometimes"), "valid names: agree, either, snr, magnitude"),
         (dict(device="tpu"), "use 'cpu' or 'cuda'"),
+        (dict(method="snr-auto", auto_lr_scale="no"), "auto_lr_scale must be true or false"),
+        (dict(method="snr-auto", auto_hysteresis=0), "auto_hysteresis must be true or false"),
     ],
 )
 def test_invalid_config(changes, message):
@@ -308,18 +310,25 @@ def test_snr_auto_end_to_end(tmp_path):
     assert all("diagnostics" in m for m in metrics)
     assert metrics[0]["sparsity"] == 0.0  # the first decision comes at the end of the first window
     final = metrics[-1]["diagnostics"]["density"]
+    config = TrainConfig.from_dict(json.loads((tmp_path / "auto" / "config.json").read_text()))
+    assert (config.update_every, config.scope, config.window_epochs) == (16, "global", 1.0)
+    assert (config.auto_lr_scale, config.auto_hysteresis) == (True, True)
+    assert set(final) == {"*"}  # the default: one network-wide density
+    assert summary["sparsity"] == pytest.approx(1 - final["*"], abs=1e-3)
+    for name, sparsity in summary["layer_sparsity"].items():  # every layer above its floor
+        assert (1 - sparsity) * summary["layer_params"][name] >= summary["layer_shapes"][name][0] - 1e-6
+    scales = [m["diagnostics"]["lr_scale"] for m in metrics]
+    assert scales == sorted(scales, reverse=True) and scales[-1] < 1  # the cosine schedule: the moves shrink
+
+
+def test_snr_auto_layer_scope_end_to_end(tmp_path):
+    """--scope layer, without the learning-rate scaling and hysteresis: a density per layer, none below its floor."""
+    config = tiny(method="snr-auto", scope="layer", auto_lr_scale=False, auto_hysteresis=False, epochs=4)
+    summary = train(config, tmp_path / "auto", progress=False)
+    metrics = read_lines(tmp_path / "auto" / "metrics.jsonl")
+    final = metrics[-1]["diagnostics"]["density"]
+    assert set(final) == set(summary["layer_sparsity"])
     for name, density in final.items():
         assert summary["layer_sparsity"][name] == pytest.approx(1 - density, abs=1e-3)
         assert density >= summary["layer_shapes"][name][0] / summary["layer_params"][name] - 1e-9
-    config = TrainConfig.from_dict(json.loads((tmp_path / "auto" / "config.json").read_text()))
-    assert (config.update_every, config.scope, config.window_epochs) == (16, "layer", 1.0)
-
-
-def test_snr_auto_global_scope_end_to_end(tmp_path):
-    """--scope global reaches SNRAutoPruning: one network-wide density, every layer above its floor."""
-    summary = train(tiny(method="snr-auto", scope="global", epochs=4), tmp_path / "auto", progress=False)
-    final = read_lines(tmp_path / "auto" / "metrics.jsonl")[-1]["diagnostics"]["density"]
-    assert set(final) == {"*"}
-    assert summary["sparsity"] == pytest.approx(1 - final["*"], abs=1e-3)
-    for name, sparsity in summary["layer_sparsity"].items():
-        assert (1 - sparsity) * summary["layer_params"][name] >= summary["layer_shapes"][name][0] - 1e-6
+    assert {m["diagnostics"]["lr_scale"] for m in metrics} == {1.0}

@@ -14,7 +14,8 @@ SNR = Method("snr", {"method": "snr"})  # combine "agree": the paper's stated in
 SNR_EITHER = Method("snr-either", {"method": "snr", "combine": "either"})  # the paper's formula, literally
 DPF_MATCHED = Method("dpf-matched", {"method": "dpf"}, matched_to="snr")  # DPF at the sparsity SNR found
 DPF_90 = Method("dpf-90", {"method": "dpf", "target_sparsity": 0.9})
-# beyond the paper: schedule-free, one setting (the defaults) on every cell; and DPF at its sparsity
+# beyond the paper: schedule-free, one setting (the defaults: global scope, learning-rate-scaled moves,
+# hysteresis after a prune) on every cell; and DPF at its sparsity
 SNR_AUTO = Method("snr-auto", {"method": "snr-auto"})
 DPF_MATCHED_AUTO = Method("dpf-matched-auto", {"method": "dpf"}, matched_to="snr-auto")
 
@@ -34,19 +35,34 @@ ABLATIONS = [
     Method("snr-stats-every-4", {"method": "snr", "stats_every": 4, "update_every": 1}),
 ]
 
+# what each part of snr-auto is worth, and its two numbers moved (LeNet-300-100/MNIST and letter)
 AUTO_ABLATIONS = [
+    Method("snr-auto-no-lr-scale", {"method": "snr-auto", "auto_lr_scale": False}),
+    Method("snr-auto-no-hysteresis", {"method": "snr-auto", "auto_hysteresis": False}),
+    Method("snr-auto-layer", {"method": "snr-auto", "scope": "layer"}),
     Method("snr-auto-window-0.5", {"method": "snr-auto", "window_epochs": 0.5}),
     Method("snr-auto-window-2", {"method": "snr-auto", "window_epochs": 2.0}),
     Method("snr-auto-step-0.25", {"method": "snr-auto", "auto_step": 0.25}),
     Method("snr-auto-step-0.75", {"method": "snr-auto", "auto_step": 0.75}),
-    Method("snr-auto-window-0.5-step-0.25", {"method": "snr-auto", "window_epochs": 0.5, "auto_step": 0.25}),
 ]
 
-# snr-auto with one network-wide controller and global magnitude masks (DPF's allocation across
-# layers), and DPF at the sparsity it chose: a candidate default (see findings)
-AUTO_GLOBAL = [
-    Method("snr-auto-global", {"method": "snr-auto", "scope": "global"}),
-    Method("dpf-matched-auto-global", {"method": "dpf"}, matched_to="snr-auto-global"),
+# the earlier designs, kept as measured: fixed halving steps without learning-rate scaling or
+# hysteresis, per layer (the first default) and global (the second), each with DPF at its sparsity
+_FIXED = {"method": "snr-auto", "auto_lr_scale": False, "auto_hysteresis": False}
+AUTO_FIXED = [
+    Method("snr-auto-fixed", _FIXED),
+    Method("dpf-matched-auto-fixed", {"method": "dpf"}, matched_to="snr-auto-fixed"),
+]
+AUTO_LAYER_FIXED = [
+    Method("snr-auto-layer-fixed", {**_FIXED, "scope": "layer"}),
+    Method("dpf-matched-auto-layer-fixed", {"method": "dpf"}, matched_to="snr-auto-layer-fixed"),
+]
+AUTO_LAYER_FIXED_ABLATIONS = [
+    Method("snr-auto-layer-fixed-window-0.5", {**_FIXED, "scope": "layer", "window_epochs": 0.5}),
+    Method("snr-auto-layer-fixed-window-2", {**_FIXED, "scope": "layer", "window_epochs": 2.0}),
+    Method("snr-auto-layer-fixed-step-0.25", {**_FIXED, "scope": "layer", "auto_step": 0.25}),
+    Method("snr-auto-layer-fixed-step-0.75", {**_FIXED, "scope": "layer", "auto_step": 0.75}),
+    Method("snr-auto-layer-fixed-window-0.5-step-0.25", {**_FIXED, "scope": "layer", "window_epochs": 0.5, "auto_step": 0.25}),
 ]
 
 # -- cells -----------------------------------------------------------------------------------------
@@ -90,8 +106,9 @@ SUITE = Suite(
         Group("Main grid", IMAGE + TABULAR + CIFAR, MAIN_METHODS),
         Group("Ablations of SNR's own hyperparameters (LeNet-300-100/MNIST and letter)", [LENET300, LETTER], ABLATIONS),
         Group("Ablations of snr-auto (LeNet-300-100/MNIST and letter)", [LENET300, LETTER], AUTO_ABLATIONS),
-        Group("snr-auto with global scope (LeNet-300-100, LeNet-5 on Fashion-MNIST and MNIST, letter)",
-              [LENET300, LENET5_FMNIST, LETTER, LENET5_MNIST], AUTO_GLOBAL),
+        Group("Earlier snr-auto designs: global, fixed steps", [c for c in IMAGE if c is not RESNET20_FMNIST] + TABULAR, AUTO_FIXED),
+        Group("Earlier snr-auto designs: per layer, fixed steps", IMAGE + TABULAR, AUTO_LAYER_FIXED),
+        Group("Ablations of the per-layer fixed-step design (LeNet-300-100/MNIST and letter)", [LENET300, LETTER], AUTO_LAYER_FIXED_ABLATIONS),
     ],
     report="benchmarks/RESULTS.md",
     findings="findings.md",

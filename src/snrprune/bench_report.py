@@ -28,7 +28,8 @@ DENSE, SNR, DPF_MATCHED = "dense", "snr", "dpf-matched"
 COMPARISONS = [
     (SNR, DPF_MATCHED, "Is SNR (`agree`, the paper's method) on par with dense training and with DPF?"),
     ("snr-auto", "dpf-matched-auto", "Is `snr-auto` on par with dense training and with DPF at the sparsity it chose?"),
-    ("snr-auto-global", "dpf-matched-auto-global", "`snr-auto` with global scope: on par with dense and with DPF at its sparsity?"),
+    ("snr-auto-fixed", "dpf-matched-auto-fixed", "The earlier global design (fixed halving steps, no hysteresis): on par with dense and with DPF at its sparsity?"),
+    ("snr-auto-layer-fixed", "dpf-matched-auto-layer-fixed", "The first design (per layer, fixed halving steps): on par with dense and with DPF at its sparsity?"),
 ]
 
 

@@ -48,7 +48,7 @@ from .training import (
 _METHOD_ONLY = {
     **{name: ("snr",) for name in ("combine", "ema", "burn_in_epochs", "stats_every")},
     "threshold": ("snr", "snr-auto"),
-    **{name: ("snr-auto",) for name in ("window_epochs", "auto_step")},
+    **{name: ("snr-auto",) for name in ("window_epochs", "auto_step", "auto_lr_scale", "auto_hysteresis")},
     **{name: ("dpf",) for name in ("target_sparsity", "end_fraction")},
 }
 # TrainConfig fields set by `snrprune train` options (everything a --resume must not change).
@@ -56,7 +56,7 @@ _CONFIG_OPTIONS = (
     "dataset", "model", "method", "model_options", "data_dir", "target", "data_seed", "seed", "device",
     "epochs", "batch_size", "optimizer", "lr", "momentum", "nesterov", "weight_decay", "schedule",
     "target_sparsity", "scope", "update_every", "combine", "ema", "threshold", "burn_in_epochs",
-    "stats_every", "window_epochs", "auto_step", "end_fraction", "include_layers", "exclude_layers", "curve_every",
+    "stats_every", "window_epochs", "auto_step", "auto_lr_scale", "auto_hysteresis", "end_fraction", "include_layers", "exclude_layers", "curve_every",
     "accumulate", "amp",
 )
 
@@ -152,12 +152,14 @@ def build_parser() -> argparse.ArgumentParser:
     how.add_argument("--target-sparsity", type=_float_in(0.0, 1.0), metavar="S", help="dpf: final sparsity in [0, 1) (required)")
     how.add_argument("--end-fraction", metavar="F", type=_float_in(0.0, 1.0, high_open=False, low_open=True), help="dpf: reach the target at this fraction of training (default 0.75)")
     how.add_argument("--combine", choices=COMBINE_MODES, help="snr: how SNR and magnitude masks combine (default agree)")
-    how.add_argument("--scope", choices=SCOPES, help="per-layer or global masks (default: layer for snr and snr-auto, global for dpf); snr-auto global: one network-wide density")
+    how.add_argument("--scope", choices=SCOPES, help="per-layer or global masks (default: layer for snr, global for dpf and snr-auto); snr-auto layer: one density per layer")
     how.add_argument("--ema", metavar="BETA", type=_float_in(0.0, 1.0), help="snr: moving-average factor of the SNR (default 0.9)")
     how.add_argument("--threshold", metavar="T", type=_float_in(0.0, None), help="snr: SNR below which a weight may be pruned; snr-auto: the noise level of its window SNR (default 1)")
     how.add_argument("--burn-in-epochs", metavar="E", type=_float_in(0.0, None), help="snr: epochs before the first mask update (default 1)")
     how.add_argument("--window-epochs", metavar="E", type=_float_in(0.0, None, low_open=True), help="snr-auto: epochs of summed statistics behind each decision (default 1)")
-    how.add_argument("--auto-step", metavar="A", type=_float_in(0.0, 1.0, low_open=True), help="snr-auto: a decision multiplies a layer's density by 1 - A (default 0.5)")
+    how.add_argument("--auto-step", metavar="A", type=_float_in(0.0, 1.0, low_open=True), help="snr-auto: a decision at the full learning rate multiplies the density by 1 - A (default 0.5)")
+    how.add_argument("--auto-lr-scale", action=argparse.BooleanOptionalAction, help="snr-auto: scale each move by the learning rate over the largest seen (default on)")
+    how.add_argument("--auto-hysteresis", action=argparse.BooleanOptionalAction, help="snr-auto: drift in the window right after a prune holds the density instead of regrowing (default on)")
     how.add_argument("--stats-every", type=_positive_int, metavar="K", help="snr: collect gradient statistics every K steps (default 1)")
     how.add_argument("--update-every", type=_positive_int, metavar="K", help="recompute masks every K steps (default: 16 for dpf and snr-auto; snr: on every step with new statistics)")
     how.add_argument("--include-layers", action="append", metavar="PATTERN", help="prune only modules matching this glob, repeatable")

@@ -173,7 +173,7 @@ class TrainConfig:
     schedule: str | None = None
     # pruning
     target_sparsity: float | None = None  # dpf only, required
-    scope: str | None = None  # None: "layer" for snr, "global" for dpf
+    scope: str | None = None  # None: "layer" for snr, "global" for dpf and snr-auto
     update_every: int | None = None  # None: 16 for dpf and snr-auto; snr: 1, or when statistics arrive if stats_every > 1
     combine: str = "agree"  # snr
     ema: float = 0.9  # snr
@@ -181,7 +181,9 @@ class TrainConfig:
     burn_in_epochs: float = 1.0  # snr
     stats_every: int = 1  # snr
     window_epochs: float = 1.0  # snr-auto: the window of summed statistics behind each decision
-    auto_step: float = 0.5  # snr-auto: a decision multiplies a layer's density by 1 - auto_step
+    auto_step: float = 0.5  # snr-auto: a decision at the full learning rate multiplies the density by 1 - auto_step
+    auto_lr_scale: bool = True  # snr-auto: moves scaled by the learning rate over the largest seen
+    auto_hysteresis: bool = True  # snr-auto: drift right after a prune holds the density instead of regrowing
     # scale-out
     accumulate: int = 1  # micro-batches (backward calls) per optimizer step
     amp: str | None = None  # mixed precision: None, "bf16" or "fp16"
@@ -226,7 +228,7 @@ class TrainConfig:
         if c.schedule is None:
             c.schedule = recipe.schedule
         if c.method != "dense":
-            c.scope = c.scope or {"snr": "layer", "dpf": "global"}.get(c.method, "layer")
+            c.scope = c.scope or {"snr": "layer", "dpf": "global", "snr-auto": "global"}.get(c.method, "layer")
             if c.update_every is None and not (c.method == "snr" and c.stats_every > 1):
                 # snr with statistics every k > 1 steps keeps None: masks follow the new statistics
                 c.update_every = {"snr": 1, "dpf": 16, "snr-auto": 16}.get(c.method, 1)
@@ -285,6 +287,8 @@ class TrainConfig:
         _check(_is_int(self.stats_every) and self.stats_every >= 1, f"stats_every must be a positive integer, got {self.stats_every!r}")
         _check(_is_number(self.window_epochs) and self.window_epochs > 0, f"window_epochs must be > 0, got {self.window_epochs!r}")
         _check(_is_number(self.auto_step) and 0 < self.auto_step < 1, f"auto_step must be in (0, 1), got {self.auto_step!r}")
+        for flag in ("auto_lr_scale", "auto_hysteresis"):
+            _check(isinstance(getattr(self, flag), bool), f"{flag} must be true or false, got {getattr(self, flag)!r}")
         _check(_is_number(self.end_fraction) and 0 < self.end_fraction <= 1, f"end_fraction must be in (0, 1], got {self.end_fraction!r}")
         _check(self.curve_every is None or (_is_int(self.curve_every) and self.curve_every >= 1), f"curve_every must be a positive integer, got {self.curve_every!r}")
         _check(_is_int(self.accumulate) and self.accumulate >= 1, f"accumulate must be a positive integer, got {self.accumulate!r}")
@@ -371,6 +375,8 @@ def make_pruning(config: TrainConfig, model: nn.Module, steps_per_epoch: int) ->
             threshold=config.threshold,
             update_every=config.update_every,
             scope=config.scope,
+            lr_scaled=config.auto_lr_scale,
+            hysteresis=config.auto_hysteresis,
             **layers,
         )
     if config.method == "dpf":
@@ -861,7 +867,12 @@ def _print_header(config: TrainConfig, data: Any, counts: dict[str, Any], steps_
     elif method == "snr":
         method += f" (combine {config.combine}, scope {config.scope}, ema {config.ema:g}, burn-in {config.burn_in_epochs:g} epochs)"
     elif method == "snr-auto":
-        method += f" (window {config.window_epochs:g} epochs, step {config.auto_step:g}, threshold {config.threshold:g}; no target)"
+        off = [name for name, on in (("lr scaling", config.auto_lr_scale), ("hysteresis", config.auto_hysteresis)) if not on]
+        method += (
+            f" (scope {config.scope}, window {config.window_epochs:g} epochs, step {config.auto_step:g}, threshold {config.threshold:g}"
+            + "".join(f", no {name}" for name in off)
+            + "; no target)"
+        )
     lines = [
         f"data:   {data.name}: {len(data.x_train):,} train / {len(data.x_test):,} test, input {tuple(data.input_shape)}, {data.num_classes} classes",
         f"model:  {config.model}: {counts['params']:,} parameters, {counts['prunable_params']:,} prunable in {len(counts['layer_params'])} tensors",

@@ -1,0 +1,330 @@
+"""The base class every method subclasses (DPF's dense/pruned bookkeeping and the optimizer hooks), the registry of method names, and the dense baseline."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Iterator
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor, nn
+
+from ..layers import NameFilter, find_prunable_layers
+from ..masks import SCOPES, check_choice, count
+from ..statistics import GradientStats
+
+PRUNING_METHODS: dict[str, type[Pruning]] = {}
+
+#: A weight whose gradient comes from a single sample of the batch has SNR exactly 1 (mean g/B,
+#: variance g**2/B), right at the threshold; round-off would keep or prune it at random. SNR values
+#: within this relative margin above the threshold count as "not above", as in exact arithmetic.
+SNR_ROUNDOFF = 1e-4
+
+#: Bin edges of :meth:`Pruning.snr_histogram`: log-spaced from 1e-3 to 1e3 (10 bins per decade), with
+#: one more bin below (zeros included) and one above.
+SNR_HISTOGRAM_EDGES = [10 ** (k / 10) for k in range(-30, 31)]
+
+
+def register_method(name: str):
+    """Class decorator that makes a pruning method available by name (CLI, configs)."""
+
+    def decorate(cls: type[Pruning]) -> type[Pruning]:
+        cls.method = name
+        PRUNING_METHODS[name] = cls
+        return cls
+
+    return decorate
+
+
+def get_method(name: str) -> type[Pruning]:
+    if name not in PRUNING_METHODS:
+        raise ValueError(f"unknown pruning method {name!r}; valid methods: {', '.join(sorted(PRUNING_METHODS))}")
+    return PRUNING_METHODS[name]
+
+
+def _distributed() -> bool:
+    return torch.distributed.is_available() and torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1
+
+
+def _check_int(name: str, value: Any, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    return value
+
+
+def _check_float(name: str, value: Any, low: float, high: float, high_open: bool = True) -> float:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    ok = ok and low <= value and (value < high if high_open else value <= high)
+    if not ok:
+        interval = f"[{low}, {high})" if high_open else f"[{low}, {high}]"
+        raise ValueError(f"{name} must be a number in {interval}, got {value!r}")
+    return float(value)
+
+
+class Pruning:
+    """Base class: dense-weight bookkeeping, optimizer hooks, masks, reporting and checkpoint state."""
+
+    method: ClassVar[str] = "base"
+    #: Whether the method ever prunes; the dense baseline skips all bookkeeping.
+    prunes: ClassVar[bool] = True
+
+    def __init__(self, model: nn.Module, *, scope: str = "layer", include: NameFilter = None, exclude: NameFilter = None):
+        self.model = model
+        self.scope = check_choice(scope, SCOPES, "scope")
+        self.layers = find_prunable_layers(model, include, exclude)
+        self.weights: dict[str, nn.Parameter] = {layer.name: layer.weight for layer in self.layers}
+        if self.prunes:
+            self.dense = {name: w.detach().clone() for name, w in self.weights.items()}
+        else:
+            self.dense = {name: w.detach() for name, w in self.weights.items()}
+        # keep-masks as 0/1 in the weights' dtype: cheap to compute and to apply (see masks.py)
+        self.keep: dict[str, Tensor] = {name: torch.ones_like(w.detach()) for name, w in self.weights.items()}
+        self.kept: dict[str, int] = {name: w.numel() for name, w in self.weights.items()}  # ones per keep-mask
+        self.total = sum(self.kept.values())  # prunable entries
+        # 1 where a weight was pruned and later kept again, at least once: distinct regrown weights
+        self.ever_regrown: dict[str, Tensor] = {name: torch.zeros_like(k) for name, k in self.keep.items()} if self.prunes else {}
+        self.step_count = 0
+        self.regrown = 0
+        self.last_flips = {"pruned": 0, "regrown": 0}
+        self.stats: GradientStats | None = None
+        self._snr_buffers: dict[str, Tensor] = {}
+        self._hooks: list = []
+
+    # -- the steps a method overrides ----------------------------------------------------------
+    def stats_due(self, step: int) -> bool:
+        return False
+
+    def observe(self, snr: dict[str, Tensor]) -> None:
+        """Takes this step's SNR; the tensors are overwritten next time: copy what you keep."""
+
+    def observe_stats(self, stats: GradientStats) -> None:
+        """Takes this step's statistics (after any all-reduce); by default their SNR goes to ``observe``."""
+        self._snr_buffers = stats.snr(out=self._snr_buffers)  # reused every step
+        self.observe(self._snr_buffers)
+
+    def update_due(self, step: int) -> bool:
+        return False
+
+    def compute_masks(self) -> dict[str, Tensor]:
+        """New keep-masks, bool or 0/1 floats, by parameter name."""
+        return self.keep
+
+    # -- the optimizer integration ---------------------------------------------------------------
+    def wrap(self, optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer:
+        """Hooks this pruning into ``optimizer.step()`` and returns the same optimizer.
+
+        The optimizer object is untouched otherwise, so LR schedulers, ``state_dict()`` and
+        ``zero_grad()`` work as usual.
+        """
+        if not isinstance(optimizer, torch.optim.Optimizer):
+            raise TypeError(f"wrap() expects a torch.optim.Optimizer, got {type(optimizer).__name__}")
+        held = {id(p) for group in optimizer.param_groups for p in group["params"]}
+        missing = [name for name, w in self.weights.items() if id(w) not in held]
+        if missing:
+            raise ValueError(
+                f"the optimizer does not update the prunable weights {missing}: "
+                "build the optimizer from model.parameters() of the pruned model"
+            )
+        self.unwrap()
+        self._hooks = [
+            optimizer.register_step_pre_hook(self._step_pre_hook),
+            optimizer.register_step_post_hook(lambda opt, args, kwargs: self.after_step()),
+        ]
+        return optimizer
+
+    def _step_pre_hook(self, optimizer: torch.optim.Optimizer, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
+        """Runs :meth:`before_step`; with ``optimizer.step(closure)`` (PyTorch Lightning) only once
+        the closure's backward is done, since the closure computes the gradients inside the step."""
+        closure = kwargs.get("closure", args[1] if len(args) > 1 else None)  # args[0] is the optimizer
+        if closure is None:
+            self.before_step()
+            return None
+
+        def closure_then_before_step() -> Any:
+            result = closure()
+            self.before_step()
+            return result
+
+        if "closure" in kwargs:
+            return args, {**kwargs, "closure": closure_then_before_step}
+        return (args[0], closure_then_before_step, *args[2:]), kwargs
+
+    def unwrap(self) -> None:
+        for handle in self._hooks:
+            handle.remove()
+        self._hooks = []
+
+    @torch.no_grad()
+    def before_step(self) -> None:
+        """After backward, before the update: read the statistics, put the dense weights back."""
+        if not self.prunes:
+            return
+        if self.stats is not None and self.stats.enabled:
+            if _distributed():  # every rank must see the global batch, or the masks drift apart
+                self.stats.all_reduce()
+            if self.stats.count:
+                self.observe_stats(self.stats)
+            self.stats.reset()
+        for name, w in self.weights.items():
+            if self.kept[name] < w.numel():  # a layer with nothing pruned holds theta already
+                w.copy_(self.dense[name])
+
+    @torch.no_grad()
+    def after_step(self) -> None:
+        """After the update: keep the new dense weights, maybe update the masks, prune the model."""
+        if not self.prunes:
+            self.step_count += 1
+            return
+        for name, w in self.weights.items():
+            self.dense[name].copy_(w)
+        self.step_count += 1
+        if self.update_due(self.step_count):
+            self.update_masks()
+        else:
+            for name, w in self.weights.items():
+                if self.kept[name] < w.numel():  # theta_hat = theta where nothing is pruned
+                    torch.mul(self.dense[name], self.keep[name], out=w.data)
+        if self.stats is not None:
+            self.stats.enabled = self.stats_due(self.step_count)
+
+    def update_masks(self) -> None:
+        """New masks from :meth:`compute_masks`, then theta_hat written (a fused path may do both at once)."""
+        self._set_masks(self.compute_masks())
+        self.apply_masks()
+
+    def _record_flips(self, changed: int, net: int) -> None:
+        """Counts one mask update's flips from (pruned + regrown) and (regrown - pruned)."""
+        regrown = (changed + net) // 2
+        self.last_flips = {"pruned": changed - regrown, "regrown": regrown}
+        self.regrown += regrown
+
+    def _set_masks(self, masks: dict[str, Tensor]) -> None:
+        changed = net = 0
+        for name, new in masks.items():
+            new = new.to(self.keep[name].dtype)
+            kept = count(new)
+            net += kept - self.kept[name]  # regrown - pruned
+            diff = new.sub(self.keep[name])  # +1 regrown, -1 pruned
+            torch.maximum(self.ever_regrown[name], diff, out=self.ever_regrown[name])
+            changed += count(diff.abs_())  # regrown + pruned
+            self.keep[name] = new
+            self.kept[name] = kept
+        self._record_flips(changed, net)
+
+    @property
+    def masks(self) -> dict[str, Tensor]:
+        """Bool keep-masks by parameter name (True = keep)."""
+        return {name: keep.bool() for name, keep in self.keep.items()}
+
+    @torch.no_grad()
+    def apply_masks(self) -> None:
+        """Writes theta_hat = mask * theta into the model."""
+        for name, w in self.weights.items():
+            torch.mul(self.dense[name], self.keep[name], out=w.data)
+
+    @contextlib.contextmanager
+    def dense_weights(self) -> Iterator[None]:
+        """Temporarily puts the dense weights theta into the model (e.g. to evaluate them)."""
+        with torch.no_grad():
+            for name, w in self.weights.items():
+                w.copy_(self.dense[name])
+        try:
+            yield
+        finally:
+            self.apply_masks()
+
+    # -- reporting -------------------------------------------------------------------------------
+    def mask_sparsity(self) -> tuple[float, dict[str, float]]:
+        """(overall, per layer) fraction of pruned mask entries, from counts kept up to date: free every step.
+
+        Equals :meth:`sparsity` unless a kept dense weight is itself exactly zero.
+        """
+        layers = {name: 1.0 - kept / self.weights[name].numel() for name, kept in self.kept.items()}
+        return (1.0 - sum(self.kept.values()) / self.total if self.total else 0.0), layers
+
+    def regrown_distinct(self) -> int:
+        """How many distinct weights were pruned and later kept again, at least once."""
+        return sum(count(t) for t in self.ever_regrown.values())
+
+    def layer_sparsity(self) -> dict[str, float]:
+        """Fraction of exact zeros of theta_hat per prunable tensor."""
+        return {name: float((w == 0).sum()) / w.numel() for name, w in self.weights.items()}
+
+    def sparsity(self) -> float:
+        """Fraction of exact zeros of theta_hat over all prunable entries."""
+        zeros = sum(int((w == 0).sum()) for w in self.weights.values())
+        return zeros / sum(w.numel() for w in self.weights.values())
+
+    def snr_quantiles(self, quantiles: tuple[float, ...] = (0.1, 0.5, 0.9)) -> dict[str, dict[str, float]]:
+        """Per-layer quantiles of the SNR moving average (empty for methods that do not track it)."""
+        return {}
+
+    def diagnostics(self) -> dict[str, Any]:
+        """Method-specific state worth logging every epoch (empty by default)."""
+        return {}
+
+    def snr_histogram(self) -> dict[str, list[int]]:
+        """Per-layer counts of the SNR moving average in the bins of :data:`SNR_HISTOGRAM_EDGES` (empty if untracked)."""
+        return {}
+
+    # -- checkpointing ---------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to continue bit-exactly; loads with ``torch.load(weights_only=True)``."""
+        return {
+            "method": self.method,
+            "step": self.step_count,
+            "dense": {name: t.clone() for name, t in self.dense.items()},
+            "masks": self.masks,
+            "regrown": self.regrown,
+            "ever_regrown": {name: t.bool() for name, t in self.ever_regrown.items()},
+            "last_flips": dict(self.last_flips),
+            "stats_enabled": self.stats is not None and self.stats.enabled,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if not isinstance(state, dict) or "method" not in state:
+            raise ValueError("not a snrprune pruning state (no 'method' entry)")
+        if state["method"] != self.method:
+            raise ValueError(f"the state is from method {state['method']!r}, this object is {self.method!r}")
+        for key in ("dense", "masks"):
+            names = set(state[key])
+            if names != set(self.weights):
+                raise ValueError(f"the state's {key} cover {sorted(names)}, this model's prunable weights are {sorted(self.weights)}")
+            for name, t in state[key].items():
+                if t.shape != self.weights[name].shape:
+                    raise ValueError(f"{key}[{name!r}] has shape {tuple(t.shape)}, the model's is {tuple(self.weights[name].shape)}")
+        self.step_count = int(state["step"])
+        self.regrown = int(state["regrown"])
+        self.last_flips = dict(state["last_flips"])
+        with torch.no_grad():
+            for name, w in self.weights.items():
+                if self.prunes:
+                    self.dense[name].copy_(state["dense"][name])
+                else:
+                    w.copy_(state["dense"][name])
+                self.keep[name] = state["masks"][name].to(device=w.device, dtype=w.dtype).clone()
+                self.kept[name] = count(self.keep[name])
+                if self.prunes:
+                    ever = state.get("ever_regrown", {}).get(name)  # absent in states of older versions
+                    self.ever_regrown[name] = torch.zeros_like(self.keep[name]) if ever is None else ever.to(self.keep[name]).clone()
+        if self.prunes:
+            self.apply_masks()
+        if self.stats is not None:
+            self.stats.reset()
+            self.stats.enabled = bool(state["stats_enabled"])
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(layers={len(self.layers)}, step={self.step_count}, sparsity={self.sparsity():.4f})"
+
+
+@register_method("dense")
+class NoPruning(Pruning):
+    """The dense baseline through the same interface: never prunes; a step only counts itself."""
+
+    prunes = False
+
+    def __init__(self, model: nn.Module, *, include: NameFilter = None, exclude: NameFilter = None):
+        super().__init__(model, include=include, exclude=exclude)
+
+

@@ -1,0 +1,187 @@
+"""SNR-guided dynamic pruning, the paper's method (SPEC section 3)."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from .. import fused
+from ..layers import NameFilter
+from ..masks import COMBINE_MODES, check_choice, combine, count, kth_smallest, magnitude_keep_masks
+from ..statistics import GradientStats
+from .base import SNR_HISTOGRAM_EDGES, SNR_ROUNDOFF, Pruning, _check_float, _check_int, register_method
+
+
+@register_method("snr")
+class SNRPruning(Pruning):
+    """SNR-guided dynamic pruning (SPEC section 3): prune only weights whose gradient is no longer reliable.
+
+    After ``burn_in_steps``: keep_snr = (SNR moving average > threshold); p = fraction with keep_snr
+    false (per layer or global, ``scope``); keep_mag = all but the p*N smallest |theta|; the mask
+    combines both (``combine``: agree, either, snr, magnitude). Statistics are collected every
+    ``stats_every`` steps, and the moving average is only updated then. The masks are recomputed on
+    every step on which new statistics arrived (``update_every=None``, the default: with
+    ``stats_every=1`` that is every step, as in SPEC), or every ``update_every`` steps when given (the
+    magnitude part then follows the weights between statistics). Under torch.distributed the
+    statistics are summed over ``process_group`` (None: the default group). On float32 CPU weights the
+    per-step arithmetic runs in fused kernels (:mod:`snrprune.fused`) with the same results.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        burn_in_steps: int,
+        ema: float = 0.9,
+        threshold: float = 1.0,
+        combine: str = "agree",
+        scope: str = "layer",
+        update_every: int | None = None,
+        stats_every: int = 1,
+        *,
+        include: NameFilter = None,
+        exclude: NameFilter = None,
+        process_group: Any = None,
+    ):
+        super().__init__(model, scope=scope, include=include, exclude=exclude)
+        self.burn_in_steps = _check_int("burn_in_steps", burn_in_steps, 0)
+        self.ema = _check_float("ema", ema, 0.0, 1.0)
+        self.threshold = _check_float("threshold", threshold, 0.0, math.inf)
+        self.combine = check_choice(combine, COMBINE_MODES, "combine mode")
+        self.update_every = None if update_every is None else _check_int("update_every", update_every, 1)
+        self.stats_every = _check_int("stats_every", stats_every, 1)
+        self.snr_ema: dict[str, Tensor] = {}
+        self.fresh = False  # statistics arrived since the last mask update
+        self._not_above: dict[str, int] = {}  # per layer: averages <= the cut, counted by the fused kernel
+        self._not_above_step = -1  # ... for the mask update of this step
+        self._buffers: dict[str, Tensor] = {}  # per layer: |theta| for the selection, reused
+        self.stats = GradientStats(model, include=include, exclude=exclude, enabled=self.stats_due(0), process_group=process_group)
+
+    @property
+    def cut(self) -> float:
+        """keep_snr is ``average > cut``: the threshold with the round-off margin (:data:`SNR_ROUNDOFF`)."""
+        return self.threshold * (1.0 + SNR_ROUNDOFF)
+
+    def stats_due(self, step: int) -> bool:
+        return step % self.stats_every == 0
+
+    def observe_stats(self, stats: GradientStats) -> None:
+        self.fresh = True
+        moments = stats.moments()
+        if not all(fused.usable(m.sum, m.sum_sq) for m in moments.values()):
+            super().observe_stats(stats)
+            return
+        kernels = fused.kernels()
+        self._not_above_step = self.step_count + 1  # valid for this step's mask update only
+        for name, m in moments.items():  # SNR and moving average in one pass per layer
+            avg = self.snr_ema.get(name)
+            first = avg is None
+            if first:
+                avg = self.snr_ema[name] = torch.empty_like(m.sum)
+            self._not_above[name] = kernels.snr_average(m.sum, m.sum_sq, avg, m.count, 1.0 - self.ema, first, self.cut)
+
+    def observe(self, snr: dict[str, Tensor]) -> None:
+        for name, value in snr.items():
+            avg = self.snr_ema.get(name)
+            if avg is None:
+                self.snr_ema[name] = value.clone()
+            else:
+                avg.lerp_(value, 1.0 - self.ema)
+
+    def update_due(self, step: int) -> bool:
+        if step <= self.burn_in_steps:
+            return False
+        return self.fresh if self.update_every is None else step % self.update_every == 0
+
+    def update_masks(self) -> None:
+        self.fresh = False
+        if not self._update_masks_fused():
+            super().update_masks()
+
+    def _update_masks_fused(self) -> bool:
+        """keep-masks, regrowth record and theta_hat in one kernel pass per layer; False if not applicable."""
+        if self.scope != "layer" or len(self.snr_ema) < len(self.weights):
+            return False
+        if not all(fused.usable(self.dense[n], self.keep[n], self.ever_regrown[n], self.snr_ema[n], w.data) for n, w in self.weights.items()):
+            return False
+        kernels = fused.kernels()
+        mode = COMBINE_MODES.index(self.combine)  # agree, either, snr, magnitude: the kernel's order
+        changed = net = 0
+        for name, w in self.weights.items():
+            dense, n = self.dense[name], self.dense[name].numel()
+            n_prune = self._not_above.get(name) if self._not_above_step == self.step_count else None
+            if n_prune is None:  # the average is older than this step: count it again (<= cut)
+                n_prune = sum(kernels.count_around(self.snr_ema[name], self.cut, False))
+            thr, ties = -1.0, 0  # magnitude keeps everything
+            if self.combine != "snr" and n_prune >= n:
+                thr, ties = math.inf, -1  # magnitude keeps nothing
+            elif self.combine != "snr" and n_prune > 0:
+                magnitude = torch.abs(dense, out=self._scratch(name)).view(-1)
+                thr = float(kth_smallest(magnitude, n_prune, scratch=True))  # reorders the scratch buffer
+                less, equal = kernels.count_around(dense, thr, True)
+                ties = n_prune - less  # of the entries equal to thr, the first `ties` are pruned
+                ties = -1 if ties == equal else ties  # -1: all of them
+            kept, flips = kernels.apply_mask(self.snr_ema[name], dense, self.keep[name], self.ever_regrown[name], w.data, self.cut, thr, ties, mode)
+            net += kept - self.kept[name]
+            changed += flips
+            self.kept[name] = kept
+        self._record_flips(changed, net)
+        return True
+
+    def _scratch(self, name: str) -> Tensor:
+        buffer = self._buffers.get(name)
+        if buffer is None:
+            buffer = self._buffers[name] = torch.empty_like(self.dense[name])
+        return buffer
+
+    def compute_masks(self) -> dict[str, Tensor]:
+        if len(self.snr_ema) < len(self.weights):
+            return self.keep  # no statistics for some layer yet: nothing is known to be unreliable
+        cut = self.cut
+        keep_snr = {name: torch.gt(avg, cut, out=torch.empty_like(self.dense[name])) for name, avg in self.snr_ema.items()}
+        if self.combine == "snr":
+            return keep_snr
+        n_prune = {name: k.numel() - count(k) for name, k in keep_snr.items()}
+        keep_mag = magnitude_keep_masks(self.dense, n_prune, self.scope)
+        return {name: combine(keep_snr[name], keep_mag[name], self.combine) for name in self.weights}
+
+    def snr_quantiles(self, quantiles: tuple[float, ...] = (0.1, 0.5, 0.9)) -> dict[str, dict[str, float]]:
+        out = {}
+        for name in self.weights:  # model order
+            if name not in self.snr_ema:
+                continue
+            flat = self.snr_ema[name].reshape(-1).float()
+            if flat.numel() > (1 << 24):  # torch.quantile's size limit: use an even subsample
+                flat = flat[:: flat.numel() // (1 << 23) + 1]
+            values = torch.quantile(flat, torch.tensor(quantiles, dtype=flat.dtype, device=flat.device))
+            out[name] = {f"q{round(q * 100):02d}": float(v) for q, v in zip(quantiles, values)}
+        return out
+
+    def snr_histogram(self) -> dict[str, list[int]]:
+        edges = None
+        out = {}
+        for name in self.weights:  # model order
+            if name not in self.snr_ema:
+                continue
+            flat = self.snr_ema[name].reshape(-1)
+            if edges is None or edges.device != flat.device:
+                edges = torch.tensor(SNR_HISTOGRAM_EDGES, dtype=flat.dtype, device=flat.device)
+            bins = torch.bucketize(flat, edges, right=True)  # 0: below the first edge
+            out[name] = torch.bincount(bins, minlength=len(SNR_HISTOGRAM_EDGES) + 1).tolist()
+        return out
+
+    def state_dict(self) -> dict[str, Any]:
+        state = super().state_dict()
+        state["snr_ema"] = {name: t.clone() for name, t in self.snr_ema.items()}
+        state["fresh"] = self.fresh
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict(state)
+        self.snr_ema = {name: t.to(self.dense[name].device).clone() for name, t in state.get("snr_ema", {}).items()}
+        self.fresh = bool(state.get("fresh", False))
+        self._not_above, self._not_above_step = {}, -1
+
+

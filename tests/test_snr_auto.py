@@ -1,0 +1,250 @@
+"""snr-auto: its decision rules on hand-made window sums, the learning-rate scaling and hysteresis, masks, resume, errors."""
+
+import io
+
+import pytest
+import torch
+import torch.nn.functional as F
+from test_pruners import make_batches, small_mlp, stable_prune_count_mask, train
+from torch import nn
+
+import snrprune
+from snrprune import SNRAutoPruning, get_method
+
+
+def _set_window(pruning, name, mean, std, n=400, seed=0):
+    """Window sums of n per-sample gradients drawn around ``mean`` (a tensor) with spread ``std``."""
+    g = torch.Generator().manual_seed(seed)
+    samples = mean + std * torch.randn((n, *mean.shape), generator=g)
+    pruning.window[name] = [samples.sum(0), samples.pow(2).sum(0)]
+
+
+def _converged(pruning, name):
+    """Window sums of a weight held at a minimum: gradients that cancel (S1 = 0), variance 1."""
+    w = pruning.dense[name]
+    pruning.window[name] = [torch.zeros_like(w), torch.full_like(w, 400.0)]
+
+
+def test_snr_auto_decisions_follow_the_kept_weights_evidence():
+    model = small_mlp()
+    pruning = SNRAutoPruning(model, window_steps=4, step=0.5, scope="layer")
+    converged, noise, signal = "0.weight", "2.weight", "4.weight"
+    _converged(pruning, converged)  # z = 0: below the noise band
+    _set_window(pruning, noise, torch.zeros_like(pruning.dense[noise]), 1.0)  # random walk: z ~ chi2(1)
+    _set_window(pruning, signal, torch.full_like(pruning.dense[signal], 0.5), 1.0)  # drift: z ~ 400 * 0.25
+    pruning.window_count = 400
+    z_noise = float(snrprune.snr_from_moments(*pruning.window[noise], 400).mean())
+    margin = 2 * (2 / pruning.dense[noise].numel()) ** 0.5  # two standard errors of the noise mean
+    assert abs(z_noise - 1) <= margin  # pure noise stays inside the band ...
+    pruning.decide()
+    assert pruning.density == {converged: 0.5, noise: 1.0, signal: 1.0}  # ... and is held; drift is capped at dense
+    assert pruning.direction == {converged: -1, noise: 0, signal: 0}  # capped at dense: no move
+    assert pruning.window == {} and pruning.window_count == 0
+    assert pruning.window_snr[converged] == 0.0 and pruning.window_snr[signal] > 50
+
+
+def test_snr_auto_holds_a_layer_without_gradient():
+    model = small_mlp()
+    pruning = SNRAutoPruning(model, window_steps=4)
+    for name, w in pruning.dense.items():
+        pruning.window[name] = [torch.zeros_like(w), torch.zeros_like(w)]  # no gradient reached any weight
+    pruning.window_count = 400
+    pruning.decide()
+    assert set(pruning.density.values()) == {1.0} and pruning.window_snr == {}
+
+
+def test_snr_auto_settles_and_never_collapses():
+    model = small_mlp()
+    pruning = SNRAutoPruning(model, window_steps=4, step=0.5, scope="layer")
+    name = "2.weight"  # 12 x 16: the floor is one weight per output unit, 12 of 192
+    for _ in range(10):  # ten windows of converged layers
+        for other in pruning.dense:
+            _converged(pruning, other)
+        pruning.window_count = 400
+        pruning.decide()
+    assert pruning.density[name] == pytest.approx(12 / 192)
+    masks = pruning.compute_masks()
+    assert int(masks[name].sum()) == 12
+    before = pruning.density[name]
+    # now every layer drifts: regrowth with half the step (a reversal), at once: the floor was reached
+    # windows ago, so this drift is no adaptation to a prune (the hysteresis holds only right after one)
+    assert pruning.adapting[name] is False
+    for other in pruning.dense:
+        _set_window(pruning, other, torch.full_like(pruning.dense[other], 0.5), 1.0)
+    pruning.window_count = 400
+    pruning.decide()
+    assert pruning.step[name] == 0.25 and pruning.density[name] == pytest.approx(before / 0.75)
+    for other in pruning.dense:  # converged again: another reversal, another halving
+        _converged(pruning, other)
+    pruning.window_count = 400
+    pruning.decide()
+    assert pruning.step[name] == 0.125 and pruning.density[name] == pytest.approx(before / 0.75 * 0.875)
+
+
+def _decide(pruning, drift):
+    """One window: every kept weight converged (drift False) or drifting (drift True), then the decision."""
+    for name in pruning.dense:
+        if drift:
+            _set_window(pruning, name, torch.full_like(pruning.dense[name], 0.5), 1.0)
+        else:
+            _converged(pruning, name)
+    pruning.window_count = 400
+    pruning.decide()
+    return pruning.density[SNRAutoPruning.GLOBAL]
+
+
+@pytest.mark.parametrize("hysteresis", [True, False])
+def test_snr_auto_hysteresis_holds_the_window_after_a_prune(hysteresis):
+    pruning = SNRAutoPruning(small_mlp(), window_steps=4, step=0.5, hysteresis=hysteresis)
+    assert _decide(pruning, drift=False) == 0.5 and pruning.adapting == {"*": hysteresis}
+    if hysteresis:  # drift right after the prune: the network adapting, held
+        assert _decide(pruning, drift=True) == 0.5 and pruning.adapting == {"*": False} and pruning.step == {"*": 0.5}
+    assert _decide(pruning, drift=True) == pytest.approx(0.5 / 0.75)  # drift that persists regrows, at half the step
+    assert pruning.direction == {"*": 1} and pruning.adapting == {"*": False}
+    assert _decide(pruning, drift=True) == pytest.approx(0.5 / 0.75**2)  # after a regrowth drift is not held
+
+
+def test_snr_auto_moves_scale_with_the_learning_rate():
+    model = nn.Sequential(nn.Linear(6, 16), nn.ReLU(), nn.Linear(16, 3))
+    pruning = SNRAutoPruning(model, window_steps=4, step=0.5)
+    assert pruning.lr_scale() == 1.0  # not wrapped: no learning rate known, full moves
+    optimizer = torch.optim.SGD(
+        [{"params": [model[0].weight, model[2].weight], "lr": 0.4}, {"params": [model[0].bias, model[2].bias], "lr": 5.0}]
+    )
+    optimizer = pruning.wrap(optimizer)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0 if step < 3 else 0.25)
+    batches = make_batches(3)
+    train(model, optimizer, batches, scheduler)  # three steps at 0.4: the largest seen (the biases' 5.0 is not the weights')
+    assert pruning.lr_max == 0.4 and pruning.lr() == pytest.approx(0.1)
+    assert pruning.lr_scale() == pytest.approx(0.25)
+    assert _decide(pruning, drift=False) == pytest.approx(1 - 0.5 * 0.25)
+    state = pruning.state_dict()
+    again = SNRAutoPruning(model, window_steps=4, step=0.5)
+    again.load_state_dict(state)
+    assert again.lr_max == 0.4 and again.adapting == pruning.adapting
+    unscaled = SNRAutoPruning(model, window_steps=4, step=0.5, lr_scaled=False)
+    unscaled.wrap(optimizer)
+    unscaled.lr_max = 0.4
+    assert unscaled.lr_scale() == 1.0 and _decide(unscaled, drift=False) == 0.5
+
+
+def test_snr_auto_masks_keep_the_largest_magnitudes_at_the_layer_density():
+    model = small_mlp()
+    pruning = SNRAutoPruning(model, window_steps=4, scope="layer")
+    pruning.density = {name: 0.25 for name in pruning.dense}
+    masks = pruning.compute_masks()
+    for name, w in pruning.dense.items():
+        n_keep = round(0.25 * w.numel())
+        assert torch.equal(masks[name].bool(), stable_prune_count_mask(w.abs(), w.numel() - n_keep))
+
+
+def test_snr_auto_window_sums_match_one_big_batch():
+    """The window's S1/S2 over k steps equal the moments of all k batches (at fixed weights)."""
+    model = small_mlp()
+    pruning = SNRAutoPruning(model, window_steps=100)
+    optimizer = pruning.wrap(torch.optim.SGD(model.parameters(), lr=0.0))
+    batches = make_batches(3)
+    train(model, optimizer, batches)
+    reference = small_mlp()  # the same weights (lr 0, no mask yet), statistics accumulated over 3 backward calls
+    collected = snrprune.GradientStats(reference)
+    for x, y in batches:
+        F.cross_entropy(reference(x), y).backward()
+    for name, m in collected.moments().items():
+        assert torch.allclose(pruning.window[name][0], m.sum, atol=1e-6)
+        assert torch.allclose(pruning.window[name][1], m.sum_sq, atol=1e-7)
+    assert pruning.window_count == 48
+
+
+def test_snr_auto_resume_is_bit_exact():
+    def setup(seed=0):
+        model = small_mlp(seed)
+        pruning = SNRAutoPruning(model, window_steps=3, update_every=2)
+        optimizer = pruning.wrap(torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9))
+        return model, pruning, optimizer
+
+    batches = make_batches(20)
+    model_a, pruning_a, opt_a = setup()
+    train(model_a, opt_a, batches)
+    model_b, pruning_b, opt_b = setup()
+    train(model_b, opt_b, batches[:7])  # mid-window
+    buffer = io.BytesIO()
+    torch.save({"model": model_b.state_dict(), "opt": opt_b.state_dict(), "pruning": pruning_b.state_dict()}, buffer)
+    buffer.seek(0)
+    saved = torch.load(buffer, weights_only=True)
+    model_c, pruning_c, opt_c = setup(seed=5)
+    model_c.load_state_dict(saved["model"])
+    opt_c.load_state_dict(saved["opt"])
+    pruning_c.load_state_dict(saved["pruning"])
+    train(model_c, opt_c, batches[7:])
+    assert pruning_a.density == pruning_c.density and pruning_a.window_count == pruning_c.window_count
+    assert pruning_a.step == pruning_c.step and pruning_a.direction == pruning_c.direction
+    assert pruning_a.adapting == pruning_c.adapting and pruning_a.lr_max == pruning_c.lr_max == 0.1
+    for name in pruning_a.masks:
+        assert torch.equal(pruning_a.masks[name], pruning_c.masks[name])
+        assert torch.equal(pruning_a.dense[name], pruning_c.dense[name])
+    for (name, a), c in zip(model_a.state_dict().items(), model_c.state_dict().values()):
+        assert torch.equal(a, c), name
+
+
+def test_snr_auto_global_scope_pools_the_evidence_and_ranks_magnitudes_over_all_layers():
+    model = small_mlp()
+    pruning = SNRAutoPruning(model, window_steps=4, step=0.5, scope="global")
+    assert set(pruning.density) == {SNRAutoPruning.GLOBAL}
+    for name in pruning.dense:
+        _converged(pruning, name)
+    pruning.window_count = 400
+    pruning.decide()  # every kept weight converged: the network's density halves
+    assert pruning.density == {"*": 0.5} and pruning.direction == {"*": -1}
+    masks = pruning.compute_masks()
+    flat = torch.cat([w.abs().reshape(-1) for w in pruning.dense.values()])
+    expected = stable_prune_count_mask(flat, flat.numel() - round(0.5 * flat.numel()))
+    assert torch.equal(torch.cat([m.bool().reshape(-1) for m in masks.values()]), expected)
+    # one layer converged, two drifting strongly: the pooled mean is above the band; held in the
+    # window right after the prune, then the network regrows
+    for _ in range(2):
+        _converged(pruning, "0.weight")
+        for name in ("2.weight", "4.weight"):
+            _set_window(pruning, name, torch.full_like(pruning.dense[name], 0.5), 1.0)
+        pruning.window_count = 400
+        pruning.decide()
+    assert pruning.step["*"] == 0.25 and pruning.density["*"] == pytest.approx(0.5 / 0.75)
+    assert pruning.window_snr["0.weight"] == 0.0 and pruning.window_snr["*"] > 1
+
+
+def test_snr_auto_global_scope_never_empties_a_layer():
+    model = small_mlp()
+    with torch.no_grad():
+        model[2].weight.mul_(1e-6)  # the global ranking alone would prune this whole layer first
+    pruning = SNRAutoPruning(model, window_steps=4, scope="global")
+    pruning.density = {"*": 0.3}
+    masks = pruning.compute_masks()
+    assert int(masks["2.weight"].sum()) == 12  # its floor: one weight per output unit (12 rows)
+    assert torch.equal(masks["2.weight"].bool(), stable_prune_count_mask(pruning.dense["2.weight"].abs(), 192 - 12))
+
+
+def test_snr_auto_global_scope_resumes_and_refuses_a_layer_state():
+    model = small_mlp()
+    pruning = SNRAutoPruning(model, window_steps=3, update_every=2, scope="global")
+    optimizer = pruning.wrap(torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9))
+    train(model, optimizer, make_batches(7))
+    state = pruning.state_dict()
+    again = SNRAutoPruning(small_mlp(3), window_steps=3, update_every=2, scope="global")
+    again.load_state_dict(state)
+    assert again.density == pruning.density and again.step == pruning.step and again.window_count == pruning.window_count
+    with pytest.raises(ValueError, match="same scope"):
+        SNRAutoPruning(small_mlp(), window_steps=3, scope="layer").load_state_dict(state)
+
+
+def test_snr_auto_bad_input():
+    model = small_mlp()
+    for kwargs, message in [
+        ({"window_steps": 0}, "window_steps must be an integer >= 1"),
+        ({"window_steps": 4, "step": 1.0}, "step must be a number in"),
+        ({"window_steps": 4, "threshold": -1.0}, "threshold must be a number in"),
+        ({"window_steps": 4, "scope": "row"}, "unknown scope"),
+        ({"window_steps": 4, "lr_scaled": "yes"}, "lr_scaled must be True or False"),
+        ({"window_steps": 4, "hysteresis": 1}, "hysteresis must be True or False"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            SNRAutoPruning(model, **kwargs)
+    assert get_method("snr-auto") is SNRAutoPruning
