@@ -36,7 +36,6 @@ def usage_error(argv, capsys) -> str:
         (["--batch-size", "1"], ["--batch-size 1", "--method snr", "at least 2 samples"]),
         (["--method", "dense", "--combine", "either"], ["--combine only applies to --method snr"]),
         (["--target-sparsity", "0.5"], ["--target-sparsity only applies to --method dpf"]),
-        (["--method", "snr-auto", "--batch-size", "1"], ["--batch-size 1", "--method snr-auto", "at least 2 samples"]),
         (["--method", "dpf", "--target-sparsity", "0.5", "--window-epochs", "2"], ["--window-epochs only applies to --method snr-auto"]),
         (["--auto-step", "0.3"], ["--auto-step only applies to --method snr-auto (this run uses --method snr)"]),
         (["--method", "snr-auto", "--auto-step", "1"], ["--auto-step", "must be in (0, 1)"]),

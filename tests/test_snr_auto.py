@@ -10,6 +10,7 @@ from torch import nn
 
 import snrprune
 from snrprune import SNRAutoPruning, get_method
+from snrprune.pruners.snr_auto import noise_moments
 
 
 def _set_window(pruning, name, mean, std, n=400, seed=0):
@@ -138,21 +139,73 @@ def test_snr_auto_masks_keep_the_largest_magnitudes_at_the_layer_density():
         assert torch.equal(masks[name].bool(), stable_prune_count_mask(w.abs(), w.numel() - n_keep))
 
 
-def test_snr_auto_window_sums_match_one_big_batch():
-    """The window's S1/S2 over k steps equal the moments of all k batches (at fixed weights)."""
+def test_snr_auto_window_sums_are_the_applied_gradients():
+    """The window sums the mini-batch gradients the optimizer applies, and their squares, one term a step."""
     model = small_mlp()
     pruning = SNRAutoPruning(model, window_steps=100)
     optimizer = pruning.wrap(torch.optim.SGD(model.parameters(), lr=0.0))
     batches = make_batches(3)
     train(model, optimizer, batches)
-    reference = small_mlp()  # the same weights (lr 0, no mask yet), statistics accumulated over 3 backward calls
-    collected = snrprune.GradientStats(reference)
+    reference = small_mlp()  # the same weights (lr 0, no mask yet): one backward per batch
+    sums = {name: [0.0, 0.0] for name in pruning.weights}
     for x, y in batches:
+        reference.zero_grad()
         F.cross_entropy(reference(x), y).backward()
-    for name, m in collected.moments().items():
-        assert torch.allclose(pruning.window[name][0], m.sum, atol=1e-6)
-        assert torch.allclose(pruning.window[name][1], m.sum_sq, atol=1e-7)
-    assert pruning.window_count == 48
+        for name, p in reference.named_parameters():
+            if name in sums:
+                sums[name][0] += p.grad
+                sums[name][1] += p.grad**2
+    for name, (s1, s2) in sums.items():
+        assert torch.allclose(pruning.window[name][0], s1, atol=1e-6)
+        assert torch.allclose(pruning.window[name][1], s2, atol=1e-7)
+    assert pruning.window_count == 3
+
+
+def test_snr_auto_accumulated_micro_batches_give_the_batch_window():
+    """Gradient accumulation over micro-batches leaves the applied gradient, so the window, unchanged."""
+    windows = []
+    for parts in (1, 4):
+        model = small_mlp()
+        pruning = SNRAutoPruning(model, window_steps=100)
+        optimizer = pruning.wrap(torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9))
+        for x, y in make_batches(5):
+            optimizer.zero_grad()
+            for xk, yk in zip(x.chunk(parts), y.chunk(parts)):
+                (F.cross_entropy(model(xk), yk) / parts).backward()
+            optimizer.step()
+        windows.append(pruning.window)
+    for name, (s1, s2) in windows[0].items():
+        assert torch.allclose(windows[1][name][0], s1, atol=1e-6) and torch.allclose(windows[1][name][1], s2, atol=1e-7)
+
+
+def test_snr_auto_noise_band_is_that_of_f_1_t_minus_1():
+    stats = pytest.importorskip("scipy.stats")
+    for steps in (6, 11, 40, 390):
+        mean, var = stats.f(1, steps - 1).stats(moments="mv")
+        assert noise_moments(steps) == pytest.approx((float(mean), float(var)), rel=1e-12)
+    with pytest.raises(ValueError, match="from 6 steps on"):
+        noise_moments(5)
+
+
+def test_snr_auto_short_windows_are_calibrated_and_extended():
+    """Pure noise over 11 steps: mean z near 1.25 (F(1, 10)), not 1: held, not read as drift; under 6 steps, no decision."""
+    model = nn.Sequential(nn.Linear(40, 50), nn.ReLU(), nn.Linear(50, 10))  # 2,500 weights
+    pruning = SNRAutoPruning(model, window_steps=11)
+    pruning.density = {"*": 0.5}  # a move either way would show
+    g = torch.Generator().manual_seed(0)
+    for name, w in pruning.dense.items():
+        steps = torch.randn((11, *w.shape), generator=g)  # a random walk: zero-mean gradients
+        pruning.window[name] = [steps.sum(0), steps.pow(2).sum(0)]
+    pruning.window_count = 11
+    pruning.decide()
+    z, n = pruning.window_snr["*"], 2500
+    assert z > 1 + 2 * (2 / n) ** 0.5  # a band around 1 (long windows) would read this noise as drift ...
+    assert pruning.density == {"*": 0.5}  # ... the band of F(1, 10) holds
+    for name in pruning.dense:  # five converged steps: too few for a decision, the window goes on
+        _converged(pruning, name)
+    pruning.window_count = 5
+    pruning.decide()
+    assert pruning.density == {"*": 0.5} and pruning.window_count == 5 and pruning.window
 
 
 def test_snr_auto_resume_is_bit_exact():

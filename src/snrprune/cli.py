@@ -305,7 +305,7 @@ def _config_from_args(given: dict[str, Any], parser: argparse.ArgumentParser) ->
         if name in given and method not in methods:
             flag = "--" + name.replace("_", "-")
             parser.error(f"{flag} only applies to --method {' or '.join(methods)} (this run uses --method {method})")
-    if method in ("snr", "snr-auto") and given.get("batch_size") == 1:
+    if method == "snr" and given.get("batch_size") == 1:  # snr-auto's noise is the spread across steps
         parser.error(f"--batch-size 1 does not work with --method {method}: the gradient SNR needs the variance over at least 2 samples")
     if "target" in given and not given.get("dataset", "").lower().startswith("csv:"):
         parser.error("--target COLUMN only applies to --dataset csv:PATH")

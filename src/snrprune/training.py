@@ -250,7 +250,7 @@ class TrainConfig:
         _check(_is_int(self.epochs) and self.epochs >= 1, f"epochs must be a positive integer, got {self.epochs!r}")
         _check(_is_int(self.batch_size) and self.batch_size >= 1, f"batch_size must be a positive integer, got {self.batch_size!r}")
         _check(
-            self.method not in ("snr", "snr-auto") or self.batch_size >= 2,
+            self.method != "snr" or self.batch_size >= 2,  # snr-auto's noise is the spread across steps
             "SNR pruning needs batch_size >= 2: one sample has no gradient variance, so its SNR is undefined",
         )
         _check(_is_int(self.eval_batch_size) and self.eval_batch_size >= 1, f"eval_batch_size must be a positive integer, got {self.eval_batch_size!r}")

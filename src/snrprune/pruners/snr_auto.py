@@ -10,8 +10,20 @@ from torch import Tensor, nn
 
 from ..layers import NameFilter
 from ..masks import count, keep_largest, magnitude_keep_masks
-from ..statistics import GradientStats, snr_from_moments
+from ..statistics import snr_from_moments
 from .base import Pruning, _check_float, _check_int, register_method
+
+
+#: The fewest steps a decision reads: the noise of z, F(1, T - 1), has a finite variance from T = 6 on.
+MIN_WINDOW_STEPS = 6
+
+
+def noise_moments(steps: int) -> tuple[float, float]:
+    """Mean and variance of a weight's window SNR when its gradient is noise only: F(1, T - 1)."""
+    if steps < MIN_WINDOW_STEPS:
+        raise ValueError(f"the window SNR's noise has a finite variance from {MIN_WINDOW_STEPS} steps on, got {steps}")
+    d = steps - 1
+    return d / (d - 2), 2.0 * d * d * (d - 1) / ((d - 2) ** 2 * (d - 4))
 
 
 @register_method("snr-auto")
@@ -21,13 +33,16 @@ class SNRAutoPruning(Pruning):
     The paper's per-weight test cannot say how much to prune: late in training nearly every weight's
     mini-batch SNR sits at the noise level, pruned or not (``shared/research/snr-statistics.md``).
     This method moves the test to a window of many steps (``window_steps``, one epoch in
-    ``snrprune train``) and to a set of weights: per weight it sums S1, S2 and the sample count N, so
-    that ``z = N * mean**2 / var`` is the SNR of the gradient averaged over the window. Under SGD the
-    summed gradient is the weight's displacement over the window divided by the learning rate, so z
-    reads how the weight moved: z ~ 1 for a random walk (gradient noise only), z < 1 for a weight held
-    at a minimum (its gradients cancel), z > 1 for a weight that drifts (still learning). At the end of
-    a window the mean z of the kept weights is compared with the noise band 1 +- 2 * sqrt(2 / n) (the
-    mean of n chi2(1) variables, two standard errors, scaled by ``threshold``):
+    ``snrprune train``) and to a set of weights. Per weight it sums the mini-batch gradients g_t that
+    the optimizer applies and their squares over the T steps of the window, so that
+    ``z = T * mean**2 / var`` (mean and unbiased variance of g_t over the steps) is the SNR of the
+    mini-batch gradient averaged over the window. Under SGD the summed gradient is the weight's
+    displacement over the window divided by the learning rate, so z reads how the weight moved: z near
+    its noise mean (T - 1) / (T - 3) for a random walk (gradient noise only; 1 for long windows), below
+    for a weight held at a minimum (its gradients cancel), above for a weight that drifts (still
+    learning). At the end of a window the mean z of the kept weights is compared with the noise band
+    of the mean of n independent F(1, T - 1) variables (two standard errors; for long windows
+    1 +- 2 * sqrt(2 / n)), scaled by ``threshold``:
 
     - below the band: the kept weights have converged, the network can give up weights: the density
       is multiplied by ``1 - step * lr / lr_max``;
@@ -45,6 +60,16 @@ class SNRAutoPruning(Pruning):
     the boundary under a constant learning rate. Masks keep the largest dense magnitudes at the
     density, recomputed every ``update_every`` steps; pruned weights keep training through the DPF
     feedback. No target sparsity, no schedule.
+
+    The noise comes from the spread of the mini-batch gradients across steps, not from per-sample
+    gradients within a batch. The two agree for independent samples (the variance of a batch mean is
+    the per-sample variance over B), but BatchNorm in training mode couples the samples of a batch and
+    removes each channel's batch-mean output gradient, which makes the per-sample contributions large
+    and nearly cancelling: a per-sample variance then overstates the noise of the gradient the
+    optimizer applies, and every convolution looks converged (``benchmarks/batchnorm_snr.py``). The
+    step-to-step spread is the noise of the applied gradient whatever couples the samples, and it
+    costs no per-sample statistics: two element-wise passes a step. Under DDP the gradients it reads
+    are the all-reduced ones, so every rank decides the same.
 
     ``scope="global"`` (the default): one controller for the whole network (key :data:`GLOBAL` of
     ``density``, ``step``, ``direction``), fed by the mean window SNR of all kept weights, and masks
@@ -70,7 +95,6 @@ class SNRAutoPruning(Pruning):
         hysteresis: bool = True,
         include: NameFilter = None,
         exclude: NameFilter = None,
-        process_group: Any = None,
     ):
         super().__init__(model, scope=scope, include=include, exclude=exclude)
         for flag, value in (("lr_scaled", lr_scaled), ("hysteresis", hysteresis)):
@@ -97,10 +121,9 @@ class SNRAutoPruning(Pruning):
         self.min_density = {
             unit: sum(self.min_kept[n] for n in names) / sum(self.weights[n].numel() for n in names) for unit, names in self.units.items()
         }
-        self.window: dict[str, list[Tensor]] = {}  # name -> [S1, S2] summed over the window
-        self.window_count = 0
+        self.window: dict[str, list[Tensor]] = {}  # name -> [sum of g_t, sum of g_t**2] over the window
+        self.window_count = 0  # T: the steps summed
         self.window_snr: dict[str, float] = {}  # the last decision's mean window SNR of the kept weights
-        self.stats = GradientStats(model, include=include, exclude=exclude, process_group=process_group)
 
     def wrap(self, optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer:
         optimizer = super().wrap(optimizer)
@@ -119,22 +142,25 @@ class SNRAutoPruning(Pruning):
             return 1.0
         return min(1.0, lr / self.lr_max)
 
-    def stats_due(self, step: int) -> bool:
-        return True
+    @torch.no_grad()
+    def before_step(self) -> None:
+        self.observe_gradients()
+        super().before_step()
 
-    def observe_stats(self, stats: GradientStats) -> None:
+    def observe_gradients(self) -> None:
+        """Adds the gradients the optimizer is about to apply (at theta_hat) to the window sums."""
         lr = self.lr()
         if lr is not None:
             self.lr_max = max(self.lr_max, lr)
-        moments = stats.moments()
-        for name, m in moments.items():
+        for name, w in self.weights.items():
             acc = self.window.get(name)
             if acc is None:
-                self.window[name] = [m.sum.clone(), m.sum_sq.clone()]
-            else:
-                acc[0].add_(m.sum)
-                acc[1].add_(m.sum_sq)
-        self.window_count += max(m.count for m in moments.values())
+                dtype = torch.promote_types(w.dtype, torch.float32)  # half-precision weights sum in float32
+                acc = self.window[name] = [torch.zeros_like(w, dtype=dtype), torch.zeros_like(w, dtype=dtype)]
+            if w.grad is not None:  # no gradient this step counts as zero
+                acc[0].add_(w.grad)
+                acc[1].addcmul_(w.grad, w.grad)
+        self.window_count += 1
 
     def window_due(self, step: int) -> bool:
         return step % self.window_steps == 0
@@ -159,31 +185,33 @@ class SNRAutoPruning(Pruning):
         # one layer: its own mean as computed (a weighted mean of one could round differently)
         mean_z = means[0][0] if len(means) == 1 else sum(m * c for m, c in means) / n
         self.window_snr[unit] = mean_z
-        margin = 2.0 * math.sqrt(2.0 / n)  # two standard errors of the mean of n chi2(1) variables
-        if mean_z < self.threshold * (1.0 - margin):
+        null_mean, null_var = noise_moments(self.window_count)
+        margin = 2.0 * math.sqrt(null_var / n)  # two standard errors of the mean of n noise-only weights
+        if mean_z < self.threshold * (null_mean - margin):
             return -1
-        if mean_z > self.threshold * (1.0 + margin):
+        if mean_z > self.threshold * (null_mean + margin):
             return 1
         return 0
 
     def decide(self) -> None:
         """End of a window: each unit's density (a layer's, or the network's) moves by the evidence of its kept weights."""
-        if self.window_count >= 2 and len(self.window) == len(self.weights):
-            scale = self.lr_scale()
-            for unit in self.units:
-                move = self.evidence(unit)
-                adapting, self.adapting[unit] = self.adapting[unit], False
-                if move == 0 or (move > 0 and adapting):  # drift right after a prune: the network adapting
-                    continue
-                if move == -self.direction[unit]:
-                    self.step[unit] /= 2  # reversed: settle at the boundary
-                factor = 1.0 - self.step[unit] * scale
-                density = self.density[unit] * factor if move < 0 else self.density[unit] / factor
-                density = min(1.0, max(self.min_density[unit], density))
-                if density != self.density[unit]:  # a move against a bound (dense, the floor) is no direction
-                    self.density[unit] = density
-                    self.direction[unit] = move
-                    self.adapting[unit] = move < 0 and self.hysteresis
+        if self.window_count < MIN_WINDOW_STEPS:
+            return  # too few steps for a variance with a finite spread: the window goes on
+        scale = self.lr_scale()
+        for unit in self.units:
+            move = self.evidence(unit)
+            adapting, self.adapting[unit] = self.adapting[unit], False
+            if move == 0 or (move > 0 and adapting):  # drift right after a prune: the network adapting
+                continue
+            if move == -self.direction[unit]:
+                self.step[unit] /= 2  # reversed: settle at the boundary
+            factor = 1.0 - self.step[unit] * scale
+            density = self.density[unit] * factor if move < 0 else self.density[unit] / factor
+            density = min(1.0, max(self.min_density[unit], density))
+            if density != self.density[unit]:  # a move against a bound (dense, the floor) is no direction
+                self.density[unit] = density
+                self.direction[unit] = move
+                self.adapting[unit] = move < 0 and self.hysteresis
         self.window = {}
         self.window_count = 0
 
