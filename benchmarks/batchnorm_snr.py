@@ -8,7 +8,6 @@ Pure noise gives a median of about 0.45 (F(1, 127)).
     python benchmarks/batchnorm_snr.py
 """
 import torch, torch.nn.functional as F
-from torch import nn
 from snrprune import GradientStats
 from snrprune.data import load_dataset
 from snrprune.models import build_model

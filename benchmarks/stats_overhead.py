@@ -39,7 +39,16 @@ VARIANTS = {
     "snr stats/4 (pruning)": lambda m: snrprune.SNRPruning(m, burn_in_steps=0, stats_every=4),
     "snr stats/4 masks/1": lambda m: snrprune.SNRPruning(m, burn_in_steps=0, stats_every=4, update_every=1),
     "dpf (masks/16)": lambda m: snrprune.DPFPruning(m, target_sparsity=0.9, total_steps=100, end_fraction=0.1),
+    "snr-auto (masks/16)": lambda m: _snr_auto_at(m, density=0.1),
 }
+
+
+def _snr_auto_at(model: torch.nn.Module, density: float) -> snrprune.SNRAutoPruning:
+    """snr-auto mid-window at a given density: its per-step cost is the window sums plus masks every 16 steps."""
+    pruning = snrprune.SNRAutoPruning(model, window_steps=10**9)
+    pruning.density = {pruning.GLOBAL: density}
+    return pruning
+
 #: Variants that run without the fused CPU kernels (snrprune.fused), for the side-by-side comparison.
 EAGER = {"snr stats/1 (pruning, eager)"}
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from scipy import stats as scipy_stats
 
-from snrprune.bench import BenchError, Cell, Group, Method, Suite, default_layout, load_suite, plan, run_suite
+from snrprune.bench import BenchError, Cell, default_layout, load_suite, plan, run_suite
 from snrprune.bench_report import noise_snr_average, write_report
 from snrprune.cli import main
 

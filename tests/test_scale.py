@@ -9,7 +9,6 @@ import socket
 import pytest
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from snrprune import DPFPruning, GradientStats, SNRPruning
 from snrprune.training import TrainConfig, TrainingError, train
