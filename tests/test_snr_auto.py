@@ -301,3 +301,15 @@ def test_snr_auto_bad_input():
         with pytest.raises(ValueError, match=message):
             SNRAutoPruning(model, **kwargs)
     assert get_method("snr-auto") is SNRAutoPruning
+
+
+def test_snr_auto_half_precision_weights_sum_in_float32():
+    model = small_mlp().to(torch.bfloat16)
+    pruning = SNRAutoPruning(model, window_steps=100)
+    optimizer = pruning.wrap(torch.optim.SGD(model.parameters(), lr=0.01))
+    train(model, optimizer, [(x.to(torch.bfloat16), y) for x, y in make_batches(3)])
+    assert all(t.dtype == torch.float32 for pair in pruning.window.values() for t in pair)
+    again = SNRAutoPruning(small_mlp().to(torch.bfloat16), window_steps=100)
+    again.load_state_dict(pruning.state_dict())
+    for name, pair in again.window.items():
+        assert all(torch.equal(a, b) and a.dtype == torch.float32 for a, b in zip(pair, pruning.window[name]))

@@ -258,6 +258,7 @@ class SNRAutoPruning(Pruning):
         self.direction = {unit: int(state["direction"][unit]) for unit in self.units}
         self.adapting = {unit: bool(state.get("adapting", {}).get(unit, False)) for unit in self.units}
         self.lr_max = float(state.get("lr_max", 0.0))
-        self.window = {name: [t.to(self.dense[name]).clone() for t in pair] for name, pair in state["window"].items()}
+        # the sums keep their own dtype (float32 for half-precision weights), on the weights' device
+        self.window = {name: [t.to(self.dense[name].device).clone() for t in pair] for name, pair in state["window"].items()}
         self.window_count = int(state["window_count"])
         self.window_snr = dict(state.get("window_snr", {}))
