@@ -11,7 +11,8 @@ constructor's arguments but the model. What the trainer knows is filled in when 
 ``total_steps`` (DPF) from ``trainer.estimated_stepping_batches``, ``burn_in_steps`` (SNR) and
 ``window_steps`` (snr-auto) as one epoch of optimizer steps. The callback wraps the module's optimizer, so gradient accumulation
 (``accumulate_grad_batches``), mixed precision (a step GradScaler skips leaves the statistics and
-masks alone) and the DDP strategy (statistics summed over the processes) work as in a plain loop.
+masks alone) and the DDP strategy (SNR's statistics summed over the processes; snr-auto reads the
+gradients DDP has already averaged) work as in a plain loop.
 Its state (dense weights, masks, SNR averages) is saved in Lightning checkpoints and restored on resume.
 Requires the ``lightning`` package (``pip install snrprune[lightning]``).
 """
