@@ -313,3 +313,26 @@ def test_snr_auto_half_precision_weights_sum_in_float32():
     again.load_state_dict(pruning.state_dict())
     for name, pair in again.window.items():
         assert all(torch.equal(a, b) and a.dtype == torch.float32 for a, b in zip(pair, pruning.window[name]))
+
+
+def test_snr_auto_reads_unscaled_gradients_and_skips_what_grad_scaler_skips():
+    model = small_mlp()
+    pruning = SNRAutoPruning(model, window_steps=100)
+    optimizer = pruning.wrap(torch.optim.SGD(model.parameters(), lr=0.01))
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**20)
+    expected = {name: torch.zeros_like(w) for name, w in pruning.weights.items()}
+    batches = make_batches(4)
+    for i, (x, y) in enumerate(batches):
+        optimizer.zero_grad()
+        loss = F.cross_entropy(model(x), y)
+        if i == 1:
+            loss = loss * float("inf")  # an overflow: GradScaler skips this step
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)  # unscales the gradients in place, then steps (or not)
+        scaler.update()
+        if i != 1:
+            for name, w in pruning.weights.items():
+                expected[name] += w.grad
+    assert pruning.window_count == 3
+    for name, s1 in expected.items():
+        assert torch.allclose(pruning.window[name][0], s1, atol=1e-6)
