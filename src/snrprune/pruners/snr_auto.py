@@ -66,7 +66,7 @@ class SNRAutoPruning(Pruning):
     the per-sample variance over B), but BatchNorm in training mode couples the samples of a batch and
     removes each channel's batch-mean output gradient, which makes the per-sample contributions large
     and nearly cancelling: a per-sample variance then overstates the noise of the gradient the
-    optimizer applies, and every convolution looks converged (``benchmarks/batchnorm_snr.py``). The
+    optimizer applies, and every convolution looks converged (``benchmarks/batchnorm_noise.py``). The
     step-to-step spread is the noise of the applied gradient whatever couples the samples, and it
     costs no per-sample statistics: two element-wise passes a step. Under DDP the gradients it reads
     are the all-reduced ones, so every rank decides the same.
@@ -221,8 +221,7 @@ class SNRAutoPruning(Pruning):
         if self.scope == "layer":
             n_prune = {name: w.numel() - max(1, round(self.density[name] * w.numel())) for name, w in self.dense.items()}
             return magnitude_keep_masks(self.dense, n_prune, "layer")
-        total = sum(w.numel() for w in self.dense.values())
-        masks = magnitude_keep_masks(self.dense, total - max(1, round(self.density[self.GLOBAL] * total)), "global")
+        masks = magnitude_keep_masks(self.dense, self.total - max(1, round(self.density[self.GLOBAL] * self.total)), "global")
         for name, w in self.dense.items():  # the guard: a layer the global ranking empties keeps its floor
             if count(masks[name]) < self.min_kept[name]:
                 floor = keep_largest(w.abs(), w.numel() - self.min_kept[name])
