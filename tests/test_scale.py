@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from snrprune import DPFPruning, GradientStats, SNRPruning
+from snrprune import DPFPruning, GradientStats, SNRAutoPruning, SNRPruning
 from snrprune.training import TrainConfig, TrainingError, train
 from test_pruners import float64_default  # noqa: F401 (a fixture)
 from test_pruners import make_batches as batches
@@ -40,11 +40,14 @@ def assert_same_state(a, b, exact=False, rtol=1e-5, atol=1e-6):
 
 
 def state_of(pruning):
-    ema = getattr(pruning, "snr_ema", {})
+    """Masks, dense weights, and the method's own statistics: SNR's averages, snr-auto's window sums per class."""
+    own = getattr(pruning, "snr_ema", None)
+    if own is None:
+        own = {n: pair[0] for n, pair in getattr(pruning, "window", {}).items()}
     return (
         {n: m.clone() for n, m in pruning.masks.items()},
         {n: t.clone() for n, t in pruning.dense.items()},
-        {n: t.clone() for n, t in ema.items()},
+        {n: t.clone() for n, t in own.items()},
     )
 
 
@@ -171,14 +174,11 @@ def _ddp_worker(rank, world, port, data, result):
     dist.all_reduce = counting_all_reduce  # DDP's own gradient reduction does not come through here
     group = dist.new_group([0, 1])
     out = {}
-    for method in ("snr", "dpf"):
+    for method in ("snr", "dpf", "snr-auto"):
         calls["n"] = 0
         inner = mlp()
         model = DistributedDataParallel(inner)
-        if method == "snr":
-            pruning = SNRPruning(inner, burn_in_steps=2, stats_every=2, process_group=group)
-        else:
-            pruning = DPFPruning(inner, target_sparsity=0.6, total_steps=len(data), update_every=2)
+        pruning = make_pruning(method, inner, len(data), process_group=group)
         optimizer = pruning.wrap(torch.optim.SGD(model.parameters(), lr=0.2, momentum=0.9))
         share = len(data[0][0]) // world
         for x, y in data:
@@ -189,39 +189,48 @@ def _ddp_worker(rank, world, port, data, result):
                 with model.no_sync() if k == 0 else torch.enable_grad():
                     (F.cross_entropy(model(xk), yk) / 2).backward()
             optimizer.step()
-        out[method] = (state_of(pruning), calls["n"])
+        out[method] = (state_of(pruning), calls["n"], getattr(pruning, "window_band", None))
     dist.all_reduce = real_all_reduce
     result[rank] = out
     dist.destroy_process_group()
 
 
+def make_pruning(method, model, steps, process_group=None):
+    if method == "snr":
+        return SNRPruning(model, burn_in_steps=2, stats_every=2, process_group=process_group)
+    if method == "dpf":
+        return DPFPruning(model, target_sparsity=0.6, total_steps=steps, update_every=2)
+    return SNRAutoPruning(model, window_steps=6, update_every=2)  # one decision, then a window under way
+
+
 def test_two_processes_equal_one_process_on_the_global_batch():
-    """SNR and DPF under DDP with accumulation: identical on both ranks, equal to one process on the whole batch."""
+    """SNR, DPF and snr-auto under DDP with accumulation: identical on both ranks, equal to one process on the whole batch."""
     import torch.multiprocessing as mp
 
-    data = batches(6, batch=16)
+    data = batches(8, batch=16)
     with mp.Manager() as manager:
         result = manager.dict()
         mp.spawn(_ddp_worker, args=(2, free_port(), data, result), nprocs=2)
         per_rank = dict(result)
-    for method in ("snr", "dpf"):
+    single = {}
+    for method in ("snr", "dpf", "snr-auto"):
         ranks = [per_rank[r][method][0] for r in (0, 1)]
         assert_same_state(ranks[0], ranks[1], exact=True)
         model = mlp()
-        if method == "snr":
-            pruning = SNRPruning(model, burn_in_steps=2, stats_every=2)
-        else:
-            pruning = DPFPruning(model, target_sparsity=0.6, total_steps=len(data), update_every=2)
+        pruning = single[method] = make_pruning(method, model, len(data))
         optimizer = pruning.wrap(torch.optim.SGD(model.parameters(), lr=0.2, momentum=0.9))
         for x, y in data:
             optimizer.zero_grad(set_to_none=True)
             F.cross_entropy(model(x), y).backward()
             optimizer.step()
-        assert pruning.sparsity() > 0
+        assert pruning.sparsity() > 0 or method == "snr-auto"  # snr-auto prunes only on evidence
         assert_same_state(ranks[0], state_of(pruning))
-    # one all-reduce per statistics step (steps 0, 2, 4 of 6), none otherwise; DPF has no statistics
-    assert per_rank[0]["snr"][1] == per_rank[1]["snr"][1] == 3
-    assert per_rank[0]["dpf"][1] == 0
+    # snr-auto: the same noise band on both ranks and in one process (the same signs, the same gradients)
+    bands = [per_rank[r]["snr-auto"][2]["*"] for r in (0, 1)]
+    assert bands[0] == bands[1] and bands[0] == pytest.approx(single["snr-auto"].window_band["*"], rel=1e-4)
+    # one all-reduce per statistics step (steps 0, 2, 4, 6 of 8), none otherwise; DPF and snr-auto have no statistics
+    assert per_rank[0]["snr"][1] == per_rank[1]["snr"][1] == 4
+    assert per_rank[0]["dpf"][1] == per_rank[0]["snr-auto"][1] == 0
 
 
 def tiny(**changes) -> TrainConfig:

@@ -323,7 +323,7 @@ def test_snr_auto_end_to_end(tmp_path):
 
 def test_snr_auto_trains_with_batch_size_one(tmp_path):
     """snr-auto reads its noise from the spread across steps: one sample a step is enough (snr needs two)."""
-    summary = train(tiny(method="snr-auto", batch_size=1, epochs=1, window_epochs=0.05), tmp_path / "one", progress=False)
+    summary = train(tiny(method="snr-auto", batch_size=1, epochs=2, window_epochs=0.05), tmp_path / "one", progress=False)
     assert summary["finished"] and 0 < summary["sparsity"] < 1
     with pytest.raises(ValueError, match="batch_size >= 2"):
         tiny(method="snr", batch_size=1).resolved()

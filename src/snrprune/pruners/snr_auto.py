@@ -14,16 +14,16 @@ from ..statistics import snr_from_moments
 from .base import Pruning, _check_float, _check_int, register_method
 
 
-#: The fewest steps a decision reads: the noise of z, F(1, T - 1), has a finite variance from T = 6 on.
+#: The fewest steps a decision reads: the noise of z, F(1, T - 1), has a finite variance from T = 6 on,
+#: so the spread of the drawn band means something.
 MIN_WINDOW_STEPS = 6
 
+#: The window's gradients are summed in this many interleaved classes (step t into class t mod M):
+#: the sign flips of the noise band act on whole classes (see ``SNRAutoPruning.evidence``).
+SIGN_CLASSES = 16
 
-def noise_moments(steps: int) -> tuple[float, float]:
-    """Mean and variance of a weight's window SNR when its gradient is noise only: F(1, T - 1)."""
-    if steps < MIN_WINDOW_STEPS:
-        raise ValueError(f"the window SNR's noise has a finite variance from {MIN_WINDOW_STEPS} steps on, got {steps}")
-    d = steps - 1
-    return d / (d - 2), 2.0 * d * d * (d - 1) / ((d - 2) ** 2 * (d - 4))
+#: How many sign patterns draw the noise band.
+NULL_DRAWS = 32
 
 
 @register_method("snr-auto")
@@ -40,9 +40,12 @@ class SNRAutoPruning(Pruning):
     displacement over the window divided by the learning rate, so z reads how the weight moved: z near
     its noise mean (T - 1) / (T - 3) for a random walk (gradient noise only; 1 for long windows), below
     for a weight held at a minimum (its gradients cancel), above for a weight that drifts (still
-    learning). At the end of a window the mean z of the kept weights is compared with the noise band
-    of the mean of n independent F(1, T - 1) variables (two standard errors; for long windows
-    1 +- 2 * sqrt(2 / n)), scaled by ``threshold``:
+    learning). At the end of a window the mean z of the kept weights is compared with a noise band
+    drawn from the window itself (:meth:`evidence`): the mean z of sign-flipped copies of the window,
+    which are random walks by construction, +- two standard deviations, scaled by ``threshold``. The
+    kept weights share the batches, so their z are correlated and their mean varies far more than n
+    independent F(1, T - 1) variables would (``benchmarks/window_snr_noise.py``); the drawn band
+    carries that correlation, so pure noise is held instead of read as a signal:
 
     - below the band: the kept weights have converged, the network can give up weights: the density
       is multiplied by ``1 - step * lr / lr_max``;
@@ -68,8 +71,10 @@ class SNRAutoPruning(Pruning):
     and nearly cancelling: a per-sample variance then overstates the noise of the gradient the
     optimizer applies, and every convolution looks converged (``benchmarks/batchnorm_noise.py``). The
     step-to-step spread is the noise of the applied gradient whatever couples the samples, and it
-    costs no per-sample statistics: two element-wise passes a step. Under DDP the gradients it reads
-    are the all-reduced ones, so every rank decides the same.
+    costs no per-sample statistics: two element-wise passes a step, into :data:`SIGN_CLASSES` class
+    sums and one sum of squares (memory: SIGN_CLASSES + 1 float32 numbers per prunable weight). Under
+    DDP the gradients it reads are the all-reduced ones and the signs depend on the step alone, so
+    every rank decides the same.
 
     ``scope="global"`` (the default): one controller for the whole network (key :data:`GLOBAL` of
     ``density``, ``step``, ``direction``), fed by the mean window SNR of all kept weights, and masks
@@ -81,6 +86,9 @@ class SNRAutoPruning(Pruning):
 
     #: The key of the network-wide controller in ``density``, ``step`` and ``direction`` (global scope).
     GLOBAL = "*"
+
+    #: Weights per slice when the noise band is drawn, so that its temporaries stay small for large layers.
+    CHUNK = 1 << 18
 
     def __init__(
         self,
@@ -124,6 +132,7 @@ class SNRAutoPruning(Pruning):
         self.window: dict[str, list[Tensor]] = {}  # name -> [sum of g_t, sum of g_t**2] over the window
         self.window_count = 0  # T: the steps summed
         self.window_snr: dict[str, float] = {}  # the last decision's mean window SNR of the kept weights
+        self.window_band: dict[str, tuple[float, float]] = {}  # the last decision's noise band: mean, std of the draws
 
     def wrap(self, optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer:
         optimizer = super().wrap(optimizer)
@@ -152,13 +161,17 @@ class SNRAutoPruning(Pruning):
         lr = self.lr()
         if lr is not None:
             self.lr_max = max(self.lr_max, lr)
+        sign_class = self.window_count % SIGN_CLASSES
         for name, w in self.weights.items():
             acc = self.window.get(name)
             if acc is None:
                 dtype = torch.promote_types(w.dtype, torch.float32)  # half-precision weights sum in float32
-                acc = self.window[name] = [torch.zeros_like(w, dtype=dtype), torch.zeros_like(w, dtype=dtype)]
+                acc = self.window[name] = [
+                    torch.zeros((SIGN_CLASSES, *w.shape), dtype=dtype, device=w.device),  # sum of g_t per class
+                    torch.zeros_like(w, dtype=dtype),  # sum of g_t**2
+                ]
             if w.grad is not None:  # no gradient this step counts as zero
-                acc[0].add_(w.grad)
+                acc[0][sign_class].add_(w.grad)
                 acc[1].addcmul_(w.grad, w.grad)
         self.window_count += 1
 
@@ -168,28 +181,54 @@ class SNRAutoPruning(Pruning):
     def update_due(self, step: int) -> bool:
         return self.window_due(step) or step % self.update_every == 0
 
+    def null_signs(self) -> Tensor:
+        """The decision's sign patterns, NULL_DRAWS x SIGN_CLASSES: fixed by the step alone, so every rank and a resumed run draw the same."""
+        generator = torch.Generator().manual_seed(0x5D7A_0000 + self.step_count)
+        return torch.randint(0, 2, (NULL_DRAWS, SIGN_CLASSES), generator=generator).mul_(2).sub_(1)
+
     def evidence(self, unit: str) -> int:
-        """-1: the unit's kept weights converged; +1: they drift; 0: noise or no gradient (hold)."""
-        means: list[tuple[float, int]] = []  # (mean z, count) of the kept weights per layer
+        """-1: the unit's kept weights converged; +1: they drift; 0: within the noise, or no gradient (hold).
+
+        The band is a sign-flip randomisation test. Under the null (a random walk: independent,
+        zero-mean gradients from step to step) the sums of the interleaved step classes are
+        independent and symmetric, so flipping their signs leaves the window's distribution as it is:
+        each pattern of signs gives a mean z that the kept weights could have shown from noise alone,
+        with their own noise and with their correlation through the batches they share (one sign per
+        class for all weights). Converged weights, whose gradients reverse from step to step, show a
+        lower mean z than the flipped windows, drifting weights a higher one; the band is the draws'
+        mean +- two standard deviations. Flipping classes instead of steps costs one pass a step
+        whatever the number of draws, and misses only correlations at lags that are multiples of
+        :data:`SIGN_CLASSES`.
+        """
+        observed: list[tuple[float, int]] = []  # (mean z, count) of the kept weights per layer
+        drawn: list[Tensor] = []  # per layer: each draw's z summed over the kept weights
+        signs = self.null_signs()
         for name in self.units[unit]:
-            s1, s2 = self.window[name]
-            z = snr_from_moments(s1, s2, self.window_count)
-            informed = (s2 > 0) & (self.keep[name] > 0)  # kept weights that received any gradient
-            count_layer = int(informed.sum())
-            if count_layer:
-                self.window_snr[name] = float(z[informed].mean())
-                means.append((self.window_snr[name], count_layer))
-        n = sum(c for _, c in means)
+            classes, s2 = self.window[name]
+            informed = ((s2 > 0) & (self.keep[name] > 0)).reshape(-1)  # kept weights that received any gradient
+            index = informed.nonzero().squeeze(1)
+            if index.numel():
+                z_sum, draws_sum = 0.0, torch.zeros(NULL_DRAWS, dtype=torch.float64)
+                for part in index.split(self.CHUNK):  # bounded memory: NULL_DRAWS x CHUNK at a time
+                    sums, s2_part = classes.reshape(SIGN_CLASSES, -1)[:, part], s2.reshape(-1)[part]
+                    z_sum += float(snr_from_moments(sums.sum(dim=0), s2_part, self.window_count).sum(dtype=torch.float64))
+                    flipped = signs.to(sums) @ sums  # the sign-flipped windows
+                    draws_sum += snr_from_moments(flipped, s2_part.expand_as(flipped), self.window_count).sum(dim=1, dtype=torch.float64).cpu()
+                self.window_snr[name] = z_sum / index.numel()
+                observed.append((self.window_snr[name], index.numel()))
+                drawn.append(draws_sum)
+        n = sum(c for _, c in observed)
         if n == 0:
             return 0  # a dead layer must not be pruned further
         # one layer: its own mean as computed (a weighted mean of one could round differently)
-        mean_z = means[0][0] if len(means) == 1 else sum(m * c for m, c in means) / n
+        mean_z = observed[0][0] if len(observed) == 1 else sum(m * c for m, c in observed) / n
         self.window_snr[unit] = mean_z
-        null_mean, null_var = noise_moments(self.window_count)
-        margin = 2.0 * math.sqrt(null_var / n)  # two standard errors of the mean of n noise-only weights
-        if mean_z < self.threshold * (null_mean - margin):
+        null = torch.stack(drawn).sum(dim=0) / n
+        null_mean, null_std = float(null.mean()), float(null.std())
+        self.window_band[unit] = (null_mean, null_std)
+        if mean_z < self.threshold * (null_mean - 2.0 * null_std):
             return -1
-        if mean_z > self.threshold * (null_mean + margin):
+        if mean_z > self.threshold * (null_mean + 2.0 * null_std):
             return 1
         return 0
 
@@ -229,7 +268,7 @@ class SNRAutoPruning(Pruning):
         return masks
 
     def diagnostics(self) -> dict[str, Any]:
-        return {"density": dict(self.density), "window_snr": dict(self.window_snr), "step": dict(self.step), "lr_scale": self.lr_scale()}
+        return {"density": dict(self.density), "window_snr": dict(self.window_snr), "window_band": {u: list(b) for u, b in self.window_band.items()}, "step": dict(self.step), "lr_scale": self.lr_scale()}
 
     def state_dict(self) -> dict[str, Any]:
         state = super().state_dict()
@@ -242,6 +281,7 @@ class SNRAutoPruning(Pruning):
             window={name: [t.clone() for t in pair] for name, pair in self.window.items()},
             window_count=self.window_count,
             window_snr=dict(self.window_snr),
+            window_band={unit: list(band) for unit, band in self.window_band.items()},
         )
         return state
 
@@ -258,6 +298,12 @@ class SNRAutoPruning(Pruning):
         self.adapting = {unit: bool(state.get("adapting", {}).get(unit, False)) for unit in self.units}
         self.lr_max = float(state.get("lr_max", 0.0))
         # the sums keep their own dtype (float32 for half-precision weights), on the weights' device
-        self.window = {name: [t.to(self.dense[name].device).clone() for t in pair] for name, pair in state["window"].items()}
+        self.window = {}
+        for name, (sums, s2) in state["window"].items():
+            sums, s2 = sums.to(self.dense[name].device).clone(), s2.to(self.dense[name].device).clone()
+            if sums.shape == s2.shape:  # a state from before the sign classes: its sum of g_t becomes one class
+                sums = torch.cat([sums.unsqueeze(0), sums.new_zeros((SIGN_CLASSES - 1, *sums.shape))])
+            self.window[name] = [sums, s2]
         self.window_count = int(state["window_count"])
         self.window_snr = dict(state.get("window_snr", {}))
+        self.window_band = {unit: (float(band[0]), float(band[1])) for unit, band in state.get("window_band", {}).items()}
