@@ -142,3 +142,27 @@ def test_cifar_cells_are_available_once_the_batches_are_there(tmp_path, monkeypa
         (tmp_path / name).write_bytes(b"")  # empty: reading them would fail
     assert cell_unavailable(cell, str(tmp_path)) is None
     assert cell_unavailable(Cell("digits", "mlp", epochs=1)) is None
+
+
+def test_claims_count_both_readings_of_on_par_with_dpf():
+    """The larger of the two spreads (the table's test) and DPF's own spread (the stricter reading) differ."""
+    from snrprune.bench import Cell
+    from snrprune.bench_report import _claims
+
+    errors = {  # per cell: method -> errors of the seeds
+        "a": {"dense": [0.0172, 0.0170, 0.0174], "m": [0.0160, 0.0172, 0.0184], "dpf": [0.0169, 0.0169, 0.0169]},
+        "b": {"dense": [0.10, 0.11, 0.12], "m": [0.10, 0.10, 0.10], "dpf": [0.11, 0.12, 0.13]},
+    }
+
+    class Stub:
+        def error(self, cell, method):
+            return errors[cell.dataset][method]
+
+        def values(self, cell, method, key):
+            return [0.5, 0.5, 0.5]
+
+    cells = [Cell("a", "mlp", epochs=1), Cell("b", "mlp", epochs=1)]
+    text = "\n".join(_claims(Stub(), cells, "m", "dpf"))
+    # a: +0.03 points, within m's own spread (0.12) but not within DPF's (0.00); b: lower than DPF
+    assert "with DPF at the same sparsity in 2 (1 within DPF's own standard deviation, or lower)" in text
+    assert "| a-mlp | 1.72 ± 0.02 | 1.72 ± 0.12 | +0.00 (within 1 std) | 1.69 ± 0.00 | +0.03 (within 1 std) | 50.0, 50.0, 50.0 |" in text
