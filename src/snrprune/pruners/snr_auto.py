@@ -268,7 +268,13 @@ class SNRAutoPruning(Pruning):
         return masks
 
     def diagnostics(self) -> dict[str, Any]:
-        return {"density": dict(self.density), "window_snr": dict(self.window_snr), "window_band": {u: list(b) for u, b in self.window_band.items()}, "step": dict(self.step), "lr_scale": self.lr_scale()}
+        return {
+            "density": dict(self.density),
+            "window_snr": dict(self.window_snr),
+            "window_band": {unit: list(band) for unit, band in self.window_band.items()},  # mean, std of the draws
+            "step": dict(self.step),
+            "lr_scale": self.lr_scale(),
+        }
 
     def state_dict(self) -> dict[str, Any]:
         state = super().state_dict()
