@@ -200,30 +200,27 @@ class SNRAutoPruning(Pruning):
         whatever the number of draws, and misses only correlations at lags that are multiples of
         :data:`SIGN_CLASSES`.
         """
-        observed: list[tuple[float, int]] = []  # (mean z, count) of the kept weights per layer
-        drawn: list[Tensor] = []  # per layer: each draw's z summed over the kept weights
+        z_total, n = 0.0, 0  # the kept weights' z, summed over the unit's layers, and their count
+        draws_total = torch.zeros(NULL_DRAWS, dtype=torch.float64)  # each draw's z, summed the same way
         signs = self.null_signs()
         for name in self.units[unit]:
             classes, s2 = self.window[name]
-            informed = ((s2 > 0) & (self.keep[name] > 0)).reshape(-1)  # kept weights that received any gradient
-            index = informed.nonzero().squeeze(1)
-            if index.numel():
-                z_sum, draws_sum = 0.0, torch.zeros(NULL_DRAWS, dtype=torch.float64)
-                for part in index.split(self.CHUNK):  # bounded memory: NULL_DRAWS x CHUNK at a time
-                    sums, s2_part = classes.reshape(SIGN_CLASSES, -1)[:, part], s2.reshape(-1)[part]
-                    z_sum += float(snr_from_moments(sums.sum(dim=0), s2_part, self.window_count).sum(dtype=torch.float64))
-                    flipped = signs.to(sums) @ sums  # the sign-flipped windows
-                    draws_sum += snr_from_moments(flipped, s2_part.expand_as(flipped), self.window_count).sum(dim=1, dtype=torch.float64).cpu()
-                self.window_snr[name] = z_sum / index.numel()
-                observed.append((self.window_snr[name], index.numel()))
-                drawn.append(draws_sum)
-        n = sum(c for _, c in observed)
+            classes, s2 = classes.reshape(SIGN_CLASSES, -1), s2.reshape(-1)
+            index = ((s2 > 0) & (self.keep[name].reshape(-1) > 0)).nonzero().squeeze(1)  # kept weights that received any gradient
+            if not index.numel():
+                continue
+            z_layer = 0.0
+            for part in index.split(self.CHUNK):  # bounded memory: NULL_DRAWS x CHUNK at a time
+                sums, s2_part = classes[:, part], s2[part]
+                z_layer += float(snr_from_moments(sums.sum(dim=0), s2_part, self.window_count).sum(dtype=torch.float64))
+                flipped = signs.to(sums) @ sums  # the sign-flipped windows
+                draws_total += snr_from_moments(flipped, s2_part.expand_as(flipped), self.window_count).sum(dim=1, dtype=torch.float64).cpu()
+            self.window_snr[name] = z_layer / index.numel()
+            z_total, n = z_total + z_layer, n + index.numel()
         if n == 0:
             return 0  # a dead layer must not be pruned further
-        # one layer: its own mean as computed (a weighted mean of one could round differently)
-        mean_z = observed[0][0] if len(observed) == 1 else sum(m * c for m, c in observed) / n
-        self.window_snr[unit] = mean_z
-        null = torch.stack(drawn).sum(dim=0) / n
+        mean_z = self.window_snr[unit] = z_total / n
+        null = draws_total / n
         null_mean, null_std = float(null.mean()), float(null.std())
         self.window_band[unit] = (null_mean, null_std)
         if mean_z < self.threshold * (null_mean - 2.0 * null_std):
