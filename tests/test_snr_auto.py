@@ -397,3 +397,37 @@ def test_snr_auto_loads_a_state_from_before_the_sign_classes():
     pruning.evidence("*")
     again.evidence("*")  # the observed window SNR depends on the total sum only: unchanged
     assert again.window_snr["*"] == pytest.approx(pruning.window_snr["*"], rel=1e-6)
+
+
+def test_snr_auto_one_epoch_window_reads_the_full_batch_gradient():
+    """At a minimum of the training loss, one epoch of a without-replacement shuffle sums to the full gradient, zero.
+
+    A linear least-squares model held at its exact solution: every mini-batch gradient is noise, but
+    over one epoch of a shuffle (each sample once) they sum to N / B times the full-batch gradient,
+    which is zero there, so z is ~0 and the window reads "converged" on the data alone, without any
+    dynamics. With batches drawn with replacement the same weights are a random walk and are held.
+    This is where most of the evidence of one-epoch windows comes from (finding 4 of the report).
+    """
+    g = torch.Generator().manual_seed(0)
+    n, batch, d, k = 512, 16, 8, 4
+    x, y = torch.randn(n, d, generator=g), torch.randn(n, k, generator=g)
+    model = nn.Linear(d, k, bias=False)
+    with torch.no_grad():
+        model.weight.copy_(torch.linalg.lstsq(x.double(), y.double()).solution.T.float())
+
+    def epoch_window(order):
+        pruning = SNRAutoPruning(model, window_steps=n // batch)
+        for rows in order.split(batch):
+            model.zero_grad()
+            F.mse_loss(model(x[rows]), y[rows]).backward()
+            pruning.observe_gradients()
+        return pruning, pruning.evidence(SNRAutoPruning.GLOBAL)
+
+    shuffled, move = epoch_window(torch.randperm(n, generator=g))
+    assert move == -1 and shuffled.window_snr["*"] < 1e-3  # the epoch's gradients cancel: converged
+    holds = 0
+    for _ in range(5):
+        drawn, move = epoch_window(torch.randint(0, n, (n,), generator=g))
+        assert drawn.window_snr["*"] > 0.5  # the same weights, read as the random walk they then are
+        holds += move == 0
+    assert holds >= 4

@@ -40,7 +40,13 @@ class SNRAutoPruning(Pruning):
     displacement over the window divided by the learning rate, so z reads how the weight moved: z near
     its noise mean (T - 1) / (T - 3) for a random walk (gradient noise only; 1 for long windows), below
     for a weight held at a minimum (its gradients cancel), above for a weight that drifts (still
-    learning). At the end of a window the mean z of the kept weights is compared with a noise band
+    learning). Make the window one epoch of a without-replacement shuffle (``len(loader)`` steps of a
+    shuffling ``DataLoader``, as ``snrprune train`` does): it then sums every sample's gradient once,
+    so at fixed weights its sampling noise cancels and z reads the full-batch gradient against the
+    batch noise, N |grad L|^2 / (per-sample variance): whether the training loss still has a gradient
+    that its N samples can resolve. On small datasets most of the evidence is this; windows that are
+    not whole epochs, or batches drawn with replacement, lose it (session 6 of
+    ``benchmarks/prototypes/snr-auto-variants.md``). At the end of a window the mean z of the kept weights is compared with a noise band
     drawn from the window itself (:meth:`evidence`): the mean z of sign-flipped copies of the window,
     which are random walks by construction, +- two standard deviations, scaled by ``threshold``. The
     kept weights share the batches, so their z are correlated and their mean varies far more than n
