@@ -311,7 +311,7 @@ def test_snr_auto_end_to_end(tmp_path):
     assert metrics[0]["sparsity"] == 0.0  # the first decision comes at the end of the first window
     final = metrics[-1]["diagnostics"]["density"]
     config = TrainConfig.from_dict(json.loads((tmp_path / "auto" / "config.json").read_text()))
-    assert (config.update_every, config.scope, config.window_epochs) == (16, "global", 1.0)
+    assert (config.update_every, config.scope, config.window_epochs) == (16, "global", 0.5)
     assert (config.auto_lr_scale, config.auto_hysteresis) == (True, True)
     assert set(final) == {"*"}  # the default: one network-wide density
     assert summary["sparsity"] == pytest.approx(1 - final["*"], abs=1e-3)

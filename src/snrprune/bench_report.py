@@ -28,8 +28,8 @@ DENSE, SNR, DPF_MATCHED = "dense", "snr", "dpf-matched"
 COMPARISONS = [
     (SNR, DPF_MATCHED, "Is SNR (`agree`, the paper's method) on par with dense training and with DPF?"),
     ("snr-auto", "dpf-matched-auto", "Is `snr-auto` on par with dense training and with DPF at the sparsity it chose?"),
-    ("snr-auto-window-0.5", "dpf-matched-auto-window-0.5", "`snr-auto` with half-epoch windows (a candidate default): on par with dense and with DPF at its sparsity?"),
-    ("snr-auto-indep-band", "dpf-matched-auto-indep-band", "The previous default (a noise band of independent weights): on par with dense and with DPF at its sparsity?"),
+    ("snr-auto-window-1", "dpf-matched-auto-window-1", "The previous default (one-epoch windows): on par with dense and with DPF at its sparsity?"),
+    ("snr-auto-indep-band", "dpf-matched-auto-indep-band", "The default before (one-epoch windows, a noise band of independent weights): on par with dense and with DPF at its sparsity?"),
     ("snr-auto-fixed", "dpf-matched-auto-fixed", "The earlier global design (fixed halving steps, no hysteresis): on par with dense and with DPF at its sparsity?"),
     ("snr-auto-layer-fixed", "dpf-matched-auto-layer-fixed", "The first design (per layer, fixed halving steps): on par with dense and with DPF at its sparsity?"),
 ]

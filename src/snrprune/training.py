@@ -53,6 +53,7 @@ from .errors import InputError
 from .masks import COMBINE_MODES, SCOPES
 from .models import MODELS, build_model, model_names
 from .pruners import PRUNING_METHODS, SNR_HISTOGRAM_EDGES, DPFPruning, NoPruning, Pruning, SNRAutoPruning, SNRPruning
+from .pruners.snr_auto import DEFAULT_WINDOW_EPOCHS
 
 __all__ = [
     "Recipe",
@@ -180,7 +181,7 @@ class TrainConfig:
     threshold: float = 1.0  # snr
     burn_in_epochs: float = 1.0  # snr
     stats_every: int = 1  # snr
-    window_epochs: float = 1.0  # snr-auto: the window of summed statistics behind each decision
+    window_epochs: float = DEFAULT_WINDOW_EPOCHS  # snr-auto: the window of summed statistics behind each decision
     auto_step: float = 0.5  # snr-auto: a decision at the full learning rate multiplies the density by 1 - auto_step
     auto_lr_scale: bool = True  # snr-auto: moves scaled by the learning rate over the largest seen
     auto_hysteresis: bool = True  # snr-auto: drift right after a prune holds the density instead of regrowing

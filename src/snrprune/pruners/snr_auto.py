@@ -25,6 +25,11 @@ SIGN_CLASSES = 16
 #: How many sign patterns draw the noise band.
 NULL_DRAWS = 32
 
+#: The window the front ends (``snrprune train``, the Lightning callback) give by default, in epochs:
+#: half an epoch of a shuffle. One epoch finds more sparsity on small data sets (tens of steps an
+#: epoch), half an epoch more on large ones; the suite compares both on every cell (finding 4).
+DEFAULT_WINDOW_EPOCHS = 0.5
+
 
 @register_method("snr-auto")
 class SNRAutoPruning(Pruning):
@@ -32,7 +37,7 @@ class SNRAutoPruning(Pruning):
 
     The paper's per-weight test cannot say how much to prune: late in training nearly every weight's
     mini-batch SNR sits at the noise level, pruned or not (``shared/research/snr-statistics.md``).
-    This method moves the test to a window of many steps (``window_steps``, one epoch in
+    This method moves the test to a window of many steps (``window_steps``, half an epoch in
     ``snrprune train``) and to a set of weights. Per weight it sums the mini-batch gradients g_t that
     the optimizer applies and their squares over the T steps of the window, so that
     ``z = T * mean**2 / var`` (mean and unbiased variance of g_t over the steps) is the SNR of the
@@ -40,13 +45,16 @@ class SNRAutoPruning(Pruning):
     displacement over the window divided by the learning rate, so z reads how the weight moved: z near
     its noise mean (T - 1) / (T - 3) for a random walk (gradient noise only; 1 for long windows), below
     for a weight held at a minimum (its gradients cancel), above for a weight that drifts (still
-    learning). Make the window one epoch of a without-replacement shuffle (``len(loader)`` steps of a
-    shuffling ``DataLoader``, as ``snrprune train`` does): it then sums every sample's gradient once,
-    so at fixed weights its sampling noise cancels and z reads the full-batch gradient against the
-    batch noise, N |grad L|^2 / (per-sample variance): whether the training loss still has a gradient
-    that its N samples can resolve. On small datasets most of the evidence is this; windows that are
-    not whole epochs, or batches drawn with replacement, lose it (session 6 of
-    ``benchmarks/prototypes/snr-auto-variants.md``). At the end of a window the mean z of the kept weights is compared with a noise band
+    learning). Take the window from a without-replacement shuffle (a shuffling ``DataLoader``), as one
+    epoch or half of one (:data:`DEFAULT_WINDOW_EPOCHS`, ``snrprune train``'s default). A window of
+    one epoch sums every sample's gradient once, so at fixed weights its sampling noise cancels and z
+    reads the full-batch gradient against the batch noise, N |grad L|^2 / (per-sample variance):
+    whether the training loss still has a gradient its N samples can resolve. Half an epoch keeps
+    half of that noise (each sample at most once) and decides twice as often. On small data sets
+    (tens of steps an epoch) the cancellation is most of the evidence and one-epoch windows find
+    more; on large ones the dynamics show within a few hundred steps and half-epoch windows find
+    more. Batches drawn with replacement, or windows across epoch boundaries, lose the cancellation
+    (session 6 of ``benchmarks/prototypes/snr-auto-variants.md``). At the end of a window the mean z of the kept weights is compared with a noise band
     drawn from the window itself (:meth:`evidence`): the mean z of sign-flipped copies of the window,
     which are random walks by construction, +- two standard deviations, scaled by ``threshold``. The
     kept weights share the batches, so their z are correlated and their mean varies far more than n
