@@ -54,8 +54,10 @@ class SNRAutoPruning(Pruning):
     (tens of steps an epoch) the cancellation is most of the evidence and one-epoch windows find
     more; on large ones the dynamics show within a few hundred steps and half-epoch windows find
     more. Batches drawn with replacement, or windows across epoch boundaries, lose the cancellation
-    (session 6 of ``benchmarks/prototypes/snr-auto-variants.md``). At the end of a window the mean z of the kept weights is compared with a noise band
-    drawn from the window itself (:meth:`evidence`): the mean z of sign-flipped copies of the window,
+    (session 6 of ``benchmarks/prototypes/snr-auto-variants.md``).
+
+    At the end of a window the mean z of the kept weights is compared with a noise band drawn from
+    the window itself (:meth:`evidence`): the mean z of sign-flipped copies of the window,
     which are random walks by construction, +- two standard deviations, scaled by ``threshold``. The
     kept weights share the batches, so their z are correlated and their mean varies far more than n
     independent F(1, T - 1) variables would (``benchmarks/window_snr_noise.py``); the drawn band
