@@ -156,7 +156,7 @@ def build_parser() -> argparse.ArgumentParser:
     how.add_argument("--ema", metavar="BETA", type=_float_in(0.0, 1.0), help="snr: moving-average factor of the SNR (default 0.9)")
     how.add_argument("--threshold", metavar="T", type=_float_in(0.0, None), help="snr: SNR below which a weight may be pruned; snr-auto: a factor on the edges of the noise band of its window SNR (default 1)")
     how.add_argument("--burn-in-epochs", metavar="E", type=_float_in(0.0, None), help="snr: epochs before the first mask update (default 1)")
-    how.add_argument("--window-epochs", metavar="E", type=_float_in(0.0, None, low_open=True), help="snr-auto: epochs of summed statistics behind each decision (default 0.5; 1 on small data sets, tens of steps an epoch, finds more)")
+    how.add_argument("--window-epochs", metavar="E", type=_float_in(0.0, None, low_open=True), help="snr-auto: epochs of summed statistics behind each decision (default 0.5; 1 finds more on small data sets, up to ~250 steps an epoch)")
     how.add_argument("--auto-step", metavar="A", type=_float_in(0.0, 1.0, low_open=True), help="snr-auto: a decision at the full learning rate multiplies the density by 1 - A (default 0.5)")
     how.add_argument("--auto-lr-scale", action=argparse.BooleanOptionalAction, help="snr-auto: scale each move by the learning rate over the largest seen (default on)")
     how.add_argument("--auto-hysteresis", action=argparse.BooleanOptionalAction, help="snr-auto: drift in the window right after a prune holds the density instead of regrowing (default on)")

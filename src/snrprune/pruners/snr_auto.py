@@ -26,8 +26,8 @@ SIGN_CLASSES = 16
 NULL_DRAWS = 32
 
 #: The window the front ends (``snrprune train``, the Lightning callback) give by default, in epochs:
-#: half an epoch of a shuffle. One epoch finds more sparsity on small data sets (tens of steps an
-#: epoch), half an epoch more on large ones; the suite compares both on every cell (finding 4).
+#: half an epoch of a shuffle. One epoch finds more sparsity on small data sets (up to ~250 steps
+#: an epoch in the suite), half an epoch more on large ones; the suite compares both on every cell (finding 4).
 DEFAULT_WINDOW_EPOCHS = 0.5
 
 
@@ -51,7 +51,7 @@ class SNRAutoPruning(Pruning):
     reads the full-batch gradient against the batch noise, N |grad L|^2 / (per-sample variance):
     whether the training loss still has a gradient its N samples can resolve. Half an epoch keeps
     half of that noise (each sample at most once) and decides twice as often. On small data sets
-    (tens of steps an epoch) the cancellation is most of the evidence and one-epoch windows find
+    (up to ~250 steps an epoch) the cancellation is most of the evidence and one-epoch windows find
     more; on large ones the dynamics show within a few hundred steps and half-epoch windows find
     more. Batches drawn with replacement, or windows across epoch boundaries, lose the cancellation
     (session 6 of ``benchmarks/prototypes/snr-auto-variants.md``).
