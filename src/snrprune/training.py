@@ -53,7 +53,7 @@ from .errors import InputError
 from .masks import COMBINE_MODES, SCOPES
 from .models import MODELS, build_model, model_names
 from .pruners import PRUNING_METHODS, SNR_HISTOGRAM_EDGES, DPFPruning, NoPruning, Pruning, SNRAutoPruning, SNRPruning
-from .pruners.snr_auto import DEFAULT_WINDOW_EPOCHS
+from .pruners.snr_auto import DEFAULT_WINDOW_EPOCHS, epoch_window_steps
 
 __all__ = [
     "Recipe",
@@ -371,7 +371,7 @@ def make_pruning(config: TrainConfig, model: nn.Module, steps_per_epoch: int) ->
     if config.method == "snr-auto":
         return SNRAutoPruning(
             model,
-            window_steps=max(1, round(config.window_epochs * steps_per_epoch)),
+            window_steps=epoch_window_steps(steps_per_epoch, config.window_epochs),
             step=config.auto_step,
             threshold=config.threshold,
             update_every=config.update_every,

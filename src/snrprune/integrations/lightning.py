@@ -10,7 +10,8 @@ Usage::
 constructor's arguments but the model. What the trainer knows is filled in when not given:
 ``total_steps`` (DPF) from ``trainer.estimated_stepping_batches``, ``burn_in_steps`` (SNR) as one
 epoch of optimizer steps and ``window_steps`` (snr-auto) as ``snrprune train``'s default, half an
-epoch. The callback wraps the module's optimizer, so gradient accumulation (``accumulate_grad_batches``), mixed precision (a step GradScaler skips leaves the statistics and
+epoch. The callback wraps the module's optimizer, so gradient accumulation
+(``accumulate_grad_batches``), mixed precision (a step GradScaler skips leaves the statistics and
 masks alone) and the DDP strategy (SNR's statistics summed over the processes; snr-auto reads the
 gradients DDP has already averaged) work as in a plain loop.
 Its state (dense weights, masks, SNR averages) is saved in Lightning checkpoints and restored on resume.
@@ -26,7 +27,7 @@ from typing import Any
 import lightning
 
 from ..pruners import Pruning, get_method
-from ..pruners.snr_auto import DEFAULT_WINDOW_EPOCHS
+from ..pruners.snr_auto import epoch_window_steps
 
 __all__ = ["PruningCallback"]
 
@@ -59,7 +60,7 @@ class PruningCallback(lightning.pytorch.Callback):
                 raise ValueError(f"{self.method}: the trainer cannot estimate its number of steps; pass total_steps= to PruningCallback")
             options["total_steps"] = int(total)
         epoch_steps = max(1, math.ceil(trainer.num_training_batches / trainer.accumulate_grad_batches))
-        filled = {"burn_in_steps": epoch_steps, "window_steps": max(1, round(DEFAULT_WINDOW_EPOCHS * epoch_steps))}
+        filled = {"burn_in_steps": epoch_steps, "window_steps": epoch_window_steps(epoch_steps)}
         for name, steps in filled.items():  # SNR's burn-in (one epoch), snr-auto's window (as snrprune train's)
             if name in parameters and name not in options:
                 options[name] = steps

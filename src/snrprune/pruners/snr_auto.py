@@ -31,6 +31,11 @@ NULL_DRAWS = 32
 DEFAULT_WINDOW_EPOCHS = 0.5
 
 
+def epoch_window_steps(epoch_steps: int, window_epochs: float = DEFAULT_WINDOW_EPOCHS) -> int:
+    """The window in optimizer steps for a window of ``window_epochs`` epochs of ``epoch_steps`` steps (at least one)."""
+    return max(1, round(window_epochs * epoch_steps))
+
+
 @register_method("snr-auto")
 class SNRAutoPruning(Pruning):
     """Schedule-free pruning: the network gives up weights while its *kept* weights have converged.
