@@ -6,6 +6,8 @@ Epochs per cell: enough for dense training to be near convergence with the famil
 project's 2-core machine. Adding a method to every cell is one line in ``MAIN_METHODS``.
 """
 
+import dataclasses
+
 from snrprune.bench import Cell, Group, Method, Suite
 
 # -- methods ---------------------------------------------------------------------------------------
@@ -128,6 +130,15 @@ RESNET20_FMNIST_3 = Cell(
 IMAGE = [LENET300, LENET5_MNIST, LENET5_FMNIST, MNIST1D_MLP, MNIST1D_CONV, DIGITS, RESNET20_FMNIST]
 LETTER = TABULAR[0]
 
+# -- DPF's lossless frontier (issue 19): DPF told each target of a ladder, global scope, the cell's
+# recipe; the frontier of a cell is the largest target whose mean test error stays within dense's
+# standard deviation or +0.1 points, whichever is larger (snrprune.bench_report). 3 seeds where a run
+# costs seconds, 1 seed on the cells that cost minutes a run. DPF at 90% is the main grid's dpf-90.
+FRONTIER_TARGETS = (0.5, 0.7, 0.8, 0.9, 0.95, 0.975, 0.99)
+FRONTIER = [Method(f"dpf-{100 * t:g}", {"method": "dpf", "target_sparsity": t}) for t in FRONTIER_TARGETS if t != 0.9]
+FRONTIER_CELLS_3 = [c for c in IMAGE + TABULAR if c not in (LENET5_MNIST, LENET5_FMNIST, RESNET20_FMNIST)]
+FRONTIER_CELLS_1 = [dataclasses.replace(c, seeds=1) for c in (LENET5_MNIST, LENET5_FMNIST, RESNET20_FMNIST)]
+
 SUITE = Suite(
     name="paper",
     description=(
@@ -155,6 +166,8 @@ SUITE = Suite(
         Group("Earlier snr-auto designs: global, fixed steps", [c for c in IMAGE if c is not RESNET20_FMNIST] + TABULAR, AUTO_FIXED),
         Group("Earlier snr-auto designs: per layer, fixed steps", IMAGE + TABULAR, AUTO_LAYER_FIXED),
         Group("Ablations of the per-layer fixed-step design (LeNet-300-100/MNIST and letter)", [LENET300, LETTER], AUTO_LAYER_FIXED_ABLATIONS),
+        Group("DPF's lossless frontier: DPF at a ladder of targets, 3 seeds", FRONTIER_CELLS_3, FRONTIER),
+        Group("DPF's lossless frontier on the cells that cost minutes a run, 1 seed", FRONTIER_CELLS_1, FRONTIER),
     ],
     report="benchmarks/RESULTS.md",
     findings="findings.md",
