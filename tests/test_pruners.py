@@ -310,21 +310,36 @@ def test_stats_every_collects_only_on_due_steps():
     assert hooked == [True, False, False, True, False, False, True]
 
 
-def resume_setup(seed=0):
+RESUME_METHODS = {
+    "snr": lambda model: SNRPruning(model, burn_in_steps=3, stats_every=2, scope="global"),
+    "snr-auto": lambda model: snrprune.SNRAutoPruning(model, window_steps=8, update_every=2),  # an epoch of the 8 batches
+    "dpf": lambda model: DPFPruning(model, target_sparsity=0.8, total_steps=80, update_every=3),
+    "dense": lambda model: NoPruning(model),
+}
+
+
+def test_every_method_has_a_resume_test():
+    assert set(RESUME_METHODS) == set(snrprune.PRUNING_METHODS)
+
+
+def resume_setup(seed=0, method="snr"):
     model = small_mlp(seed)
-    pruning = SNRPruning(model, burn_in_steps=3, stats_every=2, scope="global")
+    pruning = RESUME_METHODS[method](model)
     optimizer = pruning.wrap(torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, nesterov=True))
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=20)
+    # a decaying schedule: a method that reads the learning rate must follow the restored one
+    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=4, gamma=0.9)
     return model, pruning, optimizer, scheduler
 
 
-@pytest.mark.parametrize("split", [5, 6])
-def test_resume_is_bit_exact(split):
-    batches = make_batches(20)
-    model_a, pruning_a, opt_a, sched_a = resume_setup()
+@pytest.mark.parametrize("method, split", [("snr", 5), ("snr", 6), ("snr-auto", 52), ("snr-auto", 60), ("dpf", 7), ("dense", 7)])
+def test_resume_is_bit_exact(method, split):
+    """Model, optimizer, scheduler and pruning state restored into fresh objects (optimizer.load_state_dict
+    replaces the param-group dicts) continue exactly as the uninterrupted run, under a decaying schedule."""
+    batches = make_batches(8) * 10  # 10 epochs of 8 batches (snr-auto prunes from the 7th)
+    model_a, pruning_a, opt_a, sched_a = resume_setup(method=method)
     train(model_a, opt_a, batches, sched_a)
 
-    model_b, pruning_b, opt_b, sched_b = resume_setup()
+    model_b, pruning_b, opt_b, sched_b = resume_setup(method=method)
     train(model_b, opt_b, batches[:split], sched_b)
     buffer = io.BytesIO()
     torch.save(
@@ -333,21 +348,41 @@ def test_resume_is_bit_exact(split):
     )
     buffer.seek(0)
     saved = torch.load(buffer, weights_only=True)
-    model_c, pruning_c, opt_c, sched_c = resume_setup(seed=123)  # fresh objects, different init
+    model_c, pruning_c, opt_c, sched_c = resume_setup(seed=123, method=method)  # fresh objects, different init
     model_c.load_state_dict(saved["model"])
     opt_c.load_state_dict(saved["opt"])
     sched_c.load_state_dict(saved["sched"])
     pruning_c.load_state_dict(saved["pruning"])
+    assert pruning_c.lr() == opt_c.param_groups[0]["lr"] < 0.1  # the restored, decayed rate
     train(model_c, opt_c, batches[split:], sched_c)
 
-    assert pruning_a.sparsity() > 0
+    assert (pruning_a.sparsity() > 0) == pruning_a.prunes
     for (name, a), c in zip(model_a.state_dict().items(), model_c.state_dict().values()):
         assert torch.equal(a, c), name
     for name in pruning_a.masks:
         assert torch.equal(pruning_a.masks[name], pruning_c.masks[name])
         assert torch.equal(pruning_a.dense[name], pruning_c.dense[name])
-        assert torch.equal(pruning_a.snr_ema[name], pruning_c.snr_ema[name])
     assert pruning_a.regrown == pruning_c.regrown
+    assert pruning_a.diagnostics() == pruning_c.diagnostics()
+    if method == "snr":
+        assert all(torch.equal(pruning_a.snr_ema[n], pruning_c.snr_ema[n]) for n in pruning_a.snr_ema)
+    if method == "snr-auto":  # it moved after the split, at the decayed rate
+        assert pruning_a.lr_scale() < 1 and pruning_a.density == pruning_c.density
+
+
+def test_a_second_optimizer_is_refused_not_silently_swapped():
+    model = small_mlp()
+    pruning = DPFPruning(model, target_sparsity=0.5, total_steps=10)
+    first = pruning.wrap(torch.optim.SGD(model.parameters(), lr=0.1))
+    assert pruning.wrap(first) is first  # wrapping the same one again is harmless
+    with pytest.raises(ValueError, match="already wraps another optimizer.*unwrap"):
+        pruning.wrap(torch.optim.Adam(model.parameters()))
+    train(model, first, make_batches(10))
+    assert pruning.step_count == 10  # the first one still prunes
+    pruning.unwrap()
+    second = pruning.wrap(torch.optim.Adam(model.parameters()))
+    train(model, second, make_batches(2))
+    assert pruning.step_count == 12
 
 
 def test_load_state_rejects_foreign_state():

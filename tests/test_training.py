@@ -107,6 +107,14 @@ def test_config_json_round_trip():
         (dict(device="tpu"), "use 'cpu' or 'cuda'"),
         (dict(method="snr-auto", auto_lr_scale="no"), "auto_lr_scale must be true or false"),
         (dict(method="snr-auto", auto_hysteresis=0), "auto_hysteresis must be true or false"),
+        # one rule for every option of another method: refused, never silently ignored
+        (dict(method="dense", scope="global"), "scope only applies to methods 'snr', 'dpf', 'snr-auto' .*'dense'"),
+        (dict(method="dense", update_every=3), "update_every only applies to methods"),
+        (dict(method="dpf", target_sparsity=0.5, ema=0.5), "ema only applies to method 'snr' .*'dpf'"),
+        (dict(method="snr", window_epochs=2.0), "window_epochs only applies to method 'snr-auto'"),
+        (dict(method="snr-auto", end_fraction=0.5), "end_fraction only applies to method 'dpf'"),
+        (dict(method="dpf", target_sparsity=0.5, threshold=2.0), "threshold only applies to methods 'snr', 'snr-auto'"),
+        (dict(accumulate=100), "accumulate 100 is larger than batch_size 64"),
     ],
 )
 def test_invalid_config(changes, message):
@@ -200,20 +208,25 @@ def test_dense_and_dpf_runs(tmp_path):
     assert dpf["sparsity"] == pytest.approx(0.8, abs=1e-3)
 
 
-@pytest.mark.parametrize("method, extra", [("snr", {}), ("dpf", {"target_sparsity": 0.7})])
+@pytest.mark.parametrize(
+    "method, extra",
+    [("snr", {}), ("dpf", {"target_sparsity": 0.7}), ("snr-auto", {"epochs": 10, "batch_size": 16}), ("dense", {})],
+)
 def test_resume_is_bit_identical(tmp_path, method, extra):
-    # dropout makes the run depend on torch's global RNG as well as on the data-order generator
-    config = tiny(method=method, epochs=4, model_options={"widths": [32], "dropout": 0.1}, **extra)
+    # dropout makes the run depend on torch's global RNG as well as on the data-order generator;
+    # the recipe's cosine schedule decays the learning rate, which snr-auto's moves read
+    config = tiny(method=method, model_options={"widths": [32], "dropout": 0.1}, **{"epochs": 4, **extra})
     full = tmp_path / "full"
     train(config, full, progress=False)
+    assert (json.loads((full / "summary.json").read_text())["sparsity"] > 0) == (method != "dense")
 
     part = tmp_path / "part"
-    stopped = train(config, part, progress=False, stop_after_epochs=2)
-    assert stopped["finished"] is False and stopped["epoch"] == 2
+    stopped = train(config, part, progress=False, stop_after_epochs=config.epochs // 2)
+    assert stopped["finished"] is False and stopped["epoch"] == config.epochs // 2
     assert not (part / "summary.json").exists() and not (part / "model.pt").exists()
     # a crash after logging epoch 3 but before its checkpoint: the stale lines must go
     with open(part / "metrics.jsonl", "a") as f:
-        f.write(json.dumps({"epoch": 3, "stale": True}) + "\n")
+        f.write(json.dumps({"epoch": config.epochs // 2 + 1, "stale": True}) + "\n")
     with open(part / "curve.jsonl", "a") as f:
         f.write('{"step": 1000, "sparsity": 0.5}\n{"step": 10')  # and a torn line
     train(None, part, resume=True, progress=False)
@@ -231,6 +244,46 @@ def test_resume_is_bit_identical(tmp_path, method, extra):
         train(None, part, resume=True, progress=False)
 
 
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        (dict(method="snr-auto", window_epochs=1e9), "never reaches a decision"),
+        (dict(method="snr-auto", threshold=0.0), "never prunes"),
+        (dict(method="snr", threshold=0.0), "snr prunes \\(almost\\) nothing"),
+        (dict(method="snr", burn_in_epochs=5.0), "snr never prunes"),
+        (dict(method="dpf", target_sparsity=0.0), "dpf prunes nothing"),
+    ],
+)
+def test_settings_that_make_a_method_a_no_op_warn(tmp_path, changes, message):
+    with pytest.warns(UserWarning, match=message):
+        train(tiny(epochs=1, **changes), tmp_path, progress=False)
+
+
+def test_resume_refuses_a_checkpoint_of_another_run(tmp_path):
+    """A checkpoint copied into a run folder from another run (here another method) must not continue
+    that run under this folder's config.json: config, summary and metrics would mix both."""
+    snr, auto = tmp_path / "snr", tmp_path / "auto"
+    train(tiny(epochs=3), snr, progress=False, stop_after_epochs=1)
+    train(tiny(method="snr-auto", epochs=3), auto, progress=False, stop_after_epochs=1)
+    (snr / "checkpoint.pt").write_bytes((auto / "checkpoint.pt").read_bytes())
+    with pytest.raises(training.TrainingError, match="written by another run.*method: 'snr' in config.json, 'snr-auto' in checkpoint.pt"):
+        train(None, snr, resume=True, progress=False)
+    (snr / "config.json").unlink()
+    with pytest.raises(training.TrainingError, match="no config.json"):
+        train(None, snr, resume=True, progress=False)
+    (auto / "config.json").write_text('{"dataset": ')
+    with pytest.raises(training.TrainingError, match="config.json is unreadable"):
+        train(None, auto, resume=True, progress=False)
+
+
+def test_pruning_state_of_another_method_names_the_method():
+    from snrprune import SNRAutoPruning, SNRPruning
+
+    model = torch.nn.Sequential(torch.nn.Linear(4, 3))
+    with pytest.raises(ValueError, match="from method 'snr', this object is 'snr-auto'.*SNRPruning"):
+        SNRAutoPruning(model, window_steps=4).load_state_dict(SNRPruning(model, burn_in_steps=1).state_dict())
+
+
 def test_resume_rejects_a_different_config(tmp_path):
     train(tiny(epochs=2), tmp_path, progress=False, stop_after_epochs=1)
     with pytest.raises(training.TrainingError, match="its own configuration"):
@@ -239,7 +292,7 @@ def test_resume_rejects_a_different_config(tmp_path):
 
 def test_resume_without_checkpoint(tmp_path):
     (tmp_path / "config.json").write_text("{}")
-    with pytest.raises(training.TrainingError, match="no checkpoint.pt"):
+    with pytest.raises(training.TrainingError, match="no checkpoint.pt.*without --resume.*--overwrite"):
         train(None, tmp_path, resume=True, progress=False)
 
 

@@ -70,6 +70,24 @@ __all__ = [
 ]
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
+#: The configuration fields that only mean something to some methods. One rule for all of them: set
+#: to anything but their default on another method, they are refused (an option that silently does
+#: nothing is worse than an error).
+METHOD_OPTIONS: dict[str, tuple[str, ...]] = {
+    "target_sparsity": ("dpf",),
+    "end_fraction": ("dpf",),
+    "scope": ("snr", "dpf", "snr-auto"),
+    "update_every": ("snr", "dpf", "snr-auto"),
+    "combine": ("snr",),
+    "ema": ("snr",),
+    "burn_in_epochs": ("snr",),
+    "stats_every": ("snr",),
+    "threshold": ("snr", "snr-auto"),
+    "window_epochs": ("snr-auto",),
+    "auto_step": ("snr-auto",),
+    "auto_lr_scale": ("snr-auto",),
+    "auto_hysteresis": ("snr-auto",),
+}
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 SCHEDULES = ("cosine", "step", "constant")
 #: The learning rate used when ``optimizer`` is switched away from the recipe's and ``lr`` is not given.
@@ -266,10 +284,15 @@ class TrainConfig:
         )
         _check(_is_int(self.seed) and _is_int(self.data_seed), "seed and data_seed must be integers")
         _check(self.target is None or self.dataset.strip().lower().startswith("csv:"), "target (the label column) only applies to csv:PATH data sets")
+        defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
+        for name, methods in METHOD_OPTIONS.items():
+            _check(
+                self.method in methods or getattr(self, name) == defaults[name],
+                f"{name} only applies to method{'s' if len(methods) > 1 else ''} {', '.join(map(repr, methods))} "
+                f"(this run uses {self.method!r}, on which it would do nothing); remove it",
+            )
         if self.method == "dpf":
             _check(self.target_sparsity is not None, "method 'dpf' needs a target sparsity (e.g. 0.9)")
-        else:
-            _check(self.target_sparsity is None, f"target_sparsity only applies to method 'dpf' (this run uses {self.method!r})")
         if self.target_sparsity is not None:
             _check(
                 _is_number(self.target_sparsity) and 0 <= self.target_sparsity < 1,
@@ -294,6 +317,11 @@ class TrainConfig:
         _check(self.curve_every is None or (_is_int(self.curve_every) and self.curve_every >= 1), f"curve_every must be a positive integer, got {self.curve_every!r}")
         _check(_is_int(self.accumulate) and self.accumulate >= 1, f"accumulate must be a positive integer, got {self.accumulate!r}")
         _check(self.world_size is None or (_is_int(self.world_size) and self.world_size >= 1), f"world_size must be a positive integer, got {self.world_size!r}")
+        _check(
+            self.accumulate <= self.batch_size,
+            f"accumulate {self.accumulate} is larger than batch_size {self.batch_size}: every micro-batch needs at least one sample; "
+            f"use accumulate <= {self.batch_size}",
+        )
         split = self.accumulate * (self.world_size or 1)
         _check(
             self.batch_size % split == 0,
@@ -391,6 +419,24 @@ def make_pruning(config: TrainConfig, model: nn.Module, steps_per_epoch: int) ->
             **layers,
         )
     return NoPruning(model, **layers)
+
+
+def warn_if_no_op(config: TrainConfig, pruning: Pruning, total_steps: int) -> None:
+    """Warns, with the reason, for each setting that makes the method prune nothing in this run."""
+    reasons = []
+    if isinstance(pruning, SNRAutoPruning) and pruning.window_steps > total_steps:
+        reasons.append(
+            f"window_epochs {config.window_epochs:g} makes a window of {pruning.window_steps} steps, longer than the run's "
+            f"{total_steps}: snr-auto never reaches a decision; use window_epochs <= epochs ({config.epochs})"
+        )
+    if isinstance(pruning, SNRPruning) and pruning.burn_in_steps >= total_steps:
+        reasons.append(f"burn_in_epochs {config.burn_in_epochs:g} is as long as the run ({config.epochs} epochs): snr never prunes; use a shorter burn-in")
+    if isinstance(pruning, SNRPruning) and config.threshold == 0:
+        reasons.append("threshold 0 counts every gradient that is not exactly zero as reliable: snr prunes (almost) nothing; use threshold 1")
+    if isinstance(pruning, DPFPruning) and config.target_sparsity == 0:
+        reasons.append("target_sparsity 0: dpf prunes nothing (the dense baseline with more bookkeeping); use method 'dense' or a target > 0")
+    for reason in reasons:
+        warnings.warn(reason, stacklevel=2)
 
 
 def make_optimizer(config: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
@@ -608,6 +654,7 @@ def _train(
             saved = TrainConfig.from_dict(checkpoint["config"])
         except (TypeError, ValueError) as exc:
             raise CheckpointError(f"{out / CHECKPOINT} holds an unusable configuration: {exc}") from exc
+        _check_run_config(out, saved)
         given = config.resolved() if config is not None else None
         if given is not None and given.world_size is None:
             given.world_size = saved.world_size
@@ -651,6 +698,8 @@ def _train(
     torch.manual_seed(config.seed)
     model = build_model(config.model, data.input_shape, data.num_classes, **config.model_options).to(device)
     pruning = make_pruning(config, model, steps_per_epoch)
+    if checkpoint is None:
+        warn_if_no_op(config, pruning, total_steps)
     optimizer = pruning.wrap(make_optimizer(config, model))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(config.schedule, total_steps))
     scaler = torch.amp.GradScaler(device.type) if config.amp == "fp16" else None
@@ -839,7 +888,7 @@ def _load_resume_checkpoint(out: Path) -> dict[str, Any]:
     if not (out / CHECKPOINT).exists():
         raise TrainingError(
             f"cannot resume: {out} has no {CHECKPOINT} (the run did not finish its first epoch); "
-            f"start it again with --overwrite"
+            f"start it over without --resume: the same command as before with --overwrite (its options are in {out / CONFIG})"
         )
     checkpoint = load_checkpoint(out / CHECKPOINT)
     remove_stale_temporaries(out)  # no write of this run is in progress: a temporary file is a leftover
@@ -847,6 +896,31 @@ def _load_resume_checkpoint(out: Path) -> dict[str, Any]:
     if checkpoint["epoch"] == epochs and (out / SUMMARY).is_file():
         raise RunFinishedError(f"the run in {out} has already finished ({epochs} epochs); its results are in {out / SUMMARY}")
     return checkpoint
+
+
+def _check_run_config(out: Path, saved: TrainConfig) -> None:
+    """Refuses a checkpoint that was not written by the run whose ``config.json`` is in the folder
+    (a checkpoint copied in from another run would continue that run under this folder's name)."""
+    path = out / CONFIG
+    if not path.is_file():
+        raise TrainingError(
+            f"cannot resume: {out} has a {CHECKPOINT} but no {CONFIG}, so nothing says which run it belongs to; "
+            f"restore {CONFIG} or start the run over in another folder"
+        )
+    try:
+        recorded = TrainConfig.from_dict(json.loads(path.read_text()))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, TypeError, ValueError, AttributeError) as exc:
+        raise TrainingError(f"cannot resume: {path} is unreadable or not a run configuration ({exc}); restore it or start the run over") from exc
+    if recorded != saved:
+        differ = [
+            f"{f.name}: {getattr(recorded, f.name)!r} in {CONFIG}, {getattr(saved, f.name)!r} in {CHECKPOINT}"
+            for f in dataclasses.fields(TrainConfig)
+            if getattr(recorded, f.name) != getattr(saved, f.name)
+        ]
+        raise TrainingError(
+            f"cannot resume: {out / CHECKPOINT} was written by another run than the one in {path} ({'; '.join(differ)}); "
+            f"put the run's own checkpoint back, or start the run over with --overwrite"
+        )
 
 
 def _diverged_message(out: Path, loss: float, epoch: int, step: int, config: TrainConfig) -> str:

@@ -90,6 +90,8 @@ class Pruning:
         self.stats: GradientStats | None = None
         self._snr_buffers: dict[str, Tensor] = {}
         self._hooks: list = []
+        self.optimizer: torch.optim.Optimizer | None = None  # the wrapped one
+        self._lr_groups: list[int] = []  # the positions of its param groups that hold prunable weights
 
     # -- the steps a method overrides ----------------------------------------------------------
     def stats_due(self, step: int) -> bool:
@@ -119,6 +121,12 @@ class Pruning:
         """
         if not isinstance(optimizer, torch.optim.Optimizer):
             raise TypeError(f"wrap() expects a torch.optim.Optimizer, got {type(optimizer).__name__}")
+        if self._hooks and optimizer is not self.optimizer:
+            raise ValueError(
+                f"this {type(self).__name__} already wraps another optimizer ({type(self.optimizer).__name__}); "
+                "one pruning object prunes through one optimizer: call unwrap() first, or build a single "
+                "optimizer with one param group per part of the model"
+            )
         held = {id(p) for group in optimizer.param_groups for p in group["params"]}
         missing = [name for name, w in self.weights.items() if id(w) not in held]
         if missing:
@@ -127,6 +135,10 @@ class Pruning:
                 "build the optimizer from model.parameters() of the pruned model"
             )
         self.unwrap()
+        self.optimizer = optimizer
+        # by position: optimizer.load_state_dict() replaces the group dicts but keeps their order
+        prunable = {id(w) for w in self.weights.values()}
+        self._lr_groups = [i for i, g in enumerate(optimizer.param_groups) if any(id(p) in prunable for p in g["params"])]
         self._hooks = [
             optimizer.register_step_pre_hook(self._step_pre_hook),
             optimizer.register_step_post_hook(lambda opt, args, kwargs: self.after_step()),
@@ -151,9 +163,19 @@ class Pruning:
         return (args[0], closure_then_before_step, *args[2:]), kwargs
 
     def unwrap(self) -> None:
+        """Removes the hooks: the optimizer steps unpruned again (and another one may be wrapped)."""
         for handle in self._hooks:
             handle.remove()
         self._hooks = []
+        self.optimizer = None
+
+    def lr(self) -> float | None:
+        """The wrapped optimizer's learning rate now: the largest over the groups that hold prunable
+        weights (None before ``wrap``). Read from ``optimizer.param_groups`` every time, since
+        ``optimizer.load_state_dict()`` replaces the group dicts and schedulers write into them."""
+        if self.optimizer is None:
+            return None
+        return max((float(self.optimizer.param_groups[i]["lr"]) for i in self._lr_groups), default=None)
 
     @torch.no_grad()
     def before_step(self) -> None:
@@ -282,11 +304,18 @@ class Pruning:
             "stats_enabled": self.stats is not None and self.stats.enabled,
         }
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
+    def _check_method(self, state: Any) -> None:
+        """Refuses a state of another method first, before a subclass compares its own entries."""
         if not isinstance(state, dict) or "method" not in state:
             raise ValueError("not a snrprune pruning state (no 'method' entry)")
         if state["method"] != self.method:
-            raise ValueError(f"the state is from method {state['method']!r}, this object is {self.method!r}")
+            raise ValueError(
+                f"the state is from method {state['method']!r}, this object is {self.method!r} ({type(self).__name__}): "
+                f"load it into a {get_method(state['method']).__name__ if state['method'] in PRUNING_METHODS else 'pruning object of that method'}"
+            )
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self._check_method(state)
         for key in ("dense", "masks"):
             names = set(state[key])
             if names != set(self.weights):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Any
 
 import torch
@@ -134,6 +135,12 @@ class SNRAutoPruning(Pruning):
         self.window_steps = _check_int("window_steps", window_steps, 1)
         self.initial_step = _check_float("step", step, 0.0, 1.0)
         self.threshold = _check_float("threshold", threshold, 0.0, math.inf)
+        if self.threshold == 0:
+            warnings.warn(
+                "snr-auto with threshold 0 scales the noise band to zero: no window can fall below it, so it never prunes; "
+                "use threshold 1 (the band as drawn) or more",
+                stacklevel=2,
+            )
         self.update_every = _check_int("update_every", update_every, 1)
         # the controllers: one per layer, or one for the network
         self.units: dict[str, list[str]] = (
@@ -144,7 +151,6 @@ class SNRAutoPruning(Pruning):
         self.direction = {unit: 0 for unit in self.units}  # the last move: -1 pruned, +1 regrown, 0 none yet
         self.adapting = {unit: False for unit in self.units}  # the last window ended with a prune
         self.lr_max = 0.0  # the largest learning rate seen (of the groups holding prunable weights)
-        self._lr_groups: list[dict] = []  # those groups, once wrapped
         # the guard against collapse: at least one weight per output unit (rows of the weight)
         self.min_kept = {name: w.shape[0] for name, w in self.weights.items()}
         self.min_density = {
@@ -154,16 +160,6 @@ class SNRAutoPruning(Pruning):
         self.window_count = 0  # T: the steps summed
         self.window_snr: dict[str, float] = {}  # the last decision's mean window SNR of the kept weights
         self.window_band: dict[str, tuple[float, float]] = {}  # the last decision's noise band: mean, std of the draws
-
-    def wrap(self, optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer:
-        optimizer = super().wrap(optimizer)
-        held = {id(w) for w in self.weights.values()}
-        self._lr_groups = [g for g in optimizer.param_groups if any(id(p) in held for p in g["params"])]
-        return optimizer
-
-    def lr(self) -> float | None:
-        """The learning rate of this step (the largest over the groups that hold prunable weights)."""
-        return max((float(g["lr"]) for g in self._lr_groups), default=None)
 
     def lr_scale(self) -> float:
         """How large a move may be now: the learning rate over the largest seen (1 before any is known)."""
@@ -315,6 +311,7 @@ class SNRAutoPruning(Pruning):
         return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        self._check_method(state)
         if set(state.get("density", {})) != set(self.units):
             raise ValueError(
                 f"the state's controllers are {sorted(state.get('density', {}))}, this object's are {sorted(self.units)}: "
