@@ -5,6 +5,7 @@ cd "$(dirname "$0")/.."
 python3 -m pip install --quiet torch==2.13.0
 python3 -m pip install --quiet -e ".[test]"
 python3 -m pip install --quiet ninja   # the fused CPU kernels are built with it (else: eager fallback, their tests skip)
+python3 -c 'import snrprune.fused as f; f.kernels()'  # built (and cached) once, before the tests time anything
 # The Lightning extra without dependency resolution, so that it cannot replace the pinned torch;
 # its pure-Python dependencies are named explicitly (none of them requires torch).
 python3 -m pip install --quiet --no-deps "lightning>=2.1,<3" "pytorch-lightning>=2.1,<3" "lightning-utilities>=0.10,<1" "torchmetrics>=0.7,<2"

@@ -2,9 +2,11 @@
 
 Public API: :class:`GradientStats` (exact per-weight gradient moments and SNR), the pruning methods
 :class:`SNRPruning`, :class:`SNRAutoPruning`, :class:`DPFPruning`, :class:`NoPruning` (registered as
-``snr``, ``snr-auto``, ``dpf``, ``dense``), and :func:`get_method` to look one up by name.
+``snr``, ``snr-auto``, ``dpf``, ``dense``), :func:`get_method` to look one up by name, and
+:func:`load_sparse` to read the compressed model that ``snrprune export`` writes back into a state_dict.
 """
 
+from .export import load_sparse
 from .layers import MOMENTS, LayerMoments, find_prunable_layers
 from .pruners import PRUNING_METHODS, DPFPruning, NoPruning, Pruning, SNRAutoPruning, SNRPruning, get_method, register_method
 from .statistics import SNR_CAP, GradientStats, Moments, snr_from_moments
@@ -25,6 +27,7 @@ __all__ = [
     "SNRPruning",
     "find_prunable_layers",
     "get_method",
+    "load_sparse",
     "register_method",
     "snr_from_moments",
 ]

@@ -12,6 +12,7 @@ the kernels off.
 from __future__ import annotations
 
 import os
+import sys
 import warnings
 from pathlib import Path
 from typing import Any
@@ -38,8 +39,12 @@ def kernels() -> Any:
         # AVX2 + FMA where ATen itself runs AVX2 kernels (a build per instruction set, by name);
         # no fp contraction: only the explicit fma() calls fuse, as in ATen, so the values match
         wide = torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX512")
+        name = "snrprune_fused_avx2" if wide else "snrprune_fused"
+        build = Path(cpp_extension._get_build_directory(name, verbose=False))  # where load() builds and caches it
+        if not (build / f"{name}.so").is_file():  # a build takes half a minute: say so, once
+            print(f"snrprune: building the fused CPU kernels in {build} (once, about 30 s; scripts/setup.sh builds them ahead)", file=sys.stderr, flush=True)
         _module = cpp_extension.load(
-            name="snrprune_fused_avx2" if wide else "snrprune_fused",
+            name=name,
             sources=[str(_SOURCE)],
             extra_cflags=["-O3", "-ffp-contract=off"] + (["-mavx2", "-mfma"] if wide else []),
             verbose=False,
