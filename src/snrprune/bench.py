@@ -6,8 +6,10 @@ tier) from the classes below: cells (a dataset, a model, its epochs and seeds) c
 ``snrprune train`` run folder under ``runs/bench/<suite>/`` (checkpoints stay there, uncommitted); when
 it finishes, its small files (``config.json``, ``summary.json``, ``metrics.jsonl``, a thinned
 ``curve.jsonl``) are copied to ``benchmarks/results/<suite>/<cell>/<method>/seed<k>/``, the folder
-that is committed. A run whose ``summary.json`` is there is finished and skipped; a run interrupted
-mid-way continues from its last epoch with ``--resume``.
+that is committed. A run whose ``summary.json`` is there (and is a valid finished run's summary, see
+:func:`summary_problem`) is finished and skipped; a run interrupted mid-way continues from its last
+epoch with ``--resume``. A run that another process is training (it holds its run folder's lock,
+see :func:`snrprune.checkpoint.run_folder_lock`) is skipped: two benches on one suite share the work.
 
 A method with ``matched_to`` (DPF at the sparsity SNR found) takes its target from the finished run
 of that method in the same cell and seed, so it waits for that run.
@@ -16,12 +18,14 @@ of that method in the same cell and seed, so it waits for that run.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import json
 import os
 import platform
 import runpy
 import shutil
 import time
+import traceback
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
@@ -31,10 +35,14 @@ from pathlib import Path
 from typing import Any
 
 from . import reporting
+from .checkpoint import RunFolderLockedError, run_folder_busy, run_folder_lock
 from .data import cifar10_folder
 from .training import CHECKPOINT, CONFIG, CURVE, METRICS, SUMMARY, TrainConfig
 
-__all__ = ["Method", "Cell", "Group", "Suite", "Run", "BenchError", "load_suite", "plan", "run_suite", "cell_unavailable"]
+__all__ = [
+    "Method", "Cell", "Group", "Suite", "Run", "BenchError", "load_suite", "check_suite", "plan", "run_suite",
+    "cell_unavailable", "summary_problem", "read_summary", "read_json",
+]
 
 #: Files of a finished run that are committed (checkpoints and model files are not).
 RESULT_FILES = (CONFIG, METRICS, CURVE, SUMMARY)
@@ -44,6 +52,90 @@ CURVE_POINTS = 400
 
 class BenchError(RuntimeError):
     """The suite cannot run as asked; the message says why and what to do."""
+
+
+#: What a finished run's ``summary.json`` must hold (the suite, its report and ``matched_to`` read these).
+SUMMARY_FIELDS: dict[str, tuple[type, ...]] = {
+    "finished": (bool,),
+    "method": (str,),
+    "seed": (int,),
+    "epochs": (int,),
+    "test_accuracy": (int, float),
+    "sparsity": (int, float),
+    "wall_seconds": (int, float),
+    "params": (int,),
+    "nonzero_params": (int,),
+    "layer_sparsity": (dict,),
+    "layer_params": (dict,),
+}
+
+
+def _load_json(path: Path) -> tuple[Any, str | None]:
+    """(the parsed file, None), or (None, what is wrong with it, as words that follow the path)."""
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        return None, f"cannot be read ({exc.strerror or type(exc).__name__})"
+    if not raw.strip():
+        return None, "is empty"
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return None, f"is not UTF-8 text (byte {exc.start}): not a JSON file"
+    try:
+        return json.loads(text), None
+    except json.JSONDecodeError as exc:
+        return None, f"is not valid JSON (truncated or corrupt: {exc.msg} at line {exc.lineno}, column {exc.colno})"
+
+
+def summary_problem(path: str | os.PathLike) -> str | None:
+    """What is wrong with the ``summary.json`` at ``path`` as a finished run's summary, or None.
+
+    The one test of "finished" used everywhere (the run's state, copying it to the results, the
+    report, ``matched_to``): a JSON object with ``finished: true`` and the :data:`SUMMARY_FIELDS`
+    of their types. A missing file is a problem too ("does not exist").
+    """
+    path = Path(path)
+    if not path.exists():
+        return "does not exist"
+    data, problem = _load_json(path)
+    if problem is not None:
+        return problem
+    if not isinstance(data, dict):
+        return f"is not a JSON object (it holds a {type(data).__name__})"
+    if data.get("finished") is not True:
+        return "does not say finished: true" if data else "is an empty JSON object, not a run's summary"
+    missing = [key for key in SUMMARY_FIELDS if key not in data]
+    if missing:
+        return f"lacks {', '.join(missing)} (not a complete summary of a finished run)"
+    for key, types in SUMMARY_FIELDS.items():
+        value = data[key]
+        if not isinstance(value, types) or (isinstance(value, bool) and bool not in types):
+            return f"has {key} = {value!r} (a {type(value).__name__}), where a finished run's summary has a {' or '.join(t.__name__ for t in types)}"
+    for key in ("test_accuracy", "sparsity"):
+        if not 0 <= data[key] <= 1:
+            return f"has {key} = {data[key]!r}, outside [0, 1]"
+    return None
+
+
+def read_summary(path: str | os.PathLike) -> dict[str, Any]:
+    """A finished run's summary; :class:`BenchError` naming the file if it is missing or broken."""
+    problem = summary_problem(path)
+    if problem is not None:
+        raise BenchError(
+            f"{path} {problem}; restore it (git checkout -- {path}, if it is committed) or delete its run's "
+            f"results folder {Path(path).parent} to run it again"
+        )
+    return json.loads(Path(path).read_text())
+
+
+def read_json(path: str | os.PathLike, what: str) -> Any:
+    """A JSON file of a run (``what``: "run configuration", ...); :class:`BenchError` naming it if broken."""
+    path = Path(path)
+    data, problem = _load_json(path)
+    if problem is not None:
+        raise BenchError(f"{path} (a {what}) {problem}; restore it or delete its run's folder {path.parent} to run it again")
+    return data
 
 
 @dataclass(frozen=True)
@@ -149,16 +241,76 @@ class Run:
 
 
 def load_suite(path: str | os.PathLike, quick: bool = False) -> Suite:
-    """Reads ``SUITE`` (or ``QUICK``) from a suite file."""
+    """Reads ``SUITE`` (or ``QUICK``) from a suite file and checks it (:func:`check_suite`).
+
+    Every problem is a :class:`BenchError` naming the file (and the line, for a Python error in it).
+    """
     path = Path(path).expanduser()
+    if path.is_dir():
+        raise BenchError(f"{path} is a folder, not a suite file (a suite is a .py file, e.g. benchmarks/suites/paper.py)")
     if not path.is_file():
         raise BenchError(f"suite file {path} not found (the suites of this repository are in benchmarks/suites/)")
-    namespace = runpy.run_path(str(path))
+    try:
+        namespace = runpy.run_path(str(path))
+    except SyntaxError as exc:  # the file itself, or a module it imports
+        where = f"{exc.filename}, line {exc.lineno}" if exc.filename else f"line {exc.lineno}"
+        raise BenchError(f"suite file {path} cannot be read: {type(exc).__name__} in {where}: {exc.msg}; fix the file") from None
+    except (Exception, SystemExit) as exc:
+        frames = [f for f in traceback.extract_tb(exc.__traceback__) if Path(f.filename) == path]
+        where = f", line {frames[-1].lineno} ({(frames[-1].line or '').strip()[:80]})" if frames else ""
+        raise BenchError(f"suite file {path}{where}: {type(exc).__name__}: {exc}; fix the file") from None
     name = "QUICK" if quick else "SUITE"
     suite = namespace.get(name)
     if not isinstance(suite, Suite):
         raise BenchError(f"{path} defines no {name} = Suite(...)" + (" (no quick tier)" if quick else ""))
-    return dataclasses.replace(suite, source=str(path))
+    suite = dataclasses.replace(suite, source=str(path))
+    check_suite(suite)
+    return suite
+
+
+#: TrainConfig fields a suite sets itself: per cell (dataset, model, epochs) and per run (seed).
+_SET_BY_SUITE = ("dataset", "model", "epochs", "seed")
+
+
+def check_suite(suite: Suite) -> None:
+    """Refuses a suite that cannot run, before any run starts: options that are no ``TrainConfig``
+    field (naming the valid ones), options that make an invalid configuration, a ``matched_to``
+    that names no method of the cell. Raises :class:`BenchError` naming the suite, run and option.
+    """
+    where = f"suite {suite.name!r} ({suite.source})" if suite.source else f"suite {suite.name!r}"
+    fields = [f.name for f in dataclasses.fields(TrainConfig) if f.name not in ("world_size",)]
+    valid = [f for f in fields if f not in _SET_BY_SUITE]
+    for group in suite.groups:
+        for thing, options in [*((f"cell {c.key!r}", c.options) for c in group.cells), *((f"method {m.name!r}", m.options) for m in group.methods)]:
+            for option in options:
+                if option not in fields:
+                    close = difflib.get_close_matches(str(option), valid, n=1, cutoff=0.8)
+                    hint = f" (did you mean {close[0]!r}?)" if close else ""
+                    raise BenchError(
+                        f"{where}: {thing} in group {group.title!r} has an unknown option {option!r}{hint}; "
+                        f"valid options: {', '.join(valid)}"
+                    )
+                if option == "seed":
+                    raise BenchError(f"{where}: {thing} in group {group.title!r} sets 'seed'; a suite's seeds come from Cell(seeds=N) (0 .. N-1)")
+    keys = {run.key for run in suite.runs()}
+    checked: set[tuple[str, str]] = set()
+    for run in suite.runs():
+        if (run.cell.key, run.method.name) in checked:
+            continue
+        checked.add((run.cell.key, run.method.name))
+        if run.depends_on is not None and run.depends_on not in keys:
+            raise BenchError(
+                f"{where}: method {run.method.name!r} is matched_to {run.method.matched_to!r}, which cell "
+                f"{run.cell.key!r} does not run; add that method to the cell's group or drop matched_to"
+            )
+        try:
+            run.config(0.5 if run.method.matched_to else None).resolved()  # 0.5: a stand-in for the matched target
+        except (TypeError, ValueError) as exc:
+            options = {**run.cell.options, **run.method.options}
+            raise BenchError(
+                f"{where}: run {run.key} (cell {run.cell.key!r}, method {run.method.name!r}, options {options}) "
+                f"is not a valid configuration: {exc}"
+            ) from None
 
 
 def cell_unavailable(cell: Cell, data_dir: str | None = None) -> str | None:
@@ -189,17 +341,53 @@ class Layout:
         return self.work / run.key
 
     def summary(self, run_key: str) -> dict[str, Any] | None:
+        """The committed summary of a finished run, None if there is none; :class:`BenchError` if it is broken."""
         path = self.results / run_key / SUMMARY
-        return json.loads(path.read_text()) if path.is_file() else None
+        return read_summary(path) if path.exists() else None
 
     def state(self, run: Run) -> str:
-        if (self.result_dir(run) / SUMMARY).is_file():
-            return "finished"
-        if (self.work_dir(run) / SUMMARY).is_file():
-            return "uncopied"  # finished, but stopped before its files were copied
-        if (self.work_dir(run) / CHECKPOINT).is_file():
-            return "interrupted"
-        return "new"
+        """One of :data:`STATES` but "skipped" (see :meth:`inspect`)."""
+        return self.inspect(run)[0]
+
+    def inspect(self, run: Run) -> tuple[str, str | None]:
+        """The run's state and, where a file is broken, a note naming it.
+
+        finished: a valid summary in the results. running: another process holds the run folder's
+        lock. uncopied: a valid summary in the run folder only (copied by the next bench; a broken
+        committed summary is replaced by it). interrupted: a checkpoint (a broken summary beside it
+        is rewritten by the resume). broken: a broken summary and nothing to repair it from.
+        """
+        result = self.result_dir(run) / SUMMARY
+        result_problem = summary_problem(result) if result.exists() else None
+        if result.exists() and result_problem is None:
+            return "finished", None
+        work = self.work_dir(run)
+        if run_folder_busy(work):
+            return "running", None
+        state, note = work_state(work)
+        if result_problem is not None:
+            broken = f"{result} {result_problem}"
+            if state == "finished":
+                return "uncopied", f"{broken}; it is copied again from {work}"
+            return "broken", f"{broken}; restore it (git checkout -- {result}) or delete {result.parent} to run it again"
+        return ("uncopied" if state == "finished" else state), note
+
+
+#: A run's states, in the order ``--list`` prints them.
+STATES = ("finished", "uncopied", "running", "interrupted", "new", "broken", "skipped")
+
+
+def work_state(work: Path) -> tuple[str, str | None]:
+    """The state of a run folder by its files alone: finished, interrupted, new or broken (and a note)."""
+    summary, checkpoint = work / SUMMARY, work / CHECKPOINT
+    if summary.exists():
+        problem = summary_problem(summary)
+        if problem is None:
+            return "finished", None
+        if checkpoint.is_file():
+            return "interrupted", f"{summary} {problem}; resuming from {CHECKPOINT} writes it again"
+        return "broken", f"{summary} {problem} and there is no {CHECKPOINT} to resume from; delete {work} to run it again"
+    return ("interrupted" if checkpoint.is_file() else "new"), None
 
 
 def default_layout(suite: Suite, results: str | None = None, work: str | None = None) -> Layout:
@@ -213,8 +401,12 @@ def copy_results(work_dir: Path, result_dir: Path, execution: dict[str, Any] | N
     """Copies a finished run's small files; ``summary.json`` last, since its presence means finished.
 
     ``execution`` (parallel jobs, threads per run, the machine) goes to ``bench.json``: timings are
-    only comparable between runs made the same way.
+    only comparable between runs made the same way. A run folder whose ``summary.json`` is not a
+    finished run's (:func:`summary_problem`) is refused with :class:`BenchError`: nothing is copied.
     """
+    problem = summary_problem(work_dir / SUMMARY)
+    if problem is not None:
+        raise BenchError(f"{work_dir / SUMMARY} {problem}; nothing was copied to {result_dir}")
     result_dir.mkdir(parents=True, exist_ok=True)
     machine = {"cpus": os.cpu_count(), "platform": platform.platform(), "processor": platform.processor() or platform.machine()}
     reporting.write_json(result_dir / "bench.json", {**(execution or {}), **machine})
@@ -231,15 +423,29 @@ def copy_results(work_dir: Path, result_dir: Path, execution: dict[str, Any] | N
 
 
 def plan(suite: Suite, layout: Layout, only: str | None = None, data_dir: str | None = None) -> dict[str, list[Run]]:
-    """The runs by state: finished, uncopied, interrupted, new, skipped (data missing), filtered by ``only``."""
-    by_state: dict[str, list[Run]] = {s: [] for s in ("finished", "uncopied", "interrupted", "new", "skipped")}
+    """The runs by state (:data:`STATES`; skipped: data missing), filtered by ``only``.
+
+    An ``only`` pattern that matches no run is a :class:`BenchError` listing the cells and methods.
+    """
+    by_state: dict[str, list[Run]] = {s: [] for s in STATES}
     unavailable = {cell.key: cell_unavailable(cell, data_dir) for cell in suite.cells()}
-    for run in suite.runs():
-        if only and not fnmatchcase(run.key, only):
-            continue
+    runs = [run for run in suite.runs() if not only or fnmatchcase(run.key, only)]
+    if only and not runs:
+        raise BenchError(no_match_message(suite, only))
+    for run in runs:
         state = "skipped" if unavailable[run.cell.key] else layout.state(run)
         by_state[state].append(run)
     return by_state
+
+
+def no_match_message(suite: Suite, only: str) -> str:
+    every = suite.runs()
+    methods = list(dict.fromkeys(run.method.name for run in every))
+    return (
+        f"--only {only!r} matches none of the {len(every)} runs of suite {suite.name!r}; a run's key is "
+        f"CELL/METHOD/seedN (e.g. {every[0].key if every else 'cell/method/seed0'}, or 'CELL/*'). "
+        f"Cells: {', '.join(c.key for c in suite.cells())}. Methods: {', '.join(methods)}"
+    )
 
 
 # ------------------------------------------------------------------------------------------------
@@ -247,14 +453,27 @@ def plan(suite: Suite, layout: Layout, only: str | None = None, data_dir: str | 
 # ------------------------------------------------------------------------------------------------
 
 
-def _execute(config: dict[str, Any], work_dir: str, resume: bool, threads: int) -> dict[str, Any]:
-    """One run in a worker process (spawned: its own torch threads)."""
+def _execute(config: dict[str, Any], work_dir: str, resume: bool, threads: int, expected: str) -> dict[str, Any]:
+    """One run in a worker process (spawned: its own torch threads).
+
+    Holds the run folder's lock from before it looks at the folder until the run ends (``train``
+    takes it again, re-entrantly): another process training the folder raises
+    :class:`RunFolderLockedError`; a folder that changed since the bench looked (``expected``, the
+    state then) is left alone and ``{"bench_changed": why}`` returned.
+    """
     import torch
 
     from .training import train
 
     torch.set_num_threads(threads)
-    return train(None if resume else TrainConfig.from_dict(config), work_dir, resume=resume, overwrite=not resume, progress=False)
+    work = Path(work_dir)
+    with run_folder_lock(work, create=True):
+        now, _ = work_state(work)
+        if now != expected:
+            return {"bench_changed": f"its run folder was {expected} when this bench looked and is {now} now (another process)"}
+        if resume and (work / SUMMARY).exists():  # a broken summary beside the checkpoint: the resume writes it again
+            (work / SUMMARY).unlink()
+        return train(None if resume else TrainConfig.from_dict(config), work, resume=resume, overwrite=not resume, progress=False)
 
 
 def run_suite(
@@ -272,25 +491,50 @@ def run_suite(
 
     Interrupted runs continue only with ``resume`` (otherwise nothing starts and the error lists
     them). ``jobs`` runs go in parallel, each in a fresh process with ``threads`` torch threads.
-    Run folders are not locked: run one ``bench`` per suite at a time, or give concurrent calls
-    disjoint ``only`` patterns (a run in progress elsewhere looks interrupted here).
+    Every run holds its run folder's lock while it trains (:func:`snrprune.checkpoint.run_folder_lock`),
+    so several benches (and ``snrprune train --resume``) may run on one suite at once: a run that
+    another process is training is reported as "running in another process" and skipped, neither
+    started nor called interrupted; a run that another process finished meanwhile is not run again.
+    A broken ``summary.json`` (:func:`summary_problem`) is never counted as finished: in the results
+    it stops the call before any run starts (unless the run folder holds a valid one to copy), in a
+    run folder with a checkpoint the run counts as interrupted. An ``only`` that matches nothing
+    raises :class:`BenchError`.
     """
     state = plan(suite, layout, only, data_dir)
+    if state["broken"]:
+        listed = "\n  ".join(f"{r.key}: {layout.inspect(r)[1]}" for r in state["broken"])
+        raise BenchError(f"{len(state['broken'])} run(s) have a broken summary.json; nothing was started:\n  {listed}")
     if state["interrupted"] and not resume:
-        listed = "\n  ".join(r.key for r in state["interrupted"])
+        listed = "\n  ".join(r.key + (f" ({note})" if (note := layout.inspect(r)[1]) else "") for r in state["interrupted"])
         raise BenchError(
             f"{len(state['interrupted'])} run(s) were interrupted and have a checkpoint:\n  {listed}\n"
             f"continue them with --resume (or delete their folders under {layout.work} to start them over)"
         )
+    running = {run.key for run in state["running"]}
+    for run in state["running"]:
+        log(f"[bench] {run.key}: running in another process (skipped)")
     for run in state["uncopied"]:
-        copy_results(layout.work_dir(run), layout.result_dir(run))
-        log(f"[bench] {run.key}: finished earlier, results copied")
-    skipped_cells = {run.cell.key: run.cell for run in state["skipped"]}
-    reasons = {key: cell_unavailable(cell, data_dir) for key, cell in skipped_cells.items()}  # once per cell
-    for run in state["skipped"]:
-        log(f"[bench] {run.key}: skipped ({reasons[run.cell.key]})")
+        if _copy_finished(run, layout, layout.inspect(run)[1], log):
+            continue
+        running.add(run.key)
     order = {run.key: i for i, run in enumerate(suite.runs())}
     todo = sorted(state["interrupted"] + state["new"], key=lambda r: order[r.key])
+    selected = {run.key for run in todo}
+    broken_deps = []
+    for run in todo:  # a dependency outside this call (--only) must not be broken either
+        if run.depends_on is not None and run.depends_on not in selected:
+            try:
+                layout.summary(run.depends_on)
+            except BenchError as exc:
+                broken_deps.append(f"{run.key} needs {run.depends_on}: {exc}")
+    if broken_deps:
+        raise BenchError("a run's dependency has a broken summary.json; nothing was started:\n  " + "\n  ".join(broken_deps))
+    skipped_cells: dict[str, int] = {}
+    for run in state["skipped"]:
+        skipped_cells[run.cell.key] = skipped_cells.get(run.cell.key, 0) + 1
+    cells = {cell.key: cell for cell in suite.cells()}
+    for key, n in skipped_cells.items():  # the reason once per cell
+        log(f"[bench] {key}: {n} run(s) skipped ({cell_unavailable(cells[key], data_dir)})")
     done = failed = 0
     pending: dict[Future, Run] = {}
     started = time.time()
@@ -299,7 +543,7 @@ def run_suite(
         dep = run.depends_on
         if dep is None:
             return True, None
-        summary = layout.summary(dep)
+        summary = layout.summary(dep)  # validated: checked above, or written by this call
         return (summary is not None), (None if summary is None else float(summary["sparsity"]))
 
     with ProcessPoolExecutor(max_workers=jobs, mp_context=get_context("spawn")) as pool:
@@ -308,17 +552,41 @@ def run_suite(
             for run in list(todo):
                 if len(pending) >= jobs:
                     break
-                ok, matched = ready(run)
+                try:
+                    ok, matched = ready(run)
+                except BenchError as exc:  # its dependency finished elsewhere, with a broken summary
+                    todo.remove(run)
+                    failed += 1
+                    log(f"[bench] {run.key}: not run: {exc}")
+                    continue
                 if not ok:
-                    if run.depends_on not in waiting_on:  # its dependency failed or is filtered out
+                    if run.depends_on not in waiting_on:  # its dependency failed, is filtered out, or runs elsewhere
                         todo.remove(run)
-                        log(f"[bench] {run.key}: not run, it needs the finished run {run.depends_on}")
+                        elsewhere = " (running in another process: run this again when it has finished)" if run.depends_on in running else ""
+                        log(f"[bench] {run.key}: not run, it needs the finished run {run.depends_on}{elsewhere}")
                     continue
                 todo.remove(run)
-                interrupted = layout.state(run) == "interrupted"
+                now, note = layout.inspect(run)  # again: another process may have taken it meanwhile
+                if now == "finished":
+                    log(f"[bench] {run.key}: finished by another process meanwhile (not run again)")
+                    continue
+                if now == "uncopied" and _copy_finished(run, layout, note, log):
+                    continue
+                if now in ("uncopied", "running"):  # an uncopied run whose copy found the folder locked: logged
+                    running.add(run.key)
+                    if now == "running":
+                        log(f"[bench] {run.key}: running in another process (skipped)")
+                    continue
+                if now == "broken":
+                    failed += 1
+                    log(f"[bench] {run.key}: not run: {note}")
+                    continue
+                if now == "interrupted" and not resume:
+                    log(f"[bench] {run.key}: not run: interrupted in another process since this call started; continue it with --resume")
+                    continue
                 config = run.config(matched, data_dir).to_dict()
-                pending[pool.submit(_execute, config, str(layout.work_dir(run)), interrupted, threads)] = run
-                log(f"[bench] {run.key}: {'resumed' if interrupted else 'started'}")
+                pending[pool.submit(_execute, config, str(layout.work_dir(run)), now == "interrupted", threads, now)] = run
+                log(f"[bench] {run.key}: {'resumed' if now == 'interrupted' else 'started'}" + (f" ({note})" if note else ""))
             if not pending:
                 break
             finished, _ = wait(pending, return_when=FIRST_COMPLETED)
@@ -326,17 +594,43 @@ def run_suite(
                 run = pending.pop(future)
                 try:
                     summary = future.result()
+                    if "bench_changed" in summary:
+                        log(f"[bench] {run.key}: not run: {summary['bench_changed']}")
+                        continue
+                    copy_results(layout.work_dir(run), layout.result_dir(run), {"jobs": jobs, "threads": threads})
+                except RunFolderLockedError:  # another process took the folder between our look and the start
+                    running.add(run.key)
+                    log(f"[bench] {run.key}: running in another process (skipped)")
+                    continue
                 except Exception as exc:  # one broken run must not stop the suite
                     failed += 1
                     log(f"[bench] {run.key}: FAILED: {type(exc).__name__}: {exc}")
                     continue
-                copy_results(layout.work_dir(run), layout.result_dir(run), {"jobs": jobs, "threads": threads})
                 done += 1
                 log(
                     f"[bench] {run.key}: test accuracy {summary['test_accuracy']:.4f}, sparsity {summary['sparsity']:.4f}, "
                     f"{summary['wall_seconds']:.0f} s  ({time.time() - started:.0f} s into this call)"
                 )
-    return {"finished_before": len(state["finished"]), "ran": done, "failed": failed, "skipped": len(state["skipped"])}
+    return {
+        "finished_before": len(state["finished"]),
+        "ran": done,
+        "failed": failed,
+        "skipped": len(state["skipped"]),
+        "running_elsewhere": len(running),
+    }
+
+
+def _copy_finished(run: Run, layout: Layout, note: str | None, log: Callable[[str], None]) -> bool:
+    """Copies the results of a run that finished in its folder but not in the results; False if
+    another process holds the folder (it is training the run again)."""
+    try:
+        with run_folder_lock(layout.work_dir(run)):
+            copy_results(layout.work_dir(run), layout.result_dir(run))
+    except RunFolderLockedError:
+        log(f"[bench] {run.key}: running in another process (skipped)")
+        return False
+    log(f"[bench] {run.key}: finished earlier, results copied" + (f" ({note})" if note else ""))
+    return True
 
 
 def iter_results(layout: Layout, suite: Suite) -> Iterator[tuple[Run, dict[str, Any] | None]]:

@@ -1,12 +1,14 @@
 """The suite's report: ``snrprune bench --report`` turns whatever has finished into markdown and plots.
 
 Every number comes from the committed files under ``benchmarks/results/<suite>/``; a run that has not
-finished is listed as pending, never filled in. Plots use matplotlib's object API (see reporting).
+finished is listed as pending, never filled in. A broken file (a truncated, empty, non-UTF-8 or
+incomplete ``summary.json``, see :func:`snrprune.bench.summary_problem`; an unreadable
+``bench.json``, ``config.json`` or log) stops the report with a :class:`BenchError` naming it.
+Plots use matplotlib's object API (see reporting).
 """
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import statistics
@@ -17,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from . import reporting
-from .bench import Cell, Layout, Suite, cell_unavailable
+from .bench import BenchError, Cell, Layout, Suite, cell_unavailable, read_json
 from .training import METRICS
 
 __all__ = ["write_report", "noise_snr_average"]
@@ -83,10 +85,10 @@ class Results:
         return [1.0 - a for a in self.values(cell, method, "test_accuracy")]
 
     def metrics(self, run_key: str) -> list[dict[str, Any]]:
-        return reporting.read_jsonl(self.layout.results / run_key / METRICS)
+        return _read_log(self.layout.results / run_key / METRICS)
 
     def curve(self, run_key: str) -> list[dict[str, Any]]:
-        return reporting.read_jsonl(self.layout.results / run_key / "curve.jsonl")
+        return _read_log(self.layout.results / run_key / "curve.jsonl")
 
     def time_ratio(self, cell: Cell, method: str) -> list[float]:
         """Wall time over the dense run's of the same seed."""
@@ -96,6 +98,14 @@ class Results:
             if run and dense and dense["wall_seconds"] > 0:
                 out.append(run["wall_seconds"] / dense["wall_seconds"])
         return out
+
+
+def _read_log(path: Path) -> list[dict[str, Any]]:
+    """A run's JSON-lines log (torn lines skipped, as in reporting); BenchError naming an unreadable one."""
+    try:
+        return reporting.read_jsonl(path)
+    except (OSError, UnicodeDecodeError) as exc:
+        raise BenchError(f"{path} cannot be read ({exc}); restore it or delete its run's folder {path.parent} to run it again") from None
 
 
 # -- markdown -----------------------------------------------------------------------------------
@@ -186,7 +196,9 @@ def write_report(suite: Suite, layout: Layout, report: Path, command: str, data_
     for r in finished:
         meta = layout.results / r.key / "bench.json"
         if meta.is_file():
-            info = json.loads(meta.read_text())
+            info = read_json(meta, "record of how the run was made")
+            if not isinstance(info, dict):
+                raise BenchError(f"{meta} is not a JSON object; restore it or delete {meta.parent} to run the run again")
             label = f"{info.get('jobs', '?')} run(s) in parallel x {info.get('threads', '?')} thread(s)"
             settings[label] = settings.get(label, 0) + 1
             machine = f"{info.get('cpus', '?')} CPUs, {info.get('processor', '?')}"
@@ -346,7 +358,7 @@ def _plot_snr_distribution(results: Results, cell: Cell, path: Path) -> Path | N
     with_hist = [m for m in results.metrics(key) if "snr_histogram" in m]
     if len(with_hist) < 2:
         return None
-    config = json.loads((results.layout.results / key / "config.json").read_text())
+    config = read_json(results.layout.results / key / "config.json", "run configuration")
     first, last = with_hist[0], with_hist[-1]
     edges = np.array(first["snr_histogram"]["edges"])
     centres = np.sqrt(edges[:-1] * edges[1:])

@@ -9,13 +9,23 @@ atomic), so a reader sees either the previous complete checkpoint or the new com
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import secrets
 import tempfile
+import threading
+import time
+import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
+
+try:  # POSIX; elsewhere run folders are not locked (see run_folder_lock)
+    import fcntl
+except ImportError:  # pragma: no cover - Windows
+    fcntl = None  # type: ignore[assignment]
 
 #: Written into every checkpoint so that a foreign ``.pt`` file is recognised as such.
 FORMAT = "snrprune-checkpoint"
@@ -29,8 +39,20 @@ class CheckpointError(RuntimeError):
     """A checkpoint is missing, unreadable, truncated, or was not written by snrprune."""
 
 
+class NoSpaceError(CheckpointError):
+    """The disk (or the quota) filled up while a file was written; the previous file is kept."""
+
+
+class RunFolderLockedError(RuntimeError):
+    """Another process holds the lock of a run folder: it is training that run right now."""
+
+
 def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
-    """``torch.save`` to ``path`` so that a crash leaves either the old file or the new one, never half."""
+    """``torch.save`` to ``path`` so that a crash leaves either the old file or the new one, never half.
+
+    A full disk (``ENOSPC``, or ``EDQUOT``) raises :class:`NoSpaceError` naming the folder and the
+    file; the temporary file is removed and the previous ``path`` is left as it was.
+    """
     path = Path(path)
     fd, tmp = open_temp_beside(path)
     try:
@@ -39,11 +61,36 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
+        if _no_space(exc):
+            kept = f"the previous {path.name} is kept" if path.exists() else f"no {path.name} was written"
+            raise NoSpaceError(
+                f"no space left on the device of {path.parent.resolve()} while writing {path}; {kept}. "
+                f"Free some space (or choose a folder on another disk) and run again"
+            ) from exc
         raise
     _fsync_dir(path.parent)
+
+
+def _no_space(exc: BaseException) -> bool:
+    """Whether ``exc`` or an exception it was raised from or during is a full disk or quota.
+
+    torch's zip writer reports a failed write as its own RuntimeError, with the ``OSError`` of the
+    file object in the chain (or the other way round, from the flush on close).
+    """
+    seen: set[int] = set()
+    todo: list[BaseException | None] = [exc]
+    while todo:
+        e = todo.pop()
+        if e is None or id(e) in seen:
+            continue
+        seen.add(id(e))
+        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)):
+            return True
+        todo += [e.__cause__, e.__context__]
+    return False
 
 
 def open_temp_beside(path: Path) -> tuple[int, str]:
@@ -114,6 +161,153 @@ def writable_folder_problem(folder: str | os.PathLike) -> str | None:
         return f"cannot create anything in {ancestor} ({exc.strerror or type(exc).__name__})"
     os.rmdir(probe)
     return None
+
+
+# ------------------------------------------------------------------------------------------------
+# The run-folder lock: one process trains a run folder at a time
+# ------------------------------------------------------------------------------------------------
+
+#: Folders this process holds the lock of: real path -> (thread, depth). The lock is re-entrant
+#: within one thread (``snrprune bench`` holds it around ``train()``, which takes it again).
+_HELD: dict[str, tuple[int, int]] = {}
+_HELD_GUARD = threading.Lock()
+_WARNED_NO_LOCK: set[str] = set()
+
+
+@contextlib.contextmanager
+def run_folder_lock(
+    folder: str | os.PathLike,
+    *,
+    create: bool = False,
+    wait: float = 2.0,
+    error: type[Exception] = RunFolderLockedError,
+) -> Iterator[bool]:
+    """Holds an exclusive advisory lock on the run folder ``folder`` while the ``with`` block runs.
+
+    The lock is an ``fcntl.flock`` on the folder itself (no lock file: nothing is added to the
+    folder, so an empty new folder stays empty for :func:`snrprune.training.check_output_dir`).
+    The kernel releases it when the process ends, however it ends (``kill -9`` too): a lock is
+    never stale. Any other process (or another thread of this one) that asks for the same folder's
+    lock gets ``error`` naming the folder, after retrying for ``wait`` seconds (so that a brief
+    look by :func:`run_folder_busy` never makes a run fail). Re-entrant within one thread.
+
+    A missing folder is created when ``create`` (a new run); without ``create``, or when it
+    cannot be created, there is nothing to protect and the block runs unlocked (the caller reports
+    the missing or unwritable folder in its own words). Where ``fcntl`` is missing (Windows), or
+    the file system refuses locks, the block runs unlocked with a warning. Yields whether the
+    lock is held.
+    """
+    path = Path(folder)
+    if create and not path.is_dir():
+        with contextlib.suppress(OSError):
+            path.mkdir(parents=True, exist_ok=True)
+    if not path.is_dir():
+        yield False
+        return
+    key = os.path.realpath(path)
+    me = threading.get_ident()
+    with _HELD_GUARD:
+        holder = _HELD.get(key)
+        if holder is not None and holder[0] == me:
+            _HELD[key] = (me, holder[1] + 1)
+            reentered = True
+        else:
+            reentered = False
+    if reentered:
+        try:
+            yield True
+        finally:
+            with _HELD_GUARD:
+                _HELD[key] = (me, _HELD[key][1] - 1)
+        return
+    fd = _lock_folder(path, key, wait, error)
+    if fd is None:
+        yield False
+        return
+    with _HELD_GUARD:
+        _HELD[key] = (me, 1)
+    try:
+        yield True
+    finally:
+        with _HELD_GUARD:
+            _HELD.pop(key, None)
+        os.close(fd)  # closing the descriptor releases the flock
+
+
+def run_folder_busy(folder: str | os.PathLike) -> bool:
+    """Whether another process (or another thread of this one) holds ``folder``'s run-folder lock.
+
+    Looks with a shared lock taken and dropped at once, so two looks never conflict; a folder
+    this thread holds is not busy. False for a missing folder, and where folders cannot be locked.
+    """
+    path = Path(folder)
+    if fcntl is None or not path.is_dir():
+        return False
+    key = os.path.realpath(path)
+    with _HELD_GUARD:
+        holder = _HELD.get(key)
+    if holder is not None:
+        return holder[0] != threading.get_ident()
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    except OSError:
+        return False
+    finally:
+        os.close(fd)  # also drops the shared lock if it was taken
+    return False
+
+
+def _lock_folder(path: Path, key: str, wait: float, error: type[Exception]) -> int | None:
+    """The descriptor of ``path`` with an exclusive flock on it, or None where locks do not work."""
+    if fcntl is None:
+        _warn_unlocked(key, "this platform has no fcntl.flock")
+        return None
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+        except OSError as exc:
+            _warn_unlocked(key, f"it cannot be opened ({exc.strerror or type(exc).__name__})")
+            return None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            with _HELD_GUARD:
+                other_thread = key in _HELD
+            if other_thread or time.monotonic() >= deadline:
+                who = "thread of this process" if other_thread else "process"
+                raise error(
+                    f"another {who} is training the run folder {path} (it holds the folder's lock); "
+                    f"wait for it to finish, or stop it, then try again (a process that has ended holds no lock)"
+                ) from None
+            time.sleep(0.05)
+            continue
+        except OSError as exc:  # e.g. ENOLCK on a network file system
+            os.close(fd)
+            _warn_unlocked(key, f"the file system refuses locks ({exc.strerror or type(exc).__name__})")
+            return None
+        try:  # the folder may have been removed (and made again) while we waited: lock the one that is there
+            same = os.path.samestat(os.fstat(fd), os.stat(path))
+        except OSError:
+            same = False
+        if same:
+            return fd
+        os.close(fd)
+        if not path.is_dir():
+            return None
+
+
+def _warn_unlocked(key: str, why: str) -> None:
+    if key not in _WARNED_NO_LOCK:
+        _WARNED_NO_LOCK.add(key)
+        warnings.warn(f"cannot lock the run folder {key} ({why}); make sure no other process trains it at the same time", stacklevel=4)
 
 
 def _first_line(exc: BaseException) -> str:

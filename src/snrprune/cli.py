@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__
-from .checkpoint import CheckpointError
+from .checkpoint import CheckpointError, writable_folder_problem
 from .data import DatasetNotFoundError, dataset_names
 from .errors import InputError
 from .masks import COMBINE_MODES, SCOPES
@@ -201,14 +201,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="run the experiment suite (resumable) or write its report",
         description="Run every unfinished run of a suite file (finished runs are skipped), or with --report "
         "write the report from the finished ones. Results go to benchmarks/results/<suite>/, run folders "
-        "with checkpoints to runs/bench/<suite>/.",
+        "with checkpoints to runs/bench/<suite>/. Every run locks its run folder while it trains: a run that "
+        "another process is training is skipped, so several benches may share one suite.",
     )
     b.add_argument("suite", nargs="?", default="benchmarks/suites/paper.py", metavar="SUITE", help="suite file (default benchmarks/suites/paper.py)")
     b.add_argument("--quick", action="store_true", help="the suite's quick tier (QUICK): a smoke test of the whole pipeline")
     b.add_argument("--report", action="store_true", help="write the report and plots from the finished runs; train nothing")
     b.add_argument("--resume", action="store_true", help="continue interrupted runs from their last epoch")
     b.add_argument("--list", action="store_true", help="list the runs and their state; train nothing")
-    b.add_argument("--only", metavar="GLOB", help="only runs whose key (cell/method/seedN) matches, e.g. 'mnist-lenet300/*'")
+    b.add_argument("--only", metavar="GLOB", help="only runs whose key (cell/method/seedN) matches, e.g. 'mnist-lenet300/*'; a pattern that matches no run is an error (exit 2) that lists the cells and methods")
     b.add_argument("--jobs", type=_positive_int, default=1, metavar="N", help="runs in parallel (default 1)")
     b.add_argument("--threads", type=_positive_int, default=None, metavar="T", help="torch threads per run (default: CPUs / jobs)")
     b.add_argument("--results", metavar="DIR", help="results folder (default benchmarks/results/<suite>)")
@@ -222,9 +223,27 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    with warnings.catch_warnings():
-        warnings.showwarning = _show_warning
-        return args.handler(args, args.parser)
+    try:
+        with warnings.catch_warnings():
+            warnings.showwarning = _show_warning
+            status = args.handler(args, args.parser)
+        sys.stdout.flush()  # here, so that a closed pipe is seen here and not at exit
+        return status
+    except BrokenPipeError:  # output piped into a reader that stopped (`snrprune bench --list | head`)
+        _silence_stdout()
+        return 141  # as a shell reports a command ended by SIGPIPE (128 + 13)
+
+
+def _silence_stdout() -> None:
+    """Points stdout at /dev/null so that Python's final flush at exit raises nothing (the
+    standard recipe of the Python docs for SIGPIPE)."""
+    try:
+        fileno = sys.stdout.fileno()
+    except (AttributeError, OSError, ValueError):  # replaced by an object without a descriptor
+        return
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, fileno)
+    os.close(devnull)
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
@@ -356,45 +375,70 @@ def _export_command(args: argparse.Namespace, parser: argparse.ArgumentParser) -
 
 
 def _bench_command(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
-    import os
-
+    """Bad input (the suite file, an option, a folder, a broken result file) exits 2 with one line."""
     from .bench import BenchError, default_layout, load_suite, plan, run_suite
     from .bench_report import write_report
 
     try:
         suite = load_suite(args.suite, quick=args.quick)
-    except BenchError as exc:
-        parser.error(str(exc))
-    layout = default_layout(suite, args.results, args.work)
-    if args.list:
-        for state, runs in plan(suite, layout, args.only, args.data_dir).items():
-            for run in runs:
-                print(f"{state:12} {run.key}")
-        return 0
-    if args.report:
-        if args.report_path:
-            report = Path(args.report_path)
-        elif suite.report and not args.results:
-            report = Path(suite.report)
-        else:
-            report = layout.results / "RESULTS.md"
-        command = f"snrprune bench {args.suite}" + (" --quick" if args.quick else "")
-        path = write_report(suite, layout, report, command, args.data_dir)
-        print(f"wrote {path}")
-        return 0
-    threads = args.threads or max(1, (os.cpu_count() or 1) // args.jobs)
-    try:
+        layout = default_layout(suite, args.results, args.work)
+        for flag, folder in (("--results", layout.results), ("--work", layout.work)):
+            if folder.exists() and not folder.is_dir():
+                raise BenchError(f"{flag} {folder} is a file, not a folder; give a folder (it is created if missing)")
+        if args.list:
+            for state, runs in plan(suite, layout, args.only, args.data_dir).items():
+                for run in runs:
+                    print(f"{state:12} {run.key}")
+            return 0
+        if args.report:
+            return _bench_report(args, suite, layout, write_report)
+        for flag, folder in (("--results", layout.results), ("--work", layout.work)):
+            if (problem := writable_folder_problem(folder)) is not None:
+                raise BenchError(f"cannot write the {flag[2:]} folder {folder}: {problem}; choose another {flag}")
+        threads = args.threads or max(1, (os.cpu_count() or 1) // args.jobs)
         counts = run_suite(suite, layout, resume=args.resume, jobs=args.jobs, threads=threads, only=args.only, data_dir=args.data_dir)
     except BenchError as exc:
         return _fail(str(exc), status=2)
     except KeyboardInterrupt:
         print(file=sys.stderr)
         return _fail("interrupted; continue with the same command and --resume", status=130)
+    elsewhere = f", {counts['running_elsewhere']} running in another process" if counts["running_elsewhere"] else ""
     print(
         f"[bench] {counts['ran']} run(s) finished now, {counts['finished_before']} before, {counts['failed']} failed, "
-        f"{counts['skipped']} skipped; write the report with: snrprune bench {args.suite}{' --quick' if args.quick else ''} --report"
+        f"{counts['skipped']} skipped{elsewhere}; write the report with: snrprune bench {args.suite}{' --quick' if args.quick else ''} --report"
     )
     return 1 if counts["failed"] else 0
+
+
+def _bench_report(args: argparse.Namespace, suite: Any, layout: Any, write_report: Any) -> int:
+    """``snrprune bench --report``: checks where the report and plots go, then writes them."""
+    from .bench import BenchError
+
+    if args.report_path:
+        report = Path(args.report_path).expanduser()
+        if report.is_dir():
+            raise BenchError(f"--report-path {report} is a folder; give a file name (e.g. {report / 'RESULTS.md'})")
+        if not report.parent.is_dir():
+            what = "is a file" if report.parent.exists() else "does not exist"
+            raise BenchError(f"--report-path {report}: its folder {report.parent} {what}; create the folder or choose another path")
+        problem = writable_folder_problem(report.parent)
+        if problem is None and report.exists() and not os.access(report, os.W_OK):
+            problem = f"{report} is not writable"
+        if problem is not None:
+            raise BenchError(f"--report-path {report} cannot be written: {problem}; choose another path")
+    elif suite.report and not args.results:
+        report = Path(suite.report)
+    else:
+        report = layout.results / "RESULTS.md"
+    if (problem := writable_folder_problem(layout.results / "plots")) is not None:
+        raise BenchError(f"cannot write the plots into {layout.results / 'plots'}: {problem}; choose another --results")
+    command = f"snrprune bench {args.suite}" + (" --quick" if args.quick else "")
+    try:
+        path = write_report(suite, layout, report, command, args.data_dir)
+    except OSError as exc:
+        return _fail(f"could not write the report {report} or its plots: {exc.strerror or exc}", status=1)
+    print(f"wrote {path}")
+    return 0
 
 
 if __name__ == "__main__":

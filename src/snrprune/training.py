@@ -611,6 +611,14 @@ def _forward_backward(
 # ------------------------------------------------------------------------------------------------
 
 
+# -- the run-folder lock (issue 17) ------------------------------------------------------------
+from .checkpoint import RunFolderLockedError, run_folder_lock  # noqa: E402
+
+
+class RunFolderBusyError(TrainingError, RunFolderLockedError):
+    """Another process is training the same run folder (it holds the folder's lock)."""
+
+
 def train(
     config: TrainConfig | None,
     out_dir: str | Path,
@@ -626,8 +634,17 @@ def train(
     ends this call after that many epochs with the checkpoint written, e.g. to split a long run
     into jobs; the returned dict then has ``finished`` False. Launched by torchrun (or with a
     process group initialised), every process calls it; see the module docstring.
+
+    The process that writes the files holds ``out_dir``'s lock for the whole call (taken before
+    anything in the folder is read or cleared, see :func:`snrprune.checkpoint.run_folder_lock`): a
+    second process training the same folder, new run or resume, raises :class:`RunFolderBusyError`.
     """
     with contextlib.ExitStack() as cleanup:
+        dist_on = torch.distributed.is_available() and torch.distributed.is_initialized()
+        writer = torch.distributed.get_rank() == 0 if dist_on else int(os.environ.get("WORLD_SIZE", "1")) <= 1 or os.environ.get("RANK", "0") == "0"
+        if writer:  # only rank 0 writes; the other ranks of one launch share its lock
+            cleanup.enter_context(run_folder_lock(out_dir, create=not resume, error=RunFolderBusyError))
+        # -- end of the run-folder lock ----------------------------------------------------------
         result = _train(config, out_dir, cleanup, resume=resume, overwrite=overwrite, progress=progress, stop_after_epochs=stop_after_epochs)
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             torch.distributed.barrier()  # rank 0 has written its files when any rank returns
