@@ -75,6 +75,11 @@ class Results:
             if summary is not None:
                 self.summaries[run.key] = summary
 
+    def finished(self, cell: Cell, method: str) -> bool:
+        """Whether every seed the suite runs of this method in this cell has finished (a group may run fewer seeds than the cell's)."""
+        keys = [r.key for r in self.suite.runs() if r.cell.key == cell.key and r.method.name == method]
+        return bool(keys) and all(k in self.summaries for k in keys)
+
     def seeds(self, cell: Cell, method: str) -> list[dict[str, Any]]:
         return [s for seed in range(cell.seeds) if (s := self.summaries.get(f"{cell.key}/{method}/seed{seed}"))]
 
@@ -106,6 +111,100 @@ def _read_log(path: Path) -> list[dict[str, Any]]:
         return reporting.read_jsonl(path)
     except (OSError, UnicodeDecodeError) as exc:
         raise BenchError(f"{path} cannot be read ({exc}); restore it or delete its run's folder {path.parent} to run it again") from None
+
+
+#: The methods the frontier table compares, when the suite has them (each a method that finds its own sparsity).
+FRONTIER_METHODS = ("snr", "snr-auto", "snr-auto-window-1")
+#: The least margin of "lossless": a mean test error at most this much above dense's (0.1 points).
+LOSSLESS_MARGIN = 0.001
+
+
+def frontier_ladder(suite: Suite) -> dict[str, float]:
+    """DPF's ladder in the suite: each method that is plain DPF at a fixed target, by name."""
+    return {
+        m.name: float(m.options["target_sparsity"])
+        for g in suite.groups
+        for m in g.methods
+        if m.matched_to is None and m.options.get("method") == "dpf" and "target_sparsity" in m.options
+    }
+
+
+def lossless_frontier(results: Results, cell: Cell, ladder: dict[str, float]) -> tuple[float | None, bool]:
+    """(frontier, complete) of a cell: the largest target of DPF's ladder whose mean test error is at most
+    dense's mean plus dense's standard deviation or :data:`LOSSLESS_MARGIN`, whichever is larger, among the
+    targets whose every seed has finished; ``complete`` is False while a target above it is pending (the
+    frontier is then a lower bound). None while dense, or every target, is pending."""
+    dense = results.error(cell, DENSE)
+    if not dense:
+        return None, False
+    mean, std = _mean_std(dense)
+    bound = mean + max(std, LOSSLESS_MARGIN)
+    finished = {name: target for name, target in ladder.items() if results.finished(cell, name)}
+    frontier = max((t for name, t in finished.items() if statistics.fmean(results.error(cell, name)) <= bound), default=None)
+    complete = all(name in finished for name, t in ladder.items() if frontier is None or t > frontier)
+    return frontier, complete
+
+
+def _frontier_rows(results: Results, cells: Sequence[Cell], ladder: dict[str, float], methods: Sequence[str]) -> tuple[list[str], dict[str, dict[str, float]], dict[str, float]]:
+    """The table of the lossless frontier per cell, each method's chosen sparsity and kept-weight ratio."""
+    lines = [
+        "| cell | dense error % | frontier % (DPF lossless) | "
+        + " | ".join(f"{m}: sparsity % / kept ratio" for m in methods)
+        + " |",
+        "|---|---|---|" + "---|" * len(methods),
+    ]
+    chosen: dict[str, dict[str, float]] = {m: {} for m in methods}
+    frontiers: dict[str, float] = {}  # the cells whose ladder is complete
+    for cell in cells:
+        frontier, complete = lossless_frontier(results, cell, ladder)
+        if frontier is None:
+            continue
+        if complete:
+            frontiers[cell.key] = frontier
+        row = [f"| {cell.key} | {_pm(results.error(cell, DENSE))} | {100 * frontier:g}{'' if complete else ' (≥, ladder pending)'} |"]
+        for m in methods:
+            values = results.values(cell, m, "sparsity")
+            if not values:
+                row.append(" - |")
+                continue
+            if complete:
+                chosen[m][cell.key] = statistics.fmean(values)
+            ratio = (1 - statistics.fmean(values)) / (1 - frontier)
+            row.append(f" {_pm(values, digits=1)} / {ratio:.2f} |")
+        lines.append("".join(row))
+    return lines, chosen, frontiers
+
+
+def _frontier_section(results: Results, suite: Suite, plots: Path) -> tuple[list[str], Path | None]:
+    ladder = frontier_ladder(suite)
+    methods = [m for m in FRONTIER_METHODS if any(m == x.name for g in suite.groups for x in g.methods)]
+    cells = [c for c in suite.cells() if any(results.seeds(c, name) for name in ladder)]
+    if not (ladder and cells):
+        return [], None
+    table, chosen, frontiers = _frontier_rows(results, cells, ladder, methods)
+    lines = [
+        "## How close each method comes to DPF's lossless frontier",
+        "",
+        f"The frontier of a cell is the largest target of DPF's ladder ({', '.join(f'{100 * t:g}' for t in sorted(set(ladder.values())))}%: "
+        f"global scope, the cell's recipe) whose mean test error is at most dense's mean plus dense's standard deviation "
+        f"or {100 * LOSSLESS_MARGIN:g} points, whichever is larger. The kept ratio is (1 − chosen) / (1 − frontier): 1 means "
+        "the method found the frontier by itself, 3 that it kept three times the weights it needed (below 1: it pruned past it). "
+        "Where a target above the frontier is still pending, the frontier is a lower bound (≥) and the ratio an upper bound; "
+        "the counts below and the plot take only the cells whose ladder is complete.",
+        "",
+        *table,
+        "",
+    ]
+    for m in methods:
+        ratios = [(1 - chosen[m][k]) / (1 - frontiers[k]) for k in chosen[m] if k in frontiers]
+        if ratios:
+            lines.append(
+                f"- `{m}`: kept ratio at most 1.5 on {sum(r <= 1.5 for r in ratios)} of {len(ratios)} cells with a complete ladder; "
+                f"median {statistics.median(ratios):.2f}."
+            )
+    lines.append("")
+    path = _plot_frontier(chosen, frontiers, plots / "frontier.png") if frontiers else None
+    return lines, path
 
 
 # -- markdown -----------------------------------------------------------------------------------
@@ -231,6 +330,10 @@ def write_report(suite: Suite, layout: Layout, report: Path, command: str, data_
             lines.append(f"- `{cell}`: {len(keys)} of {in_cell}: {shown}")
     lines.append("")
 
+    frontier_lines, frontier_plot = _frontier_section(results, suite, plots)
+    if frontier_plot is not None:
+        frontier_lines += [f"![chosen sparsity against the frontier]({link(frontier_plot)})", ""]
+    lines += frontier_lines
     main = suite.groups[0]
     methods_main = [m.name for m in main.methods]
     for method, matched, title in COMPARISONS:  # over the cells of every group that has the method
@@ -312,6 +415,26 @@ def _plot_accuracy(results: Results, cells: Sequence[Cell], methods: Sequence[An
         ax.tick_params(labelsize=7)
     handles, labels = axes[0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="outside lower center", ncols=len(labels), fontsize=8)
+    fig.savefig(path, dpi=100)
+    return path
+
+
+def _plot_frontier(chosen: dict[str, dict[str, float]], frontiers: dict[str, float], path: Path) -> Path:
+    """Each method's chosen sparsity against the cell's lossless frontier (the diagonal: found it)."""
+    fig = reporting._figure(5.0, 4.4)
+    ax = fig.subplots()
+    ax.plot([0, 100], [0, 100], color="grey", lw=1, ls="--", label="the frontier")
+    for i, (method, by_cell) in enumerate(chosen.items()):
+        keys = [k for k in by_cell if k in frontiers]
+        marker, color = _style(method, i)
+        ax.scatter([100 * frontiers[k] for k in keys], [100 * by_cell[k] for k in keys], marker=marker, color=color, label=method, s=30, alpha=0.8)
+    ax.set_xlabel("DPF's lossless frontier (%)", fontsize=8)
+    ax.set_ylabel("chosen sparsity (%)", fontsize=8)
+    ax.set_xlim(0, 100)
+    ax.set_ylim(0, 100)
+    ax.grid(alpha=0.3)
+    ax.tick_params(labelsize=7)
+    ax.legend(fontsize=7, loc="upper left")
     fig.savefig(path, dpi=100)
     return path
 

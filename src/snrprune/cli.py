@@ -37,6 +37,7 @@ from .training import (
     OPTIMIZERS,
     SCHEDULES,
     SUMMARY,
+    METHOD_OPTIONS,
     RunFinishedError,
     TrainConfig,
     TrainingError,
@@ -44,13 +45,6 @@ from .training import (
     train,
 )
 
-# Options that only make sense for one pruning method (flag -> method).
-_METHOD_ONLY = {
-    **{name: ("snr",) for name in ("combine", "ema", "burn_in_epochs", "stats_every")},
-    "threshold": ("snr", "snr-auto"),
-    **{name: ("snr-auto",) for name in ("window_epochs", "auto_step", "auto_lr_scale", "auto_hysteresis")},
-    **{name: ("dpf",) for name in ("target_sparsity", "end_fraction")},
-}
 # TrainConfig fields set by `snrprune train` options (everything a --resume must not change).
 _CONFIG_OPTIONS = (
     "dataset", "model", "method", "model_options", "data_dir", "target", "data_seed", "seed", "device",
@@ -134,7 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     t = commands.add_parser(
         "train",
-        help="train a model with dense, DPF or SNR pruning",
+        help="train a model: dense, or pruned by snr, snr-auto or dpf",
         description="Train a model while pruning it. Without options: LeNet-300-100 on MNIST with SNR pruning. "
         "Optimisation options left out come from the model family's recipe (see snrprune.training.RECIPES). "
         "Several processes: torchrun --nproc_per_node=N -m snrprune train ...; --batch-size is then the global "
@@ -320,7 +314,7 @@ def _config_from_args(given: dict[str, Any], parser: argparse.ArgumentParser) ->
     method = given.get("method", TrainConfig.method)
     if method == "dpf" and "target_sparsity" not in given:
         parser.error("--method dpf needs --target-sparsity S (the final sparsity, e.g. 0.9)")
-    for name, methods in _METHOD_ONLY.items():
+    for name, methods in METHOD_OPTIONS.items():  # the same rule as TrainConfig.validate, named by flag
         if name in given and method not in methods:
             flag = "--" + name.replace("_", "-")
             parser.error(f"{flag} only applies to --method {' or '.join(methods)} (this run uses --method {method})")

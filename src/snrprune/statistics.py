@@ -14,13 +14,29 @@ inf/NaN gradients) never leak into the next step's sums.
 from __future__ import annotations
 
 import functools
+import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor, nn
+from torch.utils._pytree import tree_flatten, tree_unflatten
 
-from .layers import NameFilter, PrunableLayer, find_prunable_layers
+from .layers import (
+    OTHER_METHODS,
+    PER_SAMPLE_BUDGET,
+    Call,
+    LayerMoments,
+    NameFilter,
+    NotExact,
+    PrunableLayer,
+    Use,
+    find_prunable_layers,
+    replaying,
+    rng_state,
+    snr_refusals,
+)
 
 #: SNR given to an entry whose individual gradients are all equal and non-zero (zero variance).
 SNR_CAP = 1e12
@@ -60,7 +76,7 @@ def snr_from_moments(
 
 
 class GradientStats:
-    """Collects exact per-weight gradient moments of a model's prunable layers during backward.
+    """Collects exact per-weight gradient moments of a model's prunable weights during backward.
 
     Example::
 
@@ -69,13 +85,33 @@ class GradientStats:
         snr = stats.snr()          # {"fc1.weight": tensor of fc1.weight's shape, ...}
         stats.reset()
 
-    Per-sample terms come from each layer's input and output-gradient (see :mod:`snrprune.layers`).
+    Per-sample terms come from what each module saw (see :mod:`snrprune.layers`): a forward hook
+    records the call, a hook on its outputs receives their gradients, and the module type's
+    extractor turns both into *uses* of its weights. S1 is taken from the weight's gradient.
+
+    Rules, all exact under the definition g_i = sample i's contribution to the batch gradient:
+
+    - A weight used several times between two backward calls (a tied weight, a module called twice,
+      a recurrent cell called once per time step) sums each sample's gradient over the uses before
+      squaring. The uses are paired sample by sample (row i of every use is sample i), so two forward
+      passes over *different* micro-batches must each get their own ``backward()`` (gradient
+      accumulation), as usual. Uses with different batch sizes are an error.
+    - A weight that gets no statistics in a backward call (its module did not run, or its output did
+      not reach the loss) has a zero gradient for that call's samples: S1 and S2 get nothing, B gets
+      the call's batch size, so a weight without statistics on a whole step has SNR 0 (no signal), as
+      any weight whose gradient is zero. The first time this happens to a weight is a warning naming it.
+    - A weight whose gradient arrives without per-sample terms (used outside its module's forward)
+      is an error, raised from ``backward()``; so is a module that sees a batch of one while the
+      step's batch is larger (its output is broadcast over the samples, e.g. position embeddings).
+    - On the first backward call of each weight, the per-sample terms are checked to add up to its
+      gradient; if they do not (a loss term on the weight itself, e.g. an L2 penalty, or a use that
+      bypasses the module) a warning names it. Use the optimizer's weight decay instead of an L2 term.
+
     With cross-sample layers in training mode (BatchNorm), g_i is sample i's contribution to the batch
-    gradient; the g_i still sum to the batch gradient. A module applied several times in one forward
-    pass contributes one "sample" set per application. S1 is taken from the weight's gradient, so a
-    loss term that touches the weight directly (an L2 penalty in the loss) enters S1 but not S2: use
-    the optimizer's weight decay instead. While ``enabled`` is False no hook is attached,
-    so collecting nothing costs nothing.
+    gradient; the g_i still sum to the batch gradient. While ``enabled`` is False no hook is attached,
+    so collecting nothing costs nothing. ``snr`` cannot replay some modules exactly (an RNN with
+    dropout between layers): the constructor refuses them, naming the weights and the methods that
+    can prune them.
     """
 
     def __init__(
@@ -87,8 +123,24 @@ class GradientStats:
         process_group: Any = None,
     ) -> None:
         self.layers: list[PrunableLayer] = find_prunable_layers(model, include, exclude)
+        refused = snr_refusals(self.layers)
+        if refused:
+            raise ValueError(
+                f"snr cannot compute exact per-sample gradient statistics for {', '.join(refused)}; prune these weights "
+                f"with {OTHER_METHODS}, or exclude them (exclude=[...], --exclude-layers PATTERN)"
+            )
         #: The torch.distributed group :meth:`all_reduce` sums over (None: the default group).
         self.process_group = process_group
+        self._by_name = {layer.name: layer for layer in self.layers}
+        # the hooked modules: (module, extractor, {path of a selected weight in it: its layer})
+        modules: dict[tuple[int, int], _Hooked] = {}
+        for layer in self.layers:
+            for use in layer.uses:
+                key = (id(use.module), id(use.moments))
+                if key not in modules:
+                    modules[key] = _Hooked(use.module, use.moments, {})
+                modules[key].paths[use.path] = layer
+        self._modules = list(modules.values())
         # Persistent buffers: fresh big tensors every step cost page faults that rival the arithmetic.
         # Where all layers share device and dtype, S1, S2 and the counts are views of one flat
         # tensor, so that the all-reduce is one call on it without copies.
@@ -97,8 +149,23 @@ class GradientStats:
         self._s1: dict[str, Tensor] = {}
         self._s2: dict[str, Tensor] = {}
         self._scratch: dict[str, Tensor] = {}
+        # the step's sums: per weight the samples with per-sample terms, S1 arrived; the step's samples
         self._count: dict[str, int] = {}
         self._has_s1: set[str] = set()
+        self._samples = 0
+        self._seen_samples: dict[str, int] = {}
+        # the current backward call
+        self._task: int | None = None
+        self._calls: dict[str, int] = {}  # forward calls that used each weight since the last backward
+        self._stash: dict[str, list[Use]] = {}  # uses of weights used several times, reduced at the end
+        self._bw_batch: dict[str, int] = {}
+        self._bw_grad: set[str] = set()
+        self._rng: dict[int, Any] = {}
+        # the one-time check that the per-sample terms add up to the gradient
+        self._verified: set[str] = set()
+        self._verify_uses: dict[str, Tensor] = {}
+        self._verify_grad: dict[str, Tensor] = {}
+        self._warned_missing: set[str] = set()
         self._handles: list = []
         self._enabled = False
         self.enabled = enabled
@@ -112,8 +179,16 @@ class GradientStats:
     def enabled(self, value: bool) -> None:
         value = bool(value)
         if value and not self._enabled:
+            for hooked in self._modules:
+                module, moments = hooked.module, hooked.moments
+                if type(moments).wants_rng is not LayerMoments.wants_rng:
+                    self._handles.append(module.register_forward_pre_hook(functools.partial(self._on_pre_forward, hooked)))
+                if moments.needs_kwargs:
+                    hook = functools.partial(self._on_call, hooked)
+                    self._handles.append(module.register_forward_hook(hook, with_kwargs=True))
+                else:
+                    self._handles.append(module.register_forward_hook(functools.partial(self._on_forward, hooked)))
             for layer in self.layers:
-                self._handles.append(layer.module.register_forward_hook(functools.partial(self._on_forward, layer)))
                 self._handles.append(layer.weight.register_hook(functools.partial(self._on_weight_grad, layer)))
         elif not value and self._enabled:
             self._detach()
@@ -129,11 +204,206 @@ class GradientStats:
         self._detach()
         self._enabled = False
 
-    def _on_forward(self, layer: PrunableLayer, module: nn.Module, inputs: tuple, output: Tensor) -> None:
-        if not (torch.is_grad_enabled() and isinstance(output, Tensor) and output.requires_grad):
-            return
-        output.register_hook(functools.partial(self._on_output_grad, layer, inputs[0].detach()))
+    # -- forward: record the calls ---------------------------------------------------------------
+    def _count_call(self, hooked: _Hooked) -> None:
+        for layer in hooked.paths.values():
+            self._calls[layer.name] = self._calls.get(layer.name, 0) + 1
 
+    def _on_forward(self, hooked: _Hooked, module: nn.Module, inputs: tuple, output: Tensor) -> None:
+        """Simple modules (y = op(x, weight)): keep x, wait for the output's gradient."""
+        if replaying() or not (torch.is_grad_enabled() and isinstance(output, Tensor) and output.requires_grad):
+            return
+        self._count_call(hooked)
+        output.register_hook(functools.partial(self._on_output_grad, hooked, inputs[0].detach()))
+
+    def _on_output_grad(self, hooked: _Hooked, x: Tensor, delta: Tensor) -> None:
+        self._take(hooked, {"weight": [Use(hooked.moments, hooked.module, x, delta)]})
+
+    def _on_pre_forward(self, hooked: _Hooked, module: nn.Module, args: tuple) -> None:
+        if not replaying() and torch.is_grad_enabled() and hooked.moments.wants_rng(module):
+            device = next(iter(hooked.paths.values())).weight.device
+            self._rng[id(module)] = rng_state(device)
+
+    def _on_call(self, hooked: _Hooked, module: nn.Module, args: tuple, kwargs: dict, output: Any) -> Any:
+        """Modules with several outputs or hidden products: keep the call, wait for all output gradients."""
+        rng = self._rng.pop(id(module), None)
+        if replaying() or not torch.is_grad_enabled():
+            return
+        leaves, spec = tree_flatten(output)
+        positions = [k for k, t in enumerate(leaves) if isinstance(t, Tensor)]
+        outputs = [leaves[k] for k in positions]
+        positions = [n for n, t in enumerate(outputs) if t.requires_grad]
+        if not positions:
+            return
+        self._count_call(hooked)
+        call = Call(_detached(args), _detached(kwargs), [t.detach() for t in outputs], rng)
+        replaced = None
+        if len(positions) > 1:
+            # One output may be computed from another inside the module (LSTMCell's h from c): a hook on
+            # the output itself would see the gradient through that internal path too. The module's
+            # caller gets aliases instead, whose gradients come from outside the module only.
+            aliases = {id(t): t.view_as(t) for t in outputs if t.requires_grad}
+            leaves = [aliases.get(id(t), t) if isinstance(t, Tensor) else t for t in leaves]
+            outputs = [aliases.get(id(t), t) for t in outputs]
+            replaced = tree_unflatten(leaves, spec)
+        needed = [outputs[n] for n in positions]
+
+        def on_grads(grads: Sequence[Tensor | None]) -> None:
+            full: list[Tensor | None] = [None] * len(outputs)
+            for k, g in zip(positions, grads):
+                full[k] = g
+            self._take(hooked, hooked.moments.uses(module, call, full, set(hooked.paths)))
+
+        if len(needed) == 1:
+            needed[0].register_hook(lambda grad: on_grads([grad]))
+            return None
+        torch.autograd.graph.register_multi_grad_hook(needed, on_grads)
+        return replaced
+
+    # -- backward: reduce the uses to S2 ---------------------------------------------------------
+    def _begin(self) -> None:
+        """Called from every hook: the first one of a backward call queues its end."""
+        task = torch._C._current_graph_task_id()
+        if task == self._task:
+            return
+        if self._task is not None:  # a backward call that never finished (it raised): drop its leftovers
+            self._clear_backward()
+        self._task = task
+        torch.autograd.Variable._execution_engine.queue_callback(self._end_backward)
+
+    def _clear_backward(self) -> None:
+        self._task = None
+        self._calls, self._stash, self._bw_batch, self._bw_grad = {}, {}, {}, set()
+        self._verify_uses, self._verify_grad = {}, {}
+
+    def _take(self, hooked: _Hooked, uses: dict[str, list[Use]]) -> None:
+        self._begin()
+        with torch.no_grad():
+            for path, use_list in uses.items():
+                layer = hooked.paths[path]
+                name = layer.name
+                if name in self._has_s1 and name not in self._bw_grad and layer.weight.grad is None:
+                    # The sums hold a finished backward but the gradient has been cleared since: its step
+                    # never came (e.g. skipped by GradScaler). They belong to no step; start afresh.
+                    self.reset()
+                if self._calls.get(name, 0) <= 1 and name not in self._stash:
+                    self._reduce(layer, use_list)
+                else:  # more uses of this weight may come in this backward call
+                    self._stash.setdefault(name, []).extend(use_list)
+
+    def _reduce(self, layer: PrunableLayer, uses: list[Use]) -> None:
+        name = layer.name
+        batches = sorted({use.batch for use in uses})
+        if len(batches) > 1:
+            raise NotExact(
+                f"{name} is used with batch sizes {batches} in one backward call; its per-sample statistics pair the "
+                f"uses sample by sample. Prune it with {OTHER_METHODS}, or exclude it"
+            )
+        batch = batches[0]
+        out = self._buffer(self._s2, layer)
+        accumulate = self._count.get(name, 0) > 0
+        if len(uses) == 1 and uses[0].rows is None:
+            uses[0].sum_sq(out, accumulate)
+        elif _disjoint(uses):
+            if not accumulate:
+                out.zero_()
+            for use in uses:
+                use.sum_sq(out[use.rows], True)
+        else:
+            self._combine(layer, uses, out, accumulate, batch)
+        self._count[name] = self._count.get(name, 0) + batch
+        self._bw_batch[name] = self._bw_batch.get(name, 0) + batch
+        if name not in self._verified:
+            total = self._verify_uses.get(name)
+            if total is None:
+                total = self._verify_uses[name] = torch.zeros_like(out)
+            for use in uses:
+                part = use.grad_sum(out.dtype)
+                (total if use.rows is None else total[use.rows]).add_(part.view_as(total if use.rows is None else total[use.rows]))
+
+    def _combine(self, layer: PrunableLayer, uses: list[Use], out: Tensor, accumulate: bool, batch: int) -> None:
+        """S2 of a weight used several times: per-sample gradients summed over the uses, then squared."""
+        if not accumulate:
+            out.zero_()
+        chunk = max(1, PER_SAMPLE_BUDGET // out.numel())
+        for start in range(0, batch, chunk):
+            stop = min(batch, start + chunk)
+            g = torch.zeros((stop - start, *out.shape), dtype=out.dtype, device=out.device)
+            for use in uses:
+                try:
+                    part = use.per_sample(start, stop, out.dtype)
+                except NotImplementedError as error:
+                    raise NotExact(f"{layer.name}: {error}; prune it with {OTHER_METHODS}, or exclude it") from error
+                (g if use.rows is None else g[:, use.rows]).add_(part.view(stop - start, *(out.shape if use.rows is None else out[use.rows].shape)))
+            out += g.square_().sum(0)
+
+    def _on_weight_grad(self, layer: PrunableLayer, grad: Tensor) -> None:
+        # S1 = sum_i g_i is this backward call's gradient of the weight: no extra work needed.
+        self._begin()
+        with torch.no_grad():
+            if grad.is_sparse:
+                grad = grad.to_dense()
+            out = self._buffer(self._s1, layer)
+            name = layer.name
+            if name in self._has_s1:
+                out.add_(grad)
+            else:
+                out.copy_(grad)
+                self._has_s1.add(name)
+            self._bw_grad.add(name)
+            if name not in self._verified:
+                previous = self._verify_grad.get(name)
+                self._verify_grad[name] = grad.detach().clone() if previous is None else previous.add_(grad)
+
+    def _end_backward(self) -> None:
+        """The end of a backward call: reduce the stashed uses, check, count the call's samples."""
+        with torch.no_grad():
+            for name, uses in self._stash.items():
+                self._reduce(self._by_name[name], uses)
+            batch = max(self._bw_batch.values(), default=0)
+            bypassed = sorted(self._bw_grad - set(self._bw_batch))
+            broadcast = sorted(name for name, b in self._bw_batch.items() if b == 1 and batch > 1)
+            self._verify()
+            self._samples += batch
+            for name in self._bw_batch:
+                self._seen_samples[name] = self._seen_samples.get(name, 0) + batch
+            self._clear_backward()
+        if bypassed:
+            raise NotExact(
+                f"{', '.join(bypassed)} received a gradient but no per-sample statistics: the weight is used outside the "
+                f"forward of {self._module_names(bypassed)} (e.g. by its parent's code, F.linear(x, module.weight)), so "
+                f"snr cannot compute its SNR; prune it with {OTHER_METHODS}, or exclude it"
+            )
+        if broadcast:
+            raise NotExact(
+                f"{', '.join(broadcast)}: {self._module_names(broadcast)} saw a batch of 1 while this backward's batch has "
+                f"{batch} samples: its output is broadcast over the samples (e.g. position embeddings), so its per-sample "
+                f"gradients are unknown; prune it with {OTHER_METHODS}, or exclude it"
+            )
+
+    def _module_names(self, names: list[str]) -> str:
+        modules = [use.module_name or type(use.module).__name__ for n in names for use in self._by_name[n].uses]
+        return ", ".join(dict.fromkeys(modules))
+
+    def _verify(self) -> None:
+        """The first time: do a weight's per-sample terms add up to its gradient?"""
+        for name in set(self._verify_uses) & set(self._verify_grad):
+            uses, grad = self._verify_uses[name], self._verify_grad[name].to(self._verify_uses[name].dtype)
+            self._verified.add(name)
+            scale = max(float(grad.abs().max()), float(uses.abs().max()))
+            weight = self._by_name[name].weight
+            tol = max(torch.finfo(weight.dtype).eps, torch.finfo(uses.dtype).eps) ** 0.5 * scale
+            difference = float((uses - grad).abs().max())
+            if difference > tol:
+                warnings.warn(
+                    f"the per-sample gradients of {name} do not add up to its gradient (largest difference {difference:.3g}, "
+                    f"largest entry {scale:.3g}): part of its gradient does not come through the forward of "
+                    f"{self._module_names([name])}, e.g. a loss term on the weight itself (an L2 penalty: use the "
+                    "optimizer's weight_decay instead) or a use that bypasses the module; its SNR misses that part",
+                    stacklevel=2,
+                )
+
+    # -- buffers ---------------------------------------------------------------------------------
     @staticmethod
     def _dtype(layer: PrunableLayer) -> torch.dtype:
         return torch.promote_types(layer.weight.dtype, torch.float32)  # float32 at least (bf16/fp16 weights)
@@ -162,46 +432,48 @@ class GradientStats:
             buf = buffers[layer.name] = torch.zeros(layer.weight.shape, dtype=self._dtype(layer), device=layer.weight.device)
         return buf
 
-    def _on_output_grad(self, layer: PrunableLayer, x: Tensor, delta: Tensor) -> None:
-        if layer.name in self._has_s1 and layer.weight.grad is None:
-            # The sums hold a finished backward but the gradient has been cleared since: its step
-            # never came (e.g. skipped by GradScaler). They belong to no step; start afresh.
-            self.reset()
-        with torch.no_grad():
-            out = self._buffer(self._s2, layer)
-            seen = self._count.get(layer.name, 0)
-            layer.moments.sum_sq(layer.module, x.to(out.dtype), delta.to(out.dtype), out, accumulate=seen > 0)
-            self._count[layer.name] = seen + x.shape[0]
-
-    def _on_weight_grad(self, layer: PrunableLayer, grad: Tensor) -> None:
-        # S1 = sum_i g_i is this backward call's gradient of the weight: no extra work needed.
-        with torch.no_grad():
-            out = self._buffer(self._s1, layer)
-            if layer.name in self._has_s1:
-                out.add_(grad)
-            else:
-                out.copy_(grad)
-                self._has_s1.add(layer.name)
-
     # -- results ---------------------------------------------------------------------------------
     @property
     def count(self) -> int:
         """Samples seen since the last reset (the B of the statistics)."""
-        return max(self._count.values(), default=0)
+        return max(self._samples, max(self._count.values(), default=0))
+
+    def _counts(self, warn: bool) -> dict[str, int]:
+        """B per weight, with the zero-gradient rule for the backward calls a weight missed (sums zeroed)."""
+        counts = {}
+        for layer in self.layers:
+            name = layer.name
+            own = self._count.get(name, 0)
+            counts[name] = own + self._samples - self._seen_samples.get(name, 0)
+            if own == 0:
+                self._buffer(self._s1, layer).zero_()
+                self._buffer(self._s2, layer).zero_()
+                if warn and counts[name] and name not in self._warned_missing:
+                    self._warned_missing.add(name)
+                    warnings.warn(
+                        f"no gradient statistics reached {name} on this step (its module did not run, or its output did "
+                        "not reach the loss): it counts as a zero gradient for the step's samples, SNR 0 (no signal); "
+                        "warned once per weight",
+                        stacklevel=3,
+                    )
+        return counts
 
     def moments(self) -> dict[str, Moments]:
         """The raw sums per parameter name, S1, S2 and B, accumulated since the last reset.
 
-        The tensors are the collector's buffers, overwritten after the next reset: clone to keep.
+        Every selected weight has an entry: one that got no statistics in some backward call has a
+        zero gradient for that call's samples (see the class docstring). The tensors are the
+        collector's buffers, overwritten after the next reset: clone to keep.
         """
-        if not self._count:
+        if not self.count:
             raise RuntimeError(
                 "no gradient statistics collected yet: run loss.backward() while the statistics are enabled"
             )
         missing = sorted(set(self._count) - self._has_s1)
         if missing:
             raise RuntimeError(f"no weight gradient reached {missing}: compute the statistics with loss.backward()")
-        return {name: Moments(self._s1[name], self._s2[name], count) for name, count in self._count.items()}
+        counts = self._counts(warn=True)
+        return {name: Moments(self._s1[name], self._s2[name], count) for name, count in counts.items()}
 
     def snr(self, out: dict[str, Tensor] | None = None) -> dict[str, Tensor]:
         """Per-weight mini-batch gradient SNR, ``{parameter name: tensor of the weight's shape}``.
@@ -221,13 +493,15 @@ class GradientStats:
         """Forgets the collected sums (hooks and buffers stay). Tensors from moments() are reused."""
         self._count = {}
         self._has_s1 = set()
+        self._samples = 0
+        self._seen_samples = {}
 
     def all_reduce(self, group: Any = None) -> None:
         """Sums S1, S2 and B over the processes of ``group`` (default: ``process_group``) in one call.
 
         Collective: every rank of the group must call it, also a rank that saw no sample. Layers a
-        rank did not reach count as zeros there. Counts travel in the buffer's float dtype, exact
-        up to 2**24 samples per statistics step in float32.
+        rank did not reach count as zero gradients for its samples. Counts travel in the buffer's
+        float dtype, exact up to 2**24 samples per statistics step in float32.
         """
         import torch.distributed as dist
 
@@ -235,13 +509,8 @@ class GradientStats:
         if self._flat is None and not self._s1:
             self._allocate_flat()
         with torch.no_grad():
-            for layer in self.layers:  # a layer without this step's sums contributes zeros
-                name = layer.name
-                if name not in self._has_s1:
-                    self._buffer(self._s1, layer).zero_()
-                if name not in self._count:
-                    self._buffer(self._s2, layer).zero_()
-            counts = [float(self._count.get(layer.name, 0)) for layer in self.layers]
+            local = self._counts(warn=False)  # zero-fills the weights without statistics
+            counts = [float(local[layer.name]) for layer in self.layers]
             if self._flat is not None:
                 self._flat_counts.copy_(torch.tensor(counts, dtype=self._flat.dtype))
                 dist.all_reduce(self._flat, group=group)
@@ -250,13 +519,14 @@ class GradientStats:
                 counts = self._all_reduce_packed(counts, group)
         self._count = {layer.name: round(c) for layer, c in zip(self.layers, counts) if c > 0}
         self._has_s1 = set(self._count)
+        self._samples, self._seen_samples = 0, {}
 
     def _all_reduce_packed(self, counts: list[float], group: Any) -> list[float]:
         """Layers of mixed devices/dtypes: pack everything into one float64 tensor per call."""
         import torch.distributed as dist
 
-        s1 = [self._s1[layer.name] for layer in self.layers]
-        s2 = [self._s2[layer.name] for layer in self.layers]
+        s1 = [self._buffer(self._s1, layer) for layer in self.layers]
+        s2 = [self._buffer(self._s2, layer) for layer in self.layers]
         device = s1[0].device
         flat = torch.cat([t.reshape(-1).to(device, torch.float64) for t in s1 + s2] + [torch.tensor(counts, dtype=torch.float64, device=device)])
         dist.all_reduce(flat, group=group)
@@ -266,3 +536,29 @@ class GradientStats:
             offset += t.numel()
         return flat[offset:].tolist()
 
+
+@dataclass
+class _Hooked:
+    """A module whose calls are recorded: its extractor and the selected weights it uses, by path."""
+
+    module: nn.Module
+    moments: LayerMoments
+    paths: dict[str, PrunableLayer]
+
+
+def _disjoint(uses: list[Use]) -> bool:
+    """Whether the uses cover disjoint row blocks (one use each), so that their S2 simply add up."""
+    if any(use.rows is None for use in uses):
+        return False
+    spans = sorted((use.rows.start, use.rows.stop) for use in uses)
+    return all(a[1] <= b[0] for a, b in zip(spans, spans[1:]))
+
+
+def _detached(value: Any) -> Any:
+    if isinstance(value, Tensor):
+        return value.detach()
+    if type(value) in (tuple, list):
+        return type(value)(_detached(v) for v in value)
+    if type(value) is dict:
+        return {k: _detached(v) for k, v in value.items()}
+    return value
