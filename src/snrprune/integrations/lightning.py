@@ -20,14 +20,12 @@ Requires the ``lightning`` package (``pip install snrprune[lightning]``).
 
 from __future__ import annotations
 
-import inspect
-import math
 from typing import Any
 
 import lightning
 
-from ..pruners import Pruning, get_method
-from ..pruners.snr_auto import epoch_window_steps
+from ..pruners import Pruning
+from ._options import check_options, fill_options
 
 __all__ = ["PruningCallback"]
 
@@ -36,11 +34,7 @@ class PruningCallback(lightning.pytorch.Callback):
     """Prunes ``pl_module`` during fit with the registered method ``method`` and its ``options``."""
 
     def __init__(self, method: str, **options: Any) -> None:
-        self.method_class = get_method(method)
-        valid = [name for name in inspect.signature(self.method_class.__init__).parameters if name not in ("self", "model")]
-        unknown = sorted(set(options) - set(valid))
-        if unknown:
-            raise ValueError(f"method {method!r} has no option(s) {', '.join(unknown)}; valid options: {', '.join(valid)}")
+        self.method_class = check_options(method, options)
         self.method = method
         self.options = options
         self.pruning: Pruning | None = None
@@ -52,19 +46,10 @@ class PruningCallback(lightning.pytorch.Callback):
         return f"PruningCallback[{self.method}]"
 
     def _filled_options(self, trainer: lightning.Trainer) -> dict[str, Any]:
-        options = dict(self.options)
-        parameters = inspect.signature(self.method_class.__init__).parameters
-        if "total_steps" in parameters and "total_steps" not in options:
-            total = trainer.estimated_stepping_batches
-            if not math.isfinite(total):
-                raise ValueError(f"{self.method}: the trainer cannot estimate its number of steps; pass total_steps= to PruningCallback")
-            options["total_steps"] = int(total)
-        epoch_steps = max(1, math.ceil(trainer.num_training_batches / trainer.accumulate_grad_batches))
-        filled = {"burn_in_steps": epoch_steps, "window_steps": epoch_window_steps(epoch_steps)}
-        for name, steps in filled.items():  # SNR's burn-in (one epoch), snr-auto's window (as snrprune train's)
-            if name in parameters and name not in options:
-                options[name] = steps
-        return options
+        return fill_options(
+            self.method, self.options, total_steps=lambda: trainer.estimated_stepping_batches,
+            epoch_batches=lambda: trainer.num_training_batches, accumulation=trainer.accumulate_grad_batches,
+        )  # fmt: skip
 
     def on_train_start(self, trainer: lightning.Trainer, pl_module: lightning.LightningModule) -> None:
         # Here the data (for the step counts), the optimizer and any restored weights all exist.
