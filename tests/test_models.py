@@ -29,7 +29,7 @@ CASES = (
 
 
 def test_registry_contents():
-    expected = set(FLAT_MODELS + IMAGE_MODELS + ["conv1d"])
+    expected = set(FLAT_MODELS + IMAGE_MODELS + ["conv1d", "gpt"])  # gpt: tests/test_lm.py
     assert set(model_names()) == expected
     assert model_names() == sorted(MODELS)
 
@@ -152,7 +152,7 @@ def test_invalid_num_classes():
 
 @pytest.mark.parametrize("name", model_names())
 def test_deterministic_given_seed(name):
-    shape = {"conv1d": (1, 40), "lenet5": (1, 28, 28)}.get(name, (1, 8, 8))
+    shape = {"conv1d": (1, 40), "lenet5": (1, 28, 28), "gpt": (1,)}.get(name, (1, 8, 8))
     states = []
     for _ in range(2):
         torch.manual_seed(123)
@@ -162,6 +162,8 @@ def test_deterministic_given_seed(name):
 
 def test_only_standard_prunable_layers_and_no_inplace_relu():
     for name in model_names():
+        if name == "gpt":  # a Transformer: embeddings and LayerNorms too (tests/test_lm.py)
+            continue
         shape = {"conv1d": (1, 40), "lenet5": (1, 28, 28)}.get(name, (1, 8, 8))
         model = build_model(name, shape, 10)
         weighted = [m for m in model.modules() if getattr(m, "weight", None) is not None]

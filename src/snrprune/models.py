@@ -7,9 +7,14 @@ Sizes that depend on the input (flatten widths, how many pools fit) are
 computed arithmetically at build time, so every model adapts to the dataset.
 
 Only standard ``nn.Conv1d``/``nn.Conv2d``/``nn.Linear`` layers carry prunable
-weights (the pruning code finds them by type), all ReLUs are non-inplace, and
+weights by default (the pruning code finds them by type), all ReLUs are non-inplace, and
 all initialisation draws from torch's global RNG, so ``torch.manual_seed``
 makes construction deterministic.
+
+Each model is registered for a task (:mod:`snrprune.tasks`): the classifiers map an input to
+``num_classes`` logits; ``gpt`` is a language model (token ids of shape (B, T) to next-token logits of
+shape (B, T, vocabulary)) and is built for a text data set (``input_shape`` ``(1,)``, ``num_classes``
+the vocabulary size).
 """
 
 from __future__ import annotations
@@ -30,21 +35,31 @@ __all__ = [
     "model_names",
     "build_model",
     "count_parameters",
+    "model_task",
+    "GPT",
 ]
 
 MODELS: dict[str, Callable[..., nn.Module]] = {}
+#: The task each registered model is built for (see :mod:`snrprune.tasks`).
+MODEL_TASKS: dict[str, str] = {}
 
 
-def register_model(name: str) -> Callable:
-    """Decorator adding ``builder(input_shape, num_classes, **options)`` to MODELS."""
+def register_model(name: str, *, task: str = "classification") -> Callable:
+    """Decorator adding ``builder(input_shape, num_classes, **options)`` to MODELS, for ``task``."""
 
     def decorator(builder: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
         if name in MODELS:
             raise ValueError(f"model {name!r} is already registered")
         MODELS[name] = builder
+        MODEL_TASKS[name] = task
         return builder
 
     return decorator
+
+
+def model_task(name: str) -> str:
+    """The task a registered model is built for: ``"classification"`` or ``"language-modelling"``."""
+    return MODEL_TASKS.get(name, "classification")
 
 
 def model_names() -> list[str]:
@@ -474,3 +489,133 @@ for _depth, _k in ((16, 2), (28, 2)):
     register_model(f"wrn{_depth}-{_k}")(_wrn(_depth, _k))
 
 del _depth, _k, _name
+
+
+# --------------------------------------------------------------------------- GPT (decoder-only Transformer)
+
+
+class CausalSelfAttention(nn.Module):
+    """Multi-head causal self-attention with plain ``nn.Linear`` query, key, value and output
+    projections (so every method's statistics see them as ordinary Linear layers on sequences) and
+    ``F.scaled_dot_product_attention`` for the attention itself."""
+
+    def __init__(self, n_embd: int, n_head: int, dropout: float) -> None:
+        super().__init__()
+        self.n_head = n_head
+        self.q_proj = nn.Linear(n_embd, n_embd)
+        self.k_proj = nn.Linear(n_embd, n_embd)
+        self.v_proj = nn.Linear(n_embd, n_embd)
+        self.out_proj = nn.Linear(n_embd, n_embd)
+        self.dropout = dropout
+        self.resid_dropout = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, t, e = x.shape
+        heads = [p(x).view(b, t, self.n_head, e // self.n_head).transpose(1, 2) for p in (self.q_proj, self.k_proj, self.v_proj)]
+        y = F.scaled_dot_product_attention(*heads, dropout_p=self.dropout if self.training else 0.0, is_causal=True)
+        return self.resid_dropout(self.out_proj(y.transpose(1, 2).reshape(b, t, e)))
+
+
+class _MLP(nn.Module):
+    def __init__(self, n_embd: int, dropout: float) -> None:
+        super().__init__()
+        self.fc = nn.Linear(n_embd, 4 * n_embd)
+        self.gelu = nn.GELU()
+        self.proj = nn.Linear(4 * n_embd, n_embd)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.dropout(self.proj(self.gelu(self.fc(x))))
+
+
+class _Block(nn.Module):
+    """Pre-norm Transformer block: x + attn(ln1(x)), then x + mlp(ln2(x))."""
+
+    def __init__(self, n_embd: int, n_head: int, dropout: float) -> None:
+        super().__init__()
+        self.ln1 = nn.LayerNorm(n_embd)
+        self.attn = CausalSelfAttention(n_embd, n_head, dropout)
+        self.ln2 = nn.LayerNorm(n_embd)
+        self.mlp = _MLP(n_embd, dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn(self.ln1(x))
+        return x + self.mlp(self.ln2(x))
+
+
+class GPT(nn.Module):
+    """A small decoder-only Transformer in the shape of nanoGPT (Karpathy): token and learned position
+    embeddings, ``n_layer`` pre-norm blocks of causal self-attention and a GELU MLP (4x wide), a final
+    LayerNorm and a linear head over the vocabulary (optionally tied to the token embedding).
+
+    ``forward(idx)`` maps token ids (B, T), T <= ``block_size``, to next-token logits (B, T, vocab).
+    Initialisation as nanoGPT's: normal(0, 0.02) weights, zero biases, and the projections into the
+    residual stream (``out_proj``, ``mlp.proj``) at 0.02 / sqrt(2 n_layer).
+    """
+
+    def __init__(self, vocab_size: int, block_size: int, n_layer: int, n_head: int, n_embd: int, dropout: float, tie_weights: bool) -> None:
+        super().__init__()
+        self.block_size = block_size
+        self.tok_emb = nn.Embedding(vocab_size, n_embd)
+        self.pos_emb = nn.Embedding(block_size, n_embd)
+        self.drop = nn.Dropout(dropout)
+        self.blocks = nn.ModuleList(_Block(n_embd, n_head, dropout) for _ in range(n_layer))
+        self.ln_f = nn.LayerNorm(n_embd)
+        self.lm_head = nn.Linear(n_embd, vocab_size, bias=False)
+        for name, p in self.named_parameters():
+            if name.endswith("bias"):
+                nn.init.zeros_(p)
+            elif p.dim() >= 2:
+                std = 0.02 / math.sqrt(2 * n_layer) if name.endswith(("out_proj.weight", "mlp.proj.weight")) else 0.02
+                nn.init.normal_(p, mean=0.0, std=std)
+        if tie_weights:
+            self.lm_head.weight = self.tok_emb.weight
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        if idx.dim() != 2:
+            raise ValueError(f"GPT expects token ids of shape (batch, time), got {tuple(idx.shape)}")
+        t = idx.shape[1]
+        if t > self.block_size:
+            raise ValueError(f"sequence of length {t} is longer than the model's block_size {self.block_size}")
+        x = self.drop(self.tok_emb(idx) + self.pos_emb(torch.arange(t, device=idx.device)))
+        for block in self.blocks:
+            x = block(x)
+        return self.lm_head(self.ln_f(x))
+
+
+def _positive_int(name: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"option {name!r} must be a positive int, got {value!r}")
+    return value
+
+
+@register_model("gpt", task="language-modelling")
+def gpt(
+    input_shape: tuple[int, ...],
+    num_classes: int,
+    *,
+    n_layer: int = 4,
+    n_head: int = 4,
+    n_embd: int = 128,
+    block_size: int = 64,
+    dropout: float = 0.0,
+    tie_weights: bool = False,
+) -> nn.Module:
+    """Character-level GPT (see :class:`GPT`) over a vocabulary of ``num_classes`` tokens.
+
+    Needs a text data set (``input_shape`` ``(1,)``: one token id per position). The default, 4 layers
+    of width 128 with 4 heads and a context of 64 characters (814,208 weights on a vocabulary of 96,
+    all but 20,480 of them in prunable Linear layers), is sized for two CPU cores. ``tie_weights``
+    shares the head's weight with the token embedding.
+    """
+    if tuple(input_shape) != (1,):
+        raise ValueError(
+            f"model 'gpt' reads text (token ids; input_shape (1,), e.g. the 'shakespeare' data set); got input_shape {input_shape}"
+        )
+    for name, value in (("n_layer", n_layer), ("n_head", n_head), ("n_embd", n_embd), ("block_size", block_size)):
+        _positive_int(name, value)
+    if n_embd % n_head:
+        raise ValueError(f"option 'n_embd' ({n_embd}) must be a multiple of 'n_head' ({n_head})")
+    if not isinstance(tie_weights, bool):
+        raise ValueError(f"option 'tie_weights' must be true or false, got {tie_weights!r}")
+    return GPT(num_classes, block_size, n_layer, n_head, n_embd, _check_dropout(dropout), tie_weights)

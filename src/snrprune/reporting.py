@@ -17,6 +17,7 @@ from torch import nn
 
 from .checkpoint import open_temp_beside
 from .pruners import Pruning
+from .tasks import headline_of
 
 __all__ = [
     "model_counts",
@@ -99,24 +100,42 @@ def _pct(x: float | None) -> str:
     return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{100 * x:.2f}%"
 
 
+def _value(x: float | None) -> str:
+    return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.4f}"
+
+
 def format_table(summary: Mapping[str, Any]) -> str:
-    """The end-of-run table: accuracy of pruned and dense weights, sparsity overall and per layer."""
+    """The end-of-run table: the headline metric and accuracy of the pruned and the dense weights,
+    sparsity overall and per layer. A headline other than the test accuracy (``summary["metric"]``,
+    e.g. bits per character) comes first, marked higher or lower is better."""
     params, nonzero = summary["params"], summary["nonzero_params"]
     ratio = params / nonzero if nonzero else math.inf
+    key, name, higher = headline_of(summary)
     lines = [
         f"{summary['dataset']} / {summary['model']} / {summary['method']}  "
         f"(seed {summary['seed']}, {summary['epochs']} epochs, {summary['wall_seconds']:.1f} s)",
         "",
-        f"{'':24}{'pruned':>10}{'dense':>10}",
-        f"{'test accuracy':24}{_pct(summary['test_accuracy']):>10}{_pct(summary['dense_test_accuracy']):>10}",
     ]
+    width = 24
+    if key != "test_accuracy":
+        val_key = "val_" + key.removeprefix("test_")
+        label = f"{name} ({'higher' if higher else 'lower'} is better)"
+        width = max(width, len(label) + 2)
+        rows = [(label, _value(summary.get(key)), _value(summary.get(f"dense_{key}")))]
+        if summary.get(val_key) is not None:
+            rows.append((f"validation {name.removeprefix('test ')}", _value(summary[val_key]), ""))
+    else:
+        rows = []
+    rows.append(("test accuracy", _pct(summary["test_accuracy"]), _pct(summary["dense_test_accuracy"])))
     if summary.get("val_accuracy") is not None:
-        lines.append(f"{'validation accuracy':24}{_pct(summary['val_accuracy']):>10}")
+        rows.append(("validation accuracy", _pct(summary["val_accuracy"]), ""))
+    lines.append(f"{'':{width}}{'pruned':>10}{'dense':>10}")
+    lines += [f"{label:{width}}{pruned:>10}{dense:>10}".rstrip() for label, pruned, dense in rows]
     lines += [
-        f"{'sparsity (prunable)':24}{_pct(summary['sparsity']):>10}   of {summary['prunable_params']:,} weights",
-        f"{'sparsity (all params)':24}{_pct(summary['total_sparsity']):>10}   "
+        f"{'sparsity (prunable)':{width}}{_pct(summary['sparsity']):>10}   of {summary['prunable_params']:,} weights",
+        f"{'sparsity (all params)':{width}}{_pct(summary['total_sparsity']):>10}   "
         f"{nonzero:,} of {params:,} parameters nonzero ({ratio:.1f}x fewer)",
-        f"{'weights regrown':24}{summary['regrown']:>10,}   (mask flips back to kept, summed over all updates)",
+        f"{'weights regrown':{width}}{summary['regrown']:>10,}   (mask flips back to kept, summed over all updates)",
         "",
     ]
     layers = summary["layer_sparsity"]
@@ -140,8 +159,17 @@ def _figure(width: float, height: float):
     return fig
 
 
-def plot_sparsity(curve: list[Mapping[str, Any]], metrics: list[Mapping[str, Any]], path: str | os.PathLike, title: str = "") -> None:
-    """Two panels over training steps: sparsity (every logged step), test accuracy (every epoch)."""
+def plot_sparsity(
+    curve: list[Mapping[str, Any]],
+    metrics: list[Mapping[str, Any]],
+    path: str | os.PathLike,
+    title: str = "",
+    metric: str = "test_accuracy",
+    metric_name: str = "test accuracy",
+) -> None:
+    """Two panels over training steps: sparsity (every logged step), and the headline metric of the
+    pruned and the dense weights (every epoch): ``metric`` is its key in ``metrics.jsonl``
+    (``test_accuracy`` by default, drawn in %; e.g. ``test_bpc`` as it is)."""
     fig = _figure(7.0, 5.5)
     top, bottom = fig.subplots(2, 1, sharex=True)
     top.plot([p["step"] for p in curve], [100 * p["sparsity"] for p in curve], color="tab:blue", lw=1.2)
@@ -149,12 +177,13 @@ def plot_sparsity(curve: list[Mapping[str, Any]], metrics: list[Mapping[str, Any
     top.set_ylim(bottom=0)
     top.grid(alpha=0.3)
     steps = [m["step"] for m in metrics]
-    bottom.plot(steps, [100 * m["test_accuracy"] for m in metrics], "o-", color="tab:red", label="pruned weights")
-    bottom.plot(steps, [100 * m["dense_test_accuracy"] for m in metrics], "s--", color="tab:gray", label="dense weights", ms=4)
+    scale = 100 if metric.endswith("accuracy") else 1
+    bottom.plot(steps, [scale * m[metric] for m in metrics], "o-", color="tab:red", label="pruned weights")
+    bottom.plot(steps, [scale * m[f"dense_{metric}"] for m in metrics], "s--", color="tab:gray", label="dense weights", ms=4)
     bottom.set_xlabel("training step")
-    bottom.set_ylabel("test accuracy (%)")
+    bottom.set_ylabel(f"{metric_name} (%)" if scale == 100 else metric_name)
     bottom.grid(alpha=0.3)
-    bottom.legend(loc="lower right")
+    bottom.legend(loc="lower right" if scale == 100 else "upper right")
     if title:
         top.set_title(title)
     fig.savefig(path, dpi=120)
@@ -188,5 +217,6 @@ def plot_run(run_dir: str | os.PathLike) -> None:
     summary_path = run_dir / "summary.json"
     summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
     title = " / ".join(str(summary[k]) for k in ("dataset", "model", "method") if k in summary)
-    plot_sparsity(read_jsonl(run_dir / "curve.jsonl"), metrics, run_dir / "sparsity.png", title)
+    metric, metric_name, _ = headline_of(summary)
+    plot_sparsity(read_jsonl(run_dir / "curve.jsonl"), metrics, run_dir / "sparsity.png", title, metric, metric_name)
     plot_layers(metrics[-1]["layer_sparsity"], run_dir / "layers.png", summary.get("layer_params"), title)

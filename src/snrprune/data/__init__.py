@@ -81,7 +81,7 @@ from .base import (
     stratified_split,
 )
 from .batches import iterate_batches, random_crop_flip
-from .registry import DATASETS, dataset_names, load_dataset, register_dataset
+from .registry import DATASET_TASKS, DATASETS, dataset_names, dataset_task, load_dataset, register_dataset
 from .csv import load_csv
 from .encoding import MISSING_TOKENS
 from .images import (
@@ -99,6 +99,7 @@ from .images import (
     load_mnist1d,
     read_idx,
 )
+from .text import VOCABULARY, TextDataset, load_shakespeare, strip_gutenberg, text_dataset
 from .tabular import (
     ADULT_COLUMNS,
     ADULT_NUMERIC,
@@ -117,6 +118,10 @@ __all__ = [
     "MissingInputError",
     "register_dataset",
     "dataset_names",
+    "dataset_task",
+    "TextDataset",
+    "text_dataset",
+    "VOCABULARY",
     "load_dataset",
     "iterate_batches",
     "random_crop_flip",

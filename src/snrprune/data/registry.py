@@ -10,10 +10,13 @@ from .base import Dataset, MissingInputError
 from .csv import load_csv
 
 DATASETS: dict[str, Callable[..., Dataset]] = {}
+#: The task of each registered data set (see :mod:`snrprune.tasks`); ``csv:PATH`` is classification.
+DATASET_TASKS: dict[str, str] = {}
 
 
-def register_dataset(name: str) -> Callable[[Callable[..., Dataset]], Callable[..., Dataset]]:
-    """Decorator: register ``fn(data_dir=None, seed=0) -> Dataset`` under ``name``."""
+def register_dataset(name: str, *, task: str = "classification") -> Callable[[Callable[..., Dataset]], Callable[..., Dataset]]:
+    """Decorator: register ``fn(data_dir=None, seed=0) -> Dataset`` under ``name``, for ``task``
+    (``"classification"`` or ``"language-modelling"``, see :mod:`snrprune.tasks`)."""
 
     key = name.strip().lower()
     if not key or key.startswith("csv:"):
@@ -23,9 +26,15 @@ def register_dataset(name: str) -> Callable[[Callable[..., Dataset]], Callable[.
         if key in DATASETS and DATASETS[key] is not fn:
             raise ValueError(f"dataset {key!r} is already registered")
         DATASETS[key] = fn
+        DATASET_TASKS[key] = task
         return fn
 
     return deco
+
+
+def dataset_task(name: str) -> str:
+    """The task of a data set name (``csv:PATH`` and unknown names: ``"classification"``)."""
+    return DATASET_TASKS.get(name.strip().lower().replace("_", "-"), "classification")
 
 
 def dataset_names() -> list[str]:
