@@ -10,7 +10,7 @@ import pytest
 import torch
 
 transformers = pytest.importorskip("transformers")
-pytest.importorskip("accelerate")
+accelerate = pytest.importorskip("accelerate")
 
 from snrprune.integrations.transformers import STATE_FILE, PruningCallback  # noqa: E402
 from snrprune.pruners.snr_auto import epoch_window_steps  # noqa: E402
@@ -63,14 +63,22 @@ def make_trainer(model, callbacks, out, lm=False, **overrides):
     return transformers.Trainer(model=model, args=transformers.TrainingArguments(**settings), train_dataset=TokenData(lm), callbacks=callbacks)
 
 
+class LogRecorder(transformers.TrainerCallback):
+    def __init__(self):
+        self.logs = []
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        self.logs.append(dict(logs))
+
+
 def logged(trainer):
     return [entry for entry in trainer.state.log_history if "loss" in entry]
 
 
 @pytest.mark.parametrize("method, options", [("dense", {}), ("dpf", {"target_sparsity": 0.5, "update_every": 2}), ("snr", {}), ("snr-auto", {"update_every": 2})])
 def test_every_method_on_bert_with_accumulation(tmp_path, method, options):
-    callback = PruningCallback(method, **options)
-    trainer = make_trainer(bert(), [callback], tmp_path)
+    callback, after = PruningCallback(method, **options), LogRecorder()
+    trainer = make_trainer(bert(), [callback, after], tmp_path)
     trainer.train()
     pruning = callback.pruning
     assert trainer.state.global_step == 3 * EPOCH_STEPS == trainer.state.max_steps
@@ -93,15 +101,17 @@ def test_every_method_on_bert_with_accumulation(tmp_path, method, options):
     assert all("pruning/sparsity" in entry for entry in entries)
     assert entries[-1]["pruning/sparsity"] == pytest.approx(pruning.sparsity())
     assert entries[-1]["pruning/sparsity/classifier.weight"] == pytest.approx(pruning.layer_sparsity()["classifier.weight"])
+    assert all("pruning/sparsity" in logs for logs in after.logs)  # a callback after this one sees it
 
 
 @pytest.mark.parametrize("method, options", [("snr", {"exclude": GPT2_TIED}), ("dpf", {"target_sparsity": 0.5, "update_every": 2, "exclude": GPT2_TIED})])
 def test_gpt2_language_model(tmp_path, method, options):
     callback = PruningCallback(method, **options)
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")  # the tied weights are excluded: no warning about them
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
         trainer = make_trainer(gpt2(), [callback], tmp_path, lm=True, num_train_epochs=2)
         trainer.train()
+    assert not [w for w in caught if "not pruned" in str(w.message)]  # the tied weights are excluded: no warning
     pruning = callback.pruning
     assert pruning.step_count == trainer.state.global_step == 2 * EPOCH_STEPS
     assert "transformer.h.0.attn.c_attn.weight" in pruning.weights  # Hugging Face Conv1D
@@ -135,7 +145,7 @@ def test_pruning_reads_the_accumulated_clipped_gradients_inside_the_torch_optimi
             before_step()
 
         pruning.before_step = spy
-        assert isinstance(kwargs["optimizer"], __import__("accelerate").optimizer.AcceleratedOptimizer)
+        assert isinstance(kwargs["optimizer"], accelerate.optimizer.AcceleratedOptimizer)
         assert pruning.optimizer is kwargs["optimizer"].optimizer and type(pruning.optimizer) is torch.optim.AdamW
 
     recorder.on_train_begin = on_train_begin
