@@ -1,5 +1,7 @@
 """GradientStats against independent oracles: a naive per-sample backward loop and torch.func."""
 
+import warnings
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -7,6 +9,7 @@ from torch import nn
 from torch.func import functional_call, grad, vmap
 
 from snrprune import SNR_CAP, GradientStats, snr_from_moments
+from snrprune.layers import NotExact
 
 
 
@@ -292,6 +295,91 @@ def test_include_exclude_filters():
         GradientStats(model, include=["nothing*"])
     with pytest.raises(TypeError, match="list of glob patterns"):
         GradientStats(model, include="0")
+
+
+class Branchy(nn.Module):
+    """A branch that runs only when asked: its weight gets no statistics on the other steps."""
+
+    def __init__(self):
+        super().__init__()
+        self.trunk = nn.Linear(4, 5)
+        self.branch = nn.Linear(5, 5)
+        self.head = nn.Linear(5, 3)
+
+    def forward(self, x, take=True):
+        h = torch.tanh(self.trunk(x))
+        return self.head(torch.tanh(self.branch(h)) if take else h)
+
+
+def test_a_weight_without_statistics_on_a_step_counts_as_a_zero_gradient_and_is_named_once():
+    torch.manual_seed(12)
+    model = Branchy()
+    x, y = torch.randn(6, 4), torch.randint(0, 3, (6,))
+    stats = GradientStats(model)
+    F.cross_entropy(model(x, take=False), y, reduction="sum").backward()
+    with pytest.warns(UserWarning, match=r"no gradient statistics reached branch\.weight on this step .* zero gradient"):
+        moments = stats.moments()
+    branch = moments["branch.weight"]
+    assert branch.count == 6 and not branch.sum.any() and not branch.sum_sq.any()
+    assert not stats.snr()["branch.weight"].any()  # SNR 0: no signal
+    assert moments["trunk.weight"].count == 6
+    stats.reset()
+    model.zero_grad()
+    F.cross_entropy(model(x, take=False), y, reduction="sum").backward()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # once per weight
+        stats.moments()
+
+
+def test_a_weight_missing_from_one_micro_batch_has_zero_gradients_for_its_samples():
+    """Gradient accumulation: the branch runs on the first micro-batch only; B is still all 10 samples."""
+    torch.manual_seed(13)
+    model = Branchy()
+    x, y = torch.randn(10, 4), torch.randint(0, 3, (10,))
+    stats = GradientStats(model)
+    F.cross_entropy(model(x[:4]), y[:4], reduction="sum").backward()
+    F.cross_entropy(model(x[4:], take=False), y[4:], reduction="sum").backward()
+    moments = {n: (m.sum.clone(), m.sum_sq.clone(), m.count) for n, m in stats.moments().items()}
+    stats.remove()
+    oracle = naive_moments(model, x[:4], y[:4])  # the other 6 samples add zeros
+    assert moments["branch.weight"][2] == 10 and moments["trunk.weight"][2] == 10
+    torch.testing.assert_close(moments["branch.weight"][0], oracle["branch.weight"][0], rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(moments["branch.weight"][1], oracle["branch.weight"][1], rtol=1e-10, atol=1e-12)
+
+
+def test_a_weight_used_outside_its_modules_forward_is_an_error_naming_it():
+    """The weight's gradient arrives, its per-sample terms cannot: never a silent SNR."""
+
+    class Bypass(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(4, 3)
+            self.out = nn.Linear(3, 2)
+
+        def forward(self, x):
+            return self.out(F.linear(x, self.fc.weight, self.fc.bias))  # fc.forward never runs
+
+    model = Bypass()
+    stats = GradientStats(model)
+    with pytest.raises(NotExact, match=r"fc\.weight received a gradient but no per-sample statistics.*outside the forward of fc.*dpf or snr-auto"):
+        model(torch.randn(5, 4)).sum().backward()
+    stats.remove()
+
+
+def test_a_loss_term_on_the_weight_itself_is_named_once():
+    """An L2 penalty enters the gradient but no sample's term: the first backward says so."""
+    torch.manual_seed(14)
+    model = nn.Sequential(nn.Linear(4, 5), nn.Tanh(), nn.Linear(5, 3))
+    x, y = torch.randn(6, 4), torch.randint(0, 3, (6,))
+    stats = GradientStats(model)
+    with pytest.warns(UserWarning, match=r"per-sample gradients of 0\.weight do not add up to its gradient.*weight_decay"):
+        (F.cross_entropy(model(x), y) + 0.1 * model[0].weight.square().sum()).backward()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        stats.reset()
+        model.zero_grad()
+        F.cross_entropy(model(x), y).backward()  # checked once per weight; without the penalty it adds up anyway
+        stats.moments()
 
 
 def _distributed_worker(rank, world, port, x, y, state, result):
