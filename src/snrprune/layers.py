@@ -53,7 +53,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
-from torch.utils._pytree import tree_flatten, tree_map, tree_unflatten
+from torch.utils._pytree import tree_flatten, tree_unflatten
 
 # Per-sample gradients that must be materialised (convolutions, Linear on sequences, tied weights)
 # are processed in chunks of the batch so that at most this many elements live at once (32 MiB in
@@ -172,7 +172,8 @@ class LayerMoments:
         return x.shape[0]
 
     def uses(self, module: nn.Module, call: Call, grads: Sequence[Tensor | None], wanted: set[str]) -> dict[str, list[Use]]:
-        """The uses of the ``wanted`` weights in one call, given the gradients of :meth:`outputs`."""
+        """The uses of the ``wanted`` weights in one call, by path, given the gradients of the call's tensor
+        outputs (in ``torch.utils._pytree`` order; None where none arrived)."""
         (delta,) = grads
         return {"weight": [Use(self, module, call.args[0], delta)]}
 
@@ -201,16 +202,12 @@ class LayerMoments:
         """sum_i g_i, the use's share of the weight gradient (checks that the uses explain the gradient)."""
         total = None
         batch = self.batch_size(x)
-        chunk = _chunk(_numel_per_sample(self, module, x, delta))
+        weight = getattr(module, "weight", None)
+        chunk = _chunk(weight.numel() if isinstance(weight, Tensor) else PER_SAMPLE_BUDGET)
         for start in range(0, batch, chunk):
             part = self.per_sample(module, _rows(x, start, start + chunk), _rows(delta, start, start + chunk)).sum(0)
             total = part if total is None else total.add_(part)
         return total
-
-
-def _numel_per_sample(moments: LayerMoments, module: nn.Module, x: Any, delta: Any) -> int:
-    weight = getattr(module, "weight", None)
-    return weight.numel() if isinstance(weight, Tensor) else PER_SAMPLE_BUDGET
 
 
 class LinearMoments(LayerMoments):
@@ -369,9 +366,6 @@ class EmbeddingMoments(LayerMoments):
 
     default = False
     float_input = False
-
-    def refusal(self, module: nn.Module, path: str) -> str | None:
-        return None
 
     @staticmethod
     def _flat(module: nn.Embedding, x: Tensor, delta: Tensor) -> tuple[Tensor, Tensor]:
