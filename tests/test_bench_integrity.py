@@ -146,8 +146,10 @@ def test_lock_is_reentrant_in_one_thread_and_exclusive_between_threads(tmp_path:
         thread.start()
         thread.join()
         assert len(errors) == 1 and "another thread of this process" in str(errors[0])
-    with run_folder_lock(folder, wait=0.1):  # released
-        pass
+    assert not (tmp_path / "new").exists()  # made for the block and still empty: removed, parents too
+    with run_folder_lock(folder, create=True, wait=0.1):  # released
+        (folder / "config.json").write_text("{}")
+    assert folder.is_dir()  # not empty: kept
 
 
 def test_bench_skips_a_run_another_process_is_training(tmp_path: Path, suite_file: Path, capsys):

@@ -510,6 +510,16 @@ def run_suite(
             f"{len(state['interrupted'])} run(s) were interrupted and have a checkpoint:\n  {listed}\n"
             f"continue them with --resume (or delete their folders under {layout.work} to start them over)"
         )
+    planned = {run.key for runs in state.values() for run in runs}
+    broken_deps = []
+    for run in state["interrupted"] + state["new"]:  # a dependency outside this call (--only) must not be broken either
+        if run.depends_on is not None and run.depends_on not in planned:
+            try:
+                layout.summary(run.depends_on)
+            except BenchError as exc:
+                broken_deps.append(f"{run.key} needs {run.depends_on}: {exc}")
+    if broken_deps:
+        raise BenchError("a run's dependency has a broken summary.json; nothing was started:\n  " + "\n  ".join(broken_deps))
     running = {run.key for run in state["running"]}
     for run in state["running"]:
         log(f"[bench] {run.key}: running in another process (skipped)")
@@ -519,16 +529,6 @@ def run_suite(
         running.add(run.key)
     order = {run.key: i for i, run in enumerate(suite.runs())}
     todo = sorted(state["interrupted"] + state["new"], key=lambda r: order[r.key])
-    selected = {run.key for run in todo}
-    broken_deps = []
-    for run in todo:  # a dependency outside this call (--only) must not be broken either
-        if run.depends_on is not None and run.depends_on not in selected:
-            try:
-                layout.summary(run.depends_on)
-            except BenchError as exc:
-                broken_deps.append(f"{run.key} needs {run.depends_on}: {exc}")
-    if broken_deps:
-        raise BenchError("a run's dependency has a broken summary.json; nothing was started:\n  " + "\n  ".join(broken_deps))
     skipped_cells: dict[str, int] = {}
     for run in state["skipped"]:
         skipped_cells[run.cell.key] = skipped_cells.get(run.cell.key, 0) + 1

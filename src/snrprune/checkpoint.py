@@ -191,16 +191,15 @@ def run_folder_lock(
     lock gets ``error`` naming the folder, after retrying for ``wait`` seconds (so that a brief
     look by :func:`run_folder_busy` never makes a run fail). Re-entrant within one thread.
 
-    A missing folder is created when ``create`` (a new run); without ``create``, or when it
-    cannot be created, there is nothing to protect and the block runs unlocked (the caller reports
-    the missing or unwritable folder in its own words). Where ``fcntl`` is missing (Windows), or
-    the file system refuses locks, the block runs unlocked with a warning. Yields whether the
-    lock is held.
+    A missing folder is created when ``create`` (a new run), and removed again (with the parents
+    made for it) if it is still empty when the block ends, e.g. after a run that failed before
+    writing anything. Without ``create``, or when it cannot be created, there is nothing to
+    protect and the block runs unlocked (the caller reports the missing or unwritable folder in
+    its own words). Where ``fcntl`` is missing (Windows), or the file system refuses locks, the
+    block runs unlocked with a warning. Yields whether the lock is held.
     """
     path = Path(folder)
-    if create and not path.is_dir():
-        with contextlib.suppress(OSError):
-            path.mkdir(parents=True, exist_ok=True)
+    made = _make_folder(path) if create else []
     if not path.is_dir():
         yield False
         return
@@ -220,9 +219,12 @@ def run_folder_lock(
             with _HELD_GUARD:
                 _HELD[key] = (me, _HELD[key][1] - 1)
         return
-    fd = _lock_folder(path, key, wait, error)
+    fd = _lock_folder(path, key, wait, error, create)
     if fd is None:
-        yield False
+        try:
+            yield False
+        finally:
+            _remove_if_empty(made)
         return
     with _HELD_GUARD:
         _HELD[key] = (me, 1)
@@ -231,7 +233,30 @@ def run_folder_lock(
     finally:
         with _HELD_GUARD:
             _HELD.pop(key, None)
+        _remove_if_empty(made)  # before the lock goes: a waiter then finds the folder gone and makes its own
         os.close(fd)  # closing the descriptor releases the flock
+
+
+def _make_folder(path: Path) -> list[Path]:
+    """Creates ``path`` with its parents; returns the folders made, deepest first ([] on failure)."""
+    missing = []
+    ancestor = path
+    while not os.path.lexists(ancestor) and ancestor.parent != ancestor:
+        missing.append(ancestor)
+        ancestor = ancestor.parent
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        return []
+    return missing
+
+
+def _remove_if_empty(folders: list[Path]) -> None:
+    for folder in folders:  # deepest first; stops at the first that is not empty (or not removable)
+        try:
+            folder.rmdir()
+        except OSError:
+            return
 
 
 def run_folder_busy(folder: str | os.PathLike) -> bool:
@@ -263,8 +288,9 @@ def run_folder_busy(folder: str | os.PathLike) -> bool:
     return False
 
 
-def _lock_folder(path: Path, key: str, wait: float, error: type[Exception]) -> int | None:
-    """The descriptor of ``path`` with an exclusive flock on it, or None where locks do not work."""
+def _lock_folder(path: Path, key: str, wait: float, error: type[Exception], create: bool) -> int | None:
+    """The descriptor of ``path`` with an exclusive flock on it, or None where locks do not work
+    (or the folder is gone, and not ``create``)."""
     if fcntl is None:
         _warn_unlocked(key, "this platform has no fcntl.flock")
         return None
@@ -299,7 +325,10 @@ def _lock_folder(path: Path, key: str, wait: float, error: type[Exception]) -> i
             same = False
         if same:
             return fd
-        os.close(fd)
+        os.close(fd)  # we locked a folder that has been removed since: lock the one at the path now
+        if create:
+            with contextlib.suppress(OSError):
+                path.mkdir(parents=True, exist_ok=True)
         if not path.is_dir():
             return None
 
