@@ -233,3 +233,40 @@ def test_make_task_matches_model_and_data():
     with pytest.raises(ValueError, match="needs a language model"):
         make_task("language-modelling", torch.nn.Linear(2, 2))
     assert Classification().summary() == {"metric": "test_accuracy", "metric_name": "test accuracy", "higher_is_better": True}
+
+
+# -- the suite's report reads the headline from the summaries ---------------------------------------
+
+
+def test_report_compares_a_lower_is_better_headline(tmp_path):
+    from snrprune.bench import Cell, Group, Layout, Method, Suite
+    from snrprune.bench_report import write_report
+
+    cell = Cell("shakespeare", "gpt", epochs=1, seeds=2, family="text")
+    methods = [Method("dense", {"method": "dense"}), Method("snr", {"method": "snr"}), Method("snr-auto", {"method": "snr-auto"}),
+               Method("dpf-matched", {"method": "dpf"}, matched_to="snr"), Method("dpf-matched-auto", {"method": "dpf"}, matched_to="snr-auto")]
+    suite = Suite(name="lm", groups=[Group("Main grid", [Cell("digits", "mlp", epochs=1, seeds=1)], methods[:1]), Group("A language model", [cell], methods)])
+    layout = Layout(tmp_path / "results", tmp_path / "work")
+    layers = {"blocks.0.attn.q_proj.weight": 100, "blocks.1.attn.q_proj.weight": 100, "blocks.0.mlp.fc.weight": 400, "blocks.1.mlp.fc.weight": 400, "lm_head.weight": 200}
+    bpc = {"dense": (2.30, 2.32), "snr": (2.33, 2.35), "snr-auto": (2.40, 2.44), "dpf-matched": (2.31, 2.33), "dpf-matched-auto": (2.36, 2.38)}
+    for method, values in bpc.items():
+        for seed, value in enumerate(values):
+            sparsity = {"dense": 0.0, "snr": 0.1, "dpf-matched": 0.1}.get(method, 0.5)
+            summary = {
+                "finished": True, "method": method, "seed": seed, "epochs": 1, "wall_seconds": 10.0, "params": 1300, "nonzero_params": 1000,
+                "test_accuracy": 0.5, "dense_test_accuracy": 0.5, "metric": "test_bpc", "metric_name": "test bits per character",
+                "higher_is_better": False, "test_bpc": value, "dense_test_bpc": value, "sparsity": sparsity, "layer_params": layers,
+                "layer_sparsity": {name: (sparsity if "attn" in name else sparsity / 2) for name in layers},
+            }
+            folder = layout.results / f"{cell.key}/{method}/seed{seed}"
+            folder.mkdir(parents=True)
+            (folder / "summary.json").write_text(json.dumps(summary))
+    text = write_report(suite, layout, tmp_path / "R.md", "snrprune bench lm.py").read_text()
+    assert "| cell | method | seeds | test bits per character |" in text
+    assert "| shakespeare-gpt | snr | 2/2 | 2.340 ± 0.014 |" in text  # bits per character as they are, not 1 - x in %
+    # snr against dense: 0.03 bpc worse, more than the larger standard deviation (0.014); snr-auto 0.11 worse
+    assert "| shakespeare-gpt | 2.310 ± 0.014 | 2.340 ± 0.014 | +0.030 (higher by more than 1 std) |" in text
+    assert "| shakespeare-gpt | 2.310 ± 0.014 | 2.420 ± 0.028 | +0.110 (higher by more than 1 std) |" in text
+    assert "Where the methods prune `shakespeare-gpt`" in text
+    assert "| `blocks.*.attn.q_proj.weight` | 200 | 10.0 | 50.0 | 10.0 | 50.0 |" in text
+    assert "| `blocks.*.mlp.fc.weight` | 800 | 5.0 | 25.0 | 5.0 | 25.0 |" in text

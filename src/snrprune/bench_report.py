@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import statistics
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +22,7 @@ import numpy as np
 
 from . import reporting
 from .bench import BenchError, Cell, Layout, Suite, cell_unavailable, read_json
+from .tasks import headline_of
 from .training import METRICS
 
 __all__ = ["write_report", "noise_snr_average"]
@@ -64,12 +67,61 @@ def noise_snr_average(batch_size: int, ema: float, steps: int, n: int = 20000, s
     return avg
 
 
+@dataclass(frozen=True)
+class Headline:
+    """A cell's headline metric (from its runs' ``summary.json``: ``metric``, ``metric_name``,
+    ``higher_is_better``) as the report compares it: as an error, lower is better. A higher-is-better
+    metric (the test accuracy) becomes 1 - value, shown in percent ("error %"); a lower-is-better one
+    (bits per character) is shown as it is, with its unit."""
+
+    key: str = "test_accuracy"
+    name: str = "test accuracy"
+    higher_is_better: bool = True
+
+    def error(self, summary: dict[str, Any]) -> float:
+        value = float(summary[self.key])
+        return 1.0 - value if self.higher_is_better else value
+
+    @property
+    def percent(self) -> bool:
+        return self.higher_is_better
+
+    @property
+    def label(self) -> str:
+        """The column title: ``error %``, or the metric's name (``bits per character``)."""
+        return "error %" if self.percent else self.name.removeprefix("test ")
+
+    @property
+    def unit(self) -> str:
+        """What follows a value in a table that mixes metrics: nothing for %, else the key (``bpc``)."""
+        return "" if self.percent else " " + self.key.removeprefix("test_")
+
+    def format(self, errors: Sequence[float]) -> str:
+        return _pm(errors) if self.percent else _pm(errors, scale=1.0, digits=3)
+
+    def difference(self, d: float) -> str:
+        """A difference of two mean errors: in points of %, or in the metric's unit."""
+        return f"{100 * d:+.2f}" if self.percent else f"{d:+.3f}"
+
+
+def _label(headlines: Sequence[Headline]) -> str:
+    """One column title for the cells of a table: their common label, or each label once."""
+    labels = list(dict.fromkeys(h.label for h in headlines)) or [Headline().label]
+    return " or ".join(labels)
+
+
+def _value(h: Headline, errors: Sequence[float], mixed: bool) -> str:
+    text = h.format(errors)
+    return text + h.unit if mixed and errors else text
+
+
 class Results:
     """The finished runs of a suite, read once."""
 
     def __init__(self, suite: Suite, layout: Layout):
         self.suite, self.layout = suite, layout
         self.summaries: dict[str, dict[str, Any]] = {}
+        self._headlines: dict[str, Headline] = {}
         for run in suite.runs():
             summary = layout.summary(run.key)
             if summary is not None:
@@ -86,8 +138,17 @@ class Results:
     def values(self, cell: Cell, method: str, key: str) -> list[float]:
         return [float(s[key]) for s in self.seeds(cell, method)]
 
+    def headline(self, cell: Cell) -> Headline:
+        """The cell's headline metric, from any of its finished runs (test accuracy while none has finished)."""
+        if cell.key not in self._headlines:
+            found = (Headline(*headline_of(s)) for key, s in self.summaries.items() if key.split("/", 1)[0] == cell.key)
+            self._headlines[cell.key] = next(found, Headline())
+        return self._headlines[cell.key]
+
     def error(self, cell: Cell, method: str) -> list[float]:
-        return [1.0 - a for a in self.values(cell, method, "test_accuracy")]
+        """The headline of each finished seed as an error (lower is better): 1 - accuracy, or bits per character."""
+        h = self.headline(cell)
+        return [h.error(s) for s in self.seeds(cell, method)]
 
     def metrics(self, run_key: str) -> list[dict[str, Any]]:
         return _read_log(self.layout.results / run_key / METRICS)
@@ -147,8 +208,10 @@ def lossless_frontier(results: Results, cell: Cell, ladder: dict[str, float]) ->
 
 def _frontier_rows(results: Results, cells: Sequence[Cell], ladder: dict[str, float], methods: Sequence[str]) -> tuple[list[str], dict[str, dict[str, float]], dict[str, float]]:
     """The table of the lossless frontier per cell, each method's chosen sparsity and kept-weight ratio."""
+    headlines = [results.headline(c) for c in cells]
+    mixed = len({h.label for h in headlines}) > 1
     lines = [
-        "| cell | dense error % | frontier % (DPF lossless) | "
+        f"| cell | dense {_label(headlines)} | frontier % (DPF lossless) | "
         + " | ".join(f"{m}: sparsity % / kept ratio" for m in methods)
         + " |",
         "|---|---|---|" + "---|" * len(methods),
@@ -161,7 +224,7 @@ def _frontier_rows(results: Results, cells: Sequence[Cell], ladder: dict[str, fl
             continue
         if complete:
             frontiers[cell.key] = frontier
-        row = [f"| {cell.key} | {_pm(results.error(cell, DENSE))} | {100 * frontier:g}{'' if complete else ' (≥, ladder pending)'} |"]
+        row = [f"| {cell.key} | {_value(results.headline(cell), results.error(cell, DENSE), mixed)} | {100 * frontier:g}{'' if complete else ' (≥, ladder pending)'} |"]
         for m in methods:
             values = results.values(cell, m, "sparsity")
             if not values:
@@ -182,12 +245,14 @@ def _frontier_section(results: Results, suite: Suite, plots: Path) -> tuple[list
     if not (ladder and cells):
         return [], None
     table, chosen, frontiers = _frontier_rows(results, cells, ladder, methods)
+    units = sorted({h.unit.strip() for h in map(results.headline, cells) if not h.percent})
+    other_units = f" ({LOSSLESS_MARGIN:g} {' or '.join(units)} where the headline is not an error in %)" if units else ""
     lines = [
         "## How close each method comes to DPF's lossless frontier",
         "",
         f"The frontier of a cell is the largest target of DPF's ladder ({', '.join(f'{100 * t:g}' for t in sorted(set(ladder.values())))}%: "
         f"global scope, the cell's recipe) whose mean test error is at most dense's mean plus dense's standard deviation "
-        f"or {100 * LOSSLESS_MARGIN:g} points, whichever is larger. The kept ratio is (1 − chosen) / (1 − frontier): 1 means "
+        f"or {100 * LOSSLESS_MARGIN:g} points{other_units}, whichever is larger. The kept ratio is (1 − chosen) / (1 − frontier): 1 means "
         "the method found the frontier by itself, 3 that it kept three times the weights it needed (below 1: it pruned past it). "
         "Where a target above the frontier is still pending, the frontier is a lower bound (≥) and the ratio an upper bound; "
         "the counts below and the plot take only the cells whose ladder is complete.",
@@ -211,8 +276,10 @@ def _frontier_section(results: Results, suite: Suite, plots: Path) -> tuple[list
 
 
 def _table(results: Results, cells: Sequence[Cell], methods: Sequence[str]) -> list[str]:
+    headlines = [results.headline(c) for c in cells]
+    mixed = len({h.label for h in headlines}) > 1
     lines = [
-        "| cell | method | seeds | test error % | sparsity % (final) | sparsity % (last epoch: mean [min, max]) | distinct regrown | nonzero params | time / dense |",
+        f"| cell | method | seeds | test {_label(headlines)} | sparsity % (final) | sparsity % (last epoch: mean [min, max]) | distinct regrown | nonzero params | time / dense |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for cell in cells:
@@ -231,27 +298,67 @@ def _table(results: Results, cells: Sequence[Cell], methods: Sequence[str]) -> l
             params = runs[0]["params"]
             ratio = results.time_ratio(cell, method)
             lines.append(
-                f"| {cell.key} | {method} | {len(runs)}/{cell.seeds} | {_pm([1 - s['test_accuracy'] for s in runs])} "
+                f"| {cell.key} | {method} | {len(runs)}/{cell.seeds} | {_value(results.headline(cell), results.error(cell, method), mixed)} "
                 f"| {_pm([s['sparsity'] for s in runs])} | {band} | {statistics.fmean(s.get('regrown_distinct', 0) for s in runs):,.0f} "
                 f"| {nonzero:,.0f} of {params:,} | {f'{statistics.fmean(ratio):.2f}x' if ratio else '-'} |"
             )
     return lines
 
 
-def _difference(a: list[float], b: list[float]) -> tuple[str, bool]:
-    """Mean error of a minus b in points, against the larger std; on par = within it, or lower."""
+#: A block index in a parameter name (``blocks.3.attn.q_proj.weight``): layers that differ only there are pooled.
+_BLOCK_INDEX = re.compile(r"\.\d+\.")
+
+
+def _where(results: Results, cell: Cell, methods: Sequence[str]) -> list[str]:
+    """Where each method prunes a model of repeated blocks (a Transformer's attention, MLP, head):
+    the sparsity of each kind of layer, its blocks pooled (weighted by their weights), mean over the
+    finished seeds. Empty when the cell's layers have no block index or nothing has finished."""
+    kinds: dict[str, int] = {}
+    columns: dict[str, dict[str, float]] = {}
+    for method in methods:
+        runs = results.seeds(cell, method)
+        if method == DENSE or not runs:
+            continue
+        per_seed = []
+        for s in runs:
+            zeros: dict[str, float] = {}
+            sizes: dict[str, int] = {}
+            for name, sparsity in s["layer_sparsity"].items():
+                kind = _BLOCK_INDEX.sub(".*.", name)
+                zeros[kind] = zeros.get(kind, 0.0) + sparsity * s["layer_params"][name]
+                sizes[kind] = sizes.get(kind, 0) + s["layer_params"][name]
+            per_seed.append({k: zeros[k] / sizes[k] for k in sizes if sizes[k]})
+            kinds.update(sizes)
+        columns[method] = {k: statistics.fmean(p[k] for p in per_seed if k in p) for k in per_seed[0]}
+    if not columns or not any("*" in k for k in kinds):
+        return []
+    lines = [
+        f"Where the methods prune `{cell.key}`: sparsity % per kind of layer, blocks pooled (`*`), mean over the finished seeds.",
+        "",
+        "| layer | weights | " + " | ".join(columns) + " |",
+        "|---|---|" + "---|" * len(columns),
+    ]
+    for kind, size in kinds.items():
+        lines.append(f"| `{kind}` | {size:,} | " + " | ".join(f"{100 * c[kind]:.1f}" if kind in c else "-" for c in columns.values()) + " |")
+    return lines + [""]
+
+
+def _difference(a: list[float], b: list[float], headline: Headline = Headline()) -> tuple[str, bool]:
+    """Mean error of a minus b (in points, or in the headline's unit), against the larger std; on par = within it, or lower."""
     if not (a and b):
         return "pending", False
-    d = 100 * (statistics.fmean(a) - statistics.fmean(b))
-    spread = 100 * max(_mean_std(a)[1], _mean_std(b)[1])
+    d = statistics.fmean(a) - statistics.fmean(b)
+    spread = max(_mean_std(a)[1], _mean_std(b)[1])
     where = "within 1 std" if abs(d) <= spread else ("lower by more than 1 std" if d < 0 else "higher by more than 1 std")
-    return f"{d:+.2f} ({where})", abs(d) <= spread or d <= 0
+    return f"{headline.difference(d)} ({where})", abs(d) <= spread or d <= 0
 
 
 def _claims(results: Results, cells: Sequence[Cell], method: str, matched: str) -> list[str]:
     """Each main cell: a method against dense and against DPF at the same sparsity, in standard deviations."""
+    headlines = [results.headline(c) for c in cells]
+    mixed, label = len({h.label for h in headlines}) > 1, _label(headlines)
     lines = [
-        f"| cell | dense error % | {method} error % | {method} − dense | {matched} error % | {method} − {matched} | {method} sparsity % (seeds) |",
+        f"| cell | dense {label} | {method} {label} | {method} − dense | {matched} {label} | {method} − {matched} | {method} sparsity % (seeds) |",
         "|---|---|---|---|---|---|---|",
     ]
     on_par_dense = on_par_dpf = on_par_dpf_own = compared = 0
@@ -260,14 +367,15 @@ def _claims(results: Results, cells: Sequence[Cell], method: str, matched: str) 
         if not (dense and snr):
             continue
         compared += 1
-        text_dense, ok_dense = _difference(snr, dense)
-        text_dpf, ok_dpf = _difference(snr, dpf)
+        h = results.headline(cell)
+        text_dense, ok_dense = _difference(snr, dense, h)
+        text_dpf, ok_dpf = _difference(snr, dpf, h)
         on_par_dense += ok_dense
         on_par_dpf += ok_dpf
         # the stricter reading: within DPF's own spread (a method's own noise does not widen the test)
         on_par_dpf_own += bool(dpf) and statistics.fmean(snr) - statistics.fmean(dpf) <= _mean_std(dpf)[1]
         seeds = ", ".join(f"{100 * v:.1f}" for v in results.values(cell, method, "sparsity"))
-        lines.append(f"| {cell.key} | {_pm(dense)} | {_pm(snr)} | {text_dense} | {_pm(dpf)} | {text_dpf} | {seeds} |")
+        lines.append(f"| {cell.key} | {_value(h, dense, mixed)} | {_value(h, snr, mixed)} | {text_dense} | {_value(h, dpf, mixed)} | {text_dpf} | {seeds} |")
     lines.append("")
     lines.append(
         f"`{method}` is on par with dense (error within one standard deviation, or lower) in {on_par_dense} of {compared} "
@@ -348,8 +456,12 @@ def write_report(suite: Suite, layout: Layout, report: Path, command: str, data_
         why = [f"- `{c.key}`: {c.epochs} epochs, {c.seeds} seed(s). {c.why}" for c in cells if c.why]
         lines += why + [""] if why else []
     for group in suite.groups[1:]:
-        lines += [f"## {group.title}", "", *_table(results, group.cells, [m.name for m in group.methods]), ""]
+        names = [m.name for m in group.methods]
+        lines += [f"## {group.title}", "", *_table(results, group.cells, names), ""]
         lines += [f"- `{m.name}`: {', '.join(f'{k}={v}' for k, v in m.options.items())}" for m in group.methods] + [""]
+        if {SNR, "snr-auto"} <= set(names):  # a group that compares both SNR methods: where they prune, too
+            for cell in group.cells:
+                lines += _where(results, cell, names)
 
     if suite.findings:
         findings = Path(suite.source).parent / suite.findings
@@ -407,10 +519,12 @@ def _plot_accuracy(results: Results, cells: Sequence[Cell], methods: Sequence[An
         for i, method in enumerate(methods):
             runs = results.seeds(cell, method.name)
             marker, color = _style(method.name, i)
-            ax.scatter([100 * s["sparsity"] for s in runs], [100 * (1 - s["test_accuracy"]) for s in runs], marker=marker, color=color, label=method.name, s=28, alpha=0.8)
+            h = results.headline(cell)
+            scale = 100 if h.percent else 1
+            ax.scatter([100 * s["sparsity"] for s in runs], [scale * h.error(s) for s in runs], marker=marker, color=color, label=method.name, s=28, alpha=0.8)
         ax.set_title(cell.key, fontsize=9)
         ax.set_xlabel("sparsity (%)", fontsize=8)
-        ax.set_ylabel("test error (%)", fontsize=8)
+        ax.set_ylabel("test error (%)" if results.headline(cell).percent else f"test {results.headline(cell).label}", fontsize=8)
         ax.grid(alpha=0.3)
         ax.tick_params(labelsize=7)
     handles, labels = axes[0].get_legend_handles_labels()
