@@ -15,9 +15,12 @@ from snrprune.pruners.snr_auto import SIGN_CLASSES
 
 def _window(pruning, name, steps):
     """The window sums of per-step gradients ``steps`` (T x the weight's shape), as training builds them."""
+    slots = [pruning.slot(t) for t in range(len(steps))]
     classes = torch.zeros((SIGN_CLASSES, *steps.shape[1:]))
-    classes.index_add_(0, torch.arange(len(steps)) % SIGN_CLASSES, steps)  # step t into class t mod M
-    pruning.window[name] = [classes, steps.pow(2).sum(0)]
+    classes.index_add_(0, torch.tensor([c for _, c in slots]), steps)  # step t into its interleaved class
+    s2 = torch.zeros((pruning.parts, *steps.shape[1:]))
+    s2.index_add_(0, torch.tensor([p for p, _ in slots]), steps.pow(2))
+    pruning.window[name] = [classes, s2]
     pruning.window_count = len(steps)
 
 
@@ -48,6 +51,57 @@ def test_snr_auto_decisions_follow_the_kept_weights_evidence():
     assert pruning.window_snr[converged] < 0.05 and pruning.window_snr[signal] > 50
     mean, std = pruning.window_band[noise]  # the drawn band: near F(1, 399)'s mean for independent weights
     assert abs(mean - 1) < 0.05 and abs(pruning.window_snr[noise] - mean) <= 2 * std
+
+
+def _halves(w, first, second, n=400, seed=0):
+    """n steps of gradients for a weight like ``w``: the first half of kind ``first``, the second of kind
+    ``second`` ("converged": each step undoes the last one's noise; "noise": a random walk; "drift")."""
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for kind in (first, second):
+        noise = torch.randn((n // 2 + 1, *w.shape), generator=g)
+        out.append({"converged": noise[1:] - noise[:-1], "noise": noise[1:], "drift": 0.5 + noise[1:]}[kind])
+    return torch.cat(out)
+
+
+@pytest.mark.parametrize(
+    "first, second, at_half, at_end",
+    [
+        ("converged", "noise", -1, 0),  # the first half converged: prune at the half; the end reads the second half alone
+        ("noise", "converged", 0, -1),  # the second half alone is witness enough to prune
+        ("drift", "noise", 0, 0),  # drift in one half only: never a regrowth
+        ("drift", "drift", 0, 1),  # drift in the second half and in the whole window: regrow
+    ],
+)
+def test_snr_auto_nested_windows_decide_at_the_half_and_at_the_end(first, second, at_half, at_end):
+    """Nested windows sum the halves apart: at the half the first half alone can prune (drift there
+    only holds); at the end the whole window and the second half are two witnesses: prune if either
+    reads converged, regrow only if both read drift; after a move at the half, the second half alone
+    (the first half's evidence was acted on)."""
+    model = small_mlp()
+    pruning = SNRAutoPruning(model, window_steps=400, step=0.5, scope="layer", nested=True)
+    pruning.density = {name: 0.5 for name in pruning.units}  # room to regrow
+    steps = {name: _halves(w, first, second, seed=i) for i, (name, w) in enumerate(pruning.dense.items())}
+    for name in steps:
+        _window(pruning, name, steps[name][:200])
+    assert pruning.part_counts() == [200, 0] and pruning.half_due(200) and not pruning.half_due(100)
+    pruning.decide_half()
+    assert set(pruning.direction.values()) == {at_half} and pruning.window_count == 200  # the window goes on
+    for name in steps:
+        _window(pruning, name, steps[name])
+        # the halves went apart: classes 0-7 and the first sum of squares hold the first half alone
+        assert torch.allclose(pruning.window[name][0][:8].sum(0), steps[name][:200].sum(0), atol=1e-4)
+        assert torch.allclose(pruning.window[name][1][0], steps[name][:200].pow(2).sum(0), atol=1e-3)
+    before = dict(pruning.density)
+    pruning.decide()
+    moved = {name: (d > before[name]) - (d < before[name]) for name, d in pruning.density.items()}
+    assert set(moved.values()) == {at_end}, (moved, pruning.window_snr, pruning.window_band)
+    assert pruning.window == {} and pruning.window_count == 0
+
+
+def test_snr_auto_without_nesting_decides_once_a_window():
+    pruning = SNRAutoPruning(small_mlp(), window_steps=400)  # the default
+    assert pruning.parts == 1 and not pruning.half_due(200) and pruning.part_counts() == [0]
 
 
 def test_snr_auto_holds_a_layer_without_gradient():
@@ -159,7 +213,7 @@ def test_snr_auto_window_sums_are_the_applied_gradients():
     for name, (s1, s2) in sums.items():
         classes = pruning.window[name][0]
         assert torch.allclose(classes.sum(0), s1, atol=1e-6)
-        assert torch.allclose(pruning.window[name][1], s2, atol=1e-7)
+        assert torch.allclose(pruning.window[name][1][0], s2, atol=1e-7)
         assert classes[3:].abs().sum() == 0  # step t went into class t mod SIGN_CLASSES: three steps, three classes
     assert pruning.window_count == 3
 
@@ -199,10 +253,11 @@ def test_snr_auto_short_windows_are_calibrated_and_extended():
     assert pruning.density == {"*": 0.5} and pruning.window_count == 5 and pruning.window
 
 
-def test_snr_auto_resume_is_bit_exact():
+@pytest.mark.parametrize("nested, window", [(False, 3), (True, 14)])
+def test_snr_auto_resume_is_bit_exact(nested, window):
     def setup(seed=0):
         model = small_mlp(seed)
-        pruning = SNRAutoPruning(model, window_steps=3, update_every=2)
+        pruning = SNRAutoPruning(model, window_steps=window, update_every=2, nested=nested)
         optimizer = pruning.wrap(torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9))
         return model, pruning, optimizer
 
@@ -210,7 +265,7 @@ def test_snr_auto_resume_is_bit_exact():
     model_a, pruning_a, opt_a = setup()
     train(model_a, opt_a, batches)
     model_b, pruning_b, opt_b = setup()
-    train(model_b, opt_b, batches[:7])  # mid-window
+    train(model_b, opt_b, batches[:9])  # mid-window (nested: after the half's decision)
     buffer = io.BytesIO()
     torch.save({"model": model_b.state_dict(), "opt": opt_b.state_dict(), "pruning": pruning_b.state_dict()}, buffer)
     buffer.seek(0)
@@ -219,8 +274,9 @@ def test_snr_auto_resume_is_bit_exact():
     model_c.load_state_dict(saved["model"])
     opt_c.load_state_dict(saved["opt"])
     pruning_c.load_state_dict(saved["pruning"])
-    train(model_c, opt_c, batches[7:])
+    train(model_c, opt_c, batches[9:])
     assert pruning_a.density == pruning_c.density and pruning_a.window_count == pruning_c.window_count
+    assert pruning_a.moved_at_half == pruning_c.moved_at_half
     assert pruning_a.step == pruning_c.step and pruning_a.direction == pruning_c.direction
     assert pruning_a.adapting == pruning_c.adapting and pruning_a.lr_max == pruning_c.lr_max == 0.1
     for name in pruning_a.masks:
@@ -381,13 +437,17 @@ def test_snr_auto_band_is_the_same_in_slices(monkeypatch):
 
 
 def test_snr_auto_loads_a_state_from_before_the_sign_classes():
-    """An older checkpoint holds one sum of g_t per weight: it becomes one class, and the window goes on."""
+    """An older checkpoint holds one sum of g_t per weight (and one sum of squares, without nested
+    halves): it becomes one class of a one-part window, and the window goes on."""
     model = small_mlp()
     pruning = SNRAutoPruning(model, window_steps=100)
     optimizer = pruning.wrap(torch.optim.SGD(model.parameters(), lr=0.01))
     train(model, optimizer, make_batches(8))
     state = pruning.state_dict()
-    state["window"] = {name: [pair[0].sum(0), pair[1]] for name, pair in state["window"].items()}  # the old layout
+    del state["nested"]
+    state["window"] = {name: [pair[0].sum(0), pair[1][0]] for name, pair in state["window"].items()}  # the old layout
+    with pytest.raises(ValueError, match="summed as one part.*nested=False"):
+        SNRAutoPruning(small_mlp(), window_steps=100, nested=True).load_state_dict(state)
     again = SNRAutoPruning(small_mlp(), window_steps=100)
     again.load_state_dict(state)
     for name, (classes, s2) in again.window.items():

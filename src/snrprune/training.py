@@ -87,6 +87,7 @@ METHOD_OPTIONS: dict[str, tuple[str, ...]] = {
     "auto_step": ("snr-auto",),
     "auto_lr_scale": ("snr-auto",),
     "auto_hysteresis": ("snr-auto",),
+    "auto_nested": ("snr-auto",),
 }
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 SCHEDULES = ("cosine", "step", "constant")
@@ -203,6 +204,7 @@ class TrainConfig:
     auto_step: float = 0.5  # snr-auto: a decision at the full learning rate multiplies the density by 1 - auto_step
     auto_lr_scale: bool = True  # snr-auto: moves scaled by the learning rate over the largest seen
     auto_hysteresis: bool = True  # snr-auto: drift right after a prune holds the density instead of regrowing
+    auto_nested: bool = False  # snr-auto: a decision at each half of the window too, the whole window a second witness
     # scale-out
     accumulate: int = 1  # micro-batches (backward calls) per optimizer step
     amp: str | None = None  # mixed precision: None, "bf16" or "fp16"
@@ -311,7 +313,7 @@ class TrainConfig:
         _check(_is_int(self.stats_every) and self.stats_every >= 1, f"stats_every must be a positive integer, got {self.stats_every!r}")
         _check(_is_number(self.window_epochs) and self.window_epochs > 0, f"window_epochs must be > 0, got {self.window_epochs!r}")
         _check(_is_number(self.auto_step) and 0 < self.auto_step < 1, f"auto_step must be in (0, 1), got {self.auto_step!r}")
-        for flag in ("auto_lr_scale", "auto_hysteresis"):
+        for flag in ("auto_lr_scale", "auto_hysteresis", "auto_nested"):
             _check(isinstance(getattr(self, flag), bool), f"{flag} must be true or false, got {getattr(self, flag)!r}")
         _check(_is_number(self.end_fraction) and 0 < self.end_fraction <= 1, f"end_fraction must be in (0, 1], got {self.end_fraction!r}")
         _check(self.curve_every is None or (_is_int(self.curve_every) and self.curve_every >= 1), f"curve_every must be a positive integer, got {self.curve_every!r}")
@@ -406,6 +408,7 @@ def make_pruning(config: TrainConfig, model: nn.Module, steps_per_epoch: int) ->
             scope=config.scope,
             lr_scaled=config.auto_lr_scale,
             hysteresis=config.auto_hysteresis,
+            nested=config.auto_nested,
             **layers,
         )
     if config.method == "dpf":
@@ -961,7 +964,8 @@ def _print_header(config: TrainConfig, data: Any, counts: dict[str, Any], steps_
     elif method == "snr-auto":
         off = [name for name, on in (("lr scaling", config.auto_lr_scale), ("hysteresis", config.auto_hysteresis)) if not on]
         method += (
-            f" (scope {config.scope}, window {config.window_epochs:g} epochs, step {config.auto_step:g}, threshold {config.threshold:g}"
+            f" (scope {config.scope}, window {config.window_epochs:g} epochs{' in nested halves' if config.auto_nested else ''}, "
+            f"step {config.auto_step:g}, threshold {config.threshold:g}"
             + "".join(f", no {name}" for name in off)
             + "; no target)"
         )

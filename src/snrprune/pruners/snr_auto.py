@@ -32,6 +32,11 @@ NULL_DRAWS = 32
 DEFAULT_WINDOW_EPOCHS = 0.5
 
 
+def _combine(moves: list[int]) -> int:
+    """Several witnesses of one decision: converged if any reads converged, drift only if all read drift."""
+    return -1 if -1 in moves else (1 if all(m == 1 for m in moves) else 0)
+
+
 def epoch_window_steps(epoch_steps: int, window_epochs: float = DEFAULT_WINDOW_EPOCHS) -> int:
     """The window in optimizer steps for a window of ``window_epochs`` epochs of ``epoch_steps`` steps (at least one)."""
     return max(1, round(window_epochs * epoch_steps))
@@ -123,16 +128,21 @@ class SNRAutoPruning(Pruning):
         *,
         lr_scaled: bool = True,
         hysteresis: bool = True,
+        nested: bool = False,
         include: NameFilter = None,
         exclude: NameFilter = None,
     ):
         super().__init__(model, scope=scope, include=include, exclude=exclude)
-        for flag, value in (("lr_scaled", lr_scaled), ("hysteresis", hysteresis)):
+        for flag, value in (("lr_scaled", lr_scaled), ("hysteresis", hysteresis), ("nested", nested)):
             if not isinstance(value, bool):
                 raise ValueError(f"{flag} must be True or False, got {value!r}")
-        # both on by default; off only to measure what each is worth (the suite's ablations)
-        self.lr_scaled, self.hysteresis = lr_scaled, hysteresis
+        # all on by default; off only to measure what each is worth (the suite's ablations)
+        self.lr_scaled, self.hysteresis, self.nested = lr_scaled, hysteresis, nested
         self.window_steps = _check_int("window_steps", window_steps, 1)
+        # nested: the window's two halves are summed apart (the first into the first half of the sign
+        # classes, the second into the other half), so a decision at the half reads the first half alone
+        self.parts = 2 if nested else 1
+        self.half = window_steps // 2 if nested else window_steps
         self.initial_step = _check_float("step", step, 0.0, 1.0)
         self.threshold = _check_float("threshold", threshold, 0.0, math.inf)
         if self.threshold == 0:
@@ -150,13 +160,15 @@ class SNRAutoPruning(Pruning):
         self.step = {unit: self.initial_step for unit in self.units}
         self.direction = {unit: 0 for unit in self.units}  # the last move: -1 pruned, +1 regrown, 0 none yet
         self.adapting = {unit: False for unit in self.units}  # the last window ended with a prune
+        self.moved_at_half = {unit: False for unit in self.units}  # nested: this window's half decision moved the density
         self.lr_max = 0.0  # the largest learning rate seen (of the groups holding prunable weights)
         # the guard against collapse: at least one weight per output unit (rows of the weight)
         self.min_kept = {name: w.shape[0] for name, w in self.weights.items()}
         self.min_density = {
             unit: sum(self.min_kept[n] for n in names) / sum(self.weights[n].numel() for n in names) for unit, names in self.units.items()
         }
-        self.window: dict[str, list[Tensor]] = {}  # name -> [sum of g_t, sum of g_t**2] over the window
+        # name -> [sum of g_t per sign class (SIGN_CLASSES, *shape), sum of g_t**2 per part (parts, *shape)]
+        self.window: dict[str, list[Tensor]] = {}
         self.window_count = 0  # T: the steps summed
         self.window_snr: dict[str, float] = {}  # the last decision's mean window SNR of the kept weights
         self.window_band: dict[str, tuple[float, float]] = {}  # the last decision's noise band: mean, std of the draws
@@ -178,33 +190,53 @@ class SNRAutoPruning(Pruning):
         lr = self.lr()
         if lr is not None:
             self.lr_max = max(self.lr_max, lr)
-        sign_class = self.window_count % SIGN_CLASSES
+        part, sign_class = self.slot(self.window_count)
         for name, w in self.weights.items():
             acc = self.window.get(name)
             if acc is None:
                 dtype = torch.promote_types(w.dtype, torch.float32)  # half-precision weights sum in float32
                 acc = self.window[name] = [
                     torch.zeros((SIGN_CLASSES, *w.shape), dtype=dtype, device=w.device),  # sum of g_t per class
-                    torch.zeros_like(w, dtype=dtype),  # sum of g_t**2
+                    torch.zeros((self.parts, *w.shape), dtype=dtype, device=w.device),  # sum of g_t**2 per part
                 ]
             if w.grad is not None:  # no gradient this step counts as zero
                 acc[0][sign_class].add_(w.grad)
-                acc[1].addcmul_(w.grad, w.grad)
+                acc[1][part].addcmul_(w.grad, w.grad)
         self.window_count += 1
+
+    def slot(self, t: int) -> tuple[int, int]:
+        """(part, sign class) of the window's step ``t`` (from 0): interleaved classes within each part."""
+        part = int(t >= self.half) if self.nested else 0
+        per_part = SIGN_CLASSES // self.parts
+        return part, part * per_part + (t - part * self.half) % per_part
+
+    def part_counts(self) -> list[int]:
+        """The steps summed into each part of the window (one part unless nested)."""
+        if not self.nested:
+            return [self.window_count]
+        first = min(self.window_count, self.half)
+        return [first, self.window_count - first]
 
     def window_due(self, step: int) -> bool:
         return step % self.window_steps == 0
 
+    def half_due(self, step: int) -> bool:
+        """Nested: the decision at the window's half, on the first half alone (when it is long enough)."""
+        return self.nested and self.half >= MIN_WINDOW_STEPS and step % self.window_steps == self.half
+
     def update_due(self, step: int) -> bool:
-        return self.window_due(step) or step % self.update_every == 0
+        return self.window_due(step) or self.half_due(step) or step % self.update_every == 0
 
     def null_signs(self) -> Tensor:
         """The decision's sign patterns, NULL_DRAWS x SIGN_CLASSES: fixed by the step alone, so every rank and a resumed run draw the same."""
         generator = torch.Generator().manual_seed(0x5D7A_0000 + self.step_count)
         return torch.randint(0, 2, (NULL_DRAWS, SIGN_CLASSES), generator=generator).mul_(2).sub_(1)
 
-    def evidence(self, unit: str) -> int:
+    def evidence(self, unit: str, parts: range | None = None) -> int:
         """-1: the unit's kept weights converged; +1: they drift; 0: within the noise, or no gradient (hold).
+
+        ``parts``: the parts of the window read (all by default; nested windows: ``range(0, 1)`` is the
+        first half, ``range(1, 2)`` the second).
 
         The band is a sign-flip randomisation test. Under the null (a random walk: independent,
         zero-mean gradients from step to step) the sums of the interleaved step classes are
@@ -217,23 +249,28 @@ class SNRAutoPruning(Pruning):
         whatever the number of draws, and misses only correlations at lags that are multiples of
         :data:`SIGN_CLASSES`.
         """
+        parts = range(self.parts) if parts is None else parts
+        per_part = SIGN_CLASSES // self.parts
+        read = slice(parts.start * per_part, parts.stop * per_part)  # the sign classes of those parts
+        steps = sum(self.part_counts()[parts.start : parts.stop])
         z_total, n = 0.0, 0  # the kept weights' z, summed over the unit's layers, and their count
         draws_total = torch.zeros(NULL_DRAWS, dtype=torch.float64)  # each draw's z, summed the same way
-        signs = self.null_signs()
+        signs = self.null_signs()[:, read]
         for name in self.units[unit]:
             classes, s2 = self.window[name]
-            classes, s2 = classes.reshape(SIGN_CLASSES, -1), s2.reshape(-1)
+            classes = classes[read].reshape(read.stop - read.start, -1)
+            s2 = (s2[parts.start] if len(parts) == 1 else s2[parts.start : parts.stop].sum(dim=0)).reshape(-1)
             index = ((s2 > 0) & (self.keep[name].reshape(-1) > 0)).nonzero().squeeze(1)  # kept weights that received any gradient
             if not index.numel():
                 continue
             z_layer = 0.0
             # bounded memory: NULL_DRAWS x CHUNK at a time; slices of the layer itself when every weight counts (no gather)
-            parts = index.split(self.CHUNK) if index.numel() < s2.numel() else [slice(i, i + self.CHUNK) for i in range(0, s2.numel(), self.CHUNK)]
-            for part in parts:
+            slices = index.split(self.CHUNK) if index.numel() < s2.numel() else [slice(i, i + self.CHUNK) for i in range(0, s2.numel(), self.CHUNK)]
+            for part in slices:
                 sums, s2_part = classes[:, part], s2[part]
-                z_layer += float(snr_from_moments(sums.sum(dim=0), s2_part, self.window_count).sum(dtype=torch.float64))
+                z_layer += float(snr_from_moments(sums.sum(dim=0), s2_part, steps).sum(dtype=torch.float64))
                 flipped = signs.to(sums) @ sums  # the sign-flipped windows
-                draws = snr_from_moments(flipped, s2_part.expand_as(flipped), self.window_count)
+                draws = snr_from_moments(flipped, s2_part.expand_as(flipped), steps)
                 # summed in the weights' dtype within a slice (a float64 sum of the slice costs 25x as much
                 # on the CPU, for a relative difference of 1e-7), in float64 across slices and layers
                 draws_total += draws.sum(dim=1).to(device="cpu", dtype=torch.float64)
@@ -252,12 +289,38 @@ class SNRAutoPruning(Pruning):
         return 0
 
     def decide(self) -> None:
-        """End of a window: each unit's density (a layer's, or the network's) moves by the evidence of its kept weights."""
+        """End of a window: each unit's density (a layer's, or the network's) moves by the evidence of its kept weights.
+
+        Nested windows have two witnesses here, the whole window and its second half: -1 if either
+        reads converged, +1 only if both read drift. The whole window sums an epoch of a shuffle
+        (every sample once: the sampling noise cancels, small data sets); the second half shows the
+        recent dynamics (large data sets, where many steps make an epoch).
+        """
         if self.window_count < MIN_WINDOW_STEPS:
             return  # too few steps for a variance with a finite spread: the window goes on
-        scale = self.lr_scale()
+        second = self.nested and self.part_counts()[1] >= MIN_WINDOW_STEPS
+        moves = {}
         for unit in self.units:
-            move = self.evidence(unit)
+            # the second half, read first (the whole window's numbers are the ones logged); the whole
+            # window only if the half's decision did not move: its first half was acted on already
+            witnesses = ([range(1, 2)] if second else []) + ([None] if not self.moved_at_half[unit] else [])
+            moves[unit] = _combine([self.evidence(unit, parts) for parts in witnesses]) if witnesses else 0
+        self._move(moves)
+        self.window = {}
+        self.window_count = 0
+        self.moved_at_half = {unit: False for unit in self.units}
+
+    def decide_half(self) -> None:
+        """Nested windows, at the half: converged weights in the first half alone prune; drift there only
+        holds (regrowth needs the whole window's witness too); the window goes on."""
+        before = dict(self.density)
+        self._move({unit: min(0, self.evidence(unit, range(0, 1))) for unit in self.units})
+        self.moved_at_half = {unit: self.density[unit] != before[unit] for unit in self.units}
+
+    def _move(self, moves: dict[str, int]) -> None:
+        """Each unit's density moves by its evidence (-1 prune, +1 regrow, 0 hold), scaled by the learning rate."""
+        scale = self.lr_scale()
+        for unit, move in moves.items():
             adapting, self.adapting[unit] = self.adapting[unit], False
             if move == 0 or (move > 0 and adapting):  # drift right after a prune: the network adapting
                 continue
@@ -270,12 +333,12 @@ class SNRAutoPruning(Pruning):
                 self.density[unit] = density
                 self.direction[unit] = move
                 self.adapting[unit] = move < 0 and self.hysteresis
-        self.window = {}
-        self.window_count = 0
 
     def compute_masks(self) -> dict[str, Tensor]:
         if self.window_due(self.step_count):
             self.decide()
+        elif self.half_due(self.step_count):
+            self.decide_half()
         if self.scope == "layer":
             n_prune = {name: w.numel() - max(1, round(self.density[name] * w.numel())) for name, w in self.dense.items()}
             return magnitude_keep_masks(self.dense, n_prune, "layer")
@@ -302,9 +365,11 @@ class SNRAutoPruning(Pruning):
             auto_step=dict(self.step),
             direction=dict(self.direction),
             adapting=dict(self.adapting),
+            moved_at_half=dict(self.moved_at_half),
             lr_max=self.lr_max,
             window={name: [t.clone() for t in pair] for name, pair in self.window.items()},
             window_count=self.window_count,
+            nested=self.nested,
             window_snr=dict(self.window_snr),
             window_band={unit: list(band) for unit, band in self.window_band.items()},
         )
@@ -322,13 +387,22 @@ class SNRAutoPruning(Pruning):
         self.step = {unit: float(state["auto_step"][unit]) for unit in self.units}
         self.direction = {unit: int(state["direction"][unit]) for unit in self.units}
         self.adapting = {unit: bool(state.get("adapting", {}).get(unit, False)) for unit in self.units}
+        self.moved_at_half = {unit: bool(state.get("moved_at_half", {}).get(unit, False)) for unit in self.units}
         self.lr_max = float(state.get("lr_max", 0.0))
         # the sums keep their own dtype (float32 for half-precision weights), on the weights' device
+        nested = bool(state.get("nested", False))  # states from before nested windows had one part
+        if nested != self.nested and int(state["window_count"]) > 0:
+            raise ValueError(
+                f"the state's window was summed {'in two halves (nested=True)' if nested else 'as one part (nested=False)'}; "
+                f"this object has nested={self.nested}: load it into an SNRAutoPruning with nested={nested}"
+            )
         self.window = {}
         for name, (sums, s2) in state["window"].items():
             sums, s2 = sums.to(self.dense[name].device).clone(), s2.to(self.dense[name].device).clone()
             if sums.shape == s2.shape:  # a state from before the sign classes: its sum of g_t becomes one class
                 sums = torch.cat([sums.unsqueeze(0), sums.new_zeros((SIGN_CLASSES - 1, *sums.shape))])
+            if s2.shape == self.dense[name].shape:  # one part, stored without its axis
+                s2 = s2.unsqueeze(0)
             self.window[name] = [sums, s2]
         self.window_count = int(state["window_count"])
         self.window_snr = dict(state.get("window_snr", {}))
