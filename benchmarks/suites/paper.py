@@ -94,6 +94,14 @@ AUTO_LAYER_FIXED_ABLATIONS = [
     Method("snr-auto-layer-fixed-window-0.5-step-0.25", {**_FIXED, "scope": "layer", "window_epochs": 0.5, "auto_step": 0.25}),
 ]
 
+# issue 19's candidate for one default: one-epoch windows in nested halves (a decision every half
+# epoch, the whole epoch a second witness; commit 54611aa), with DPF at its sparsity
+_NESTED = {"method": "snr-auto", "window_epochs": 1.0, "auto_nested": True}
+AUTO_NESTED = [
+    Method("snr-auto-nested", _NESTED),
+    Method("dpf-matched-auto-nested", {"method": "dpf"}, matched_to="snr-auto-nested"),
+]
+
 # -- cells -----------------------------------------------------------------------------------------
 LENET300 = Cell("mnist", "lenet300", epochs=12, why="The LeNet recipe (SGD 0.05, momentum 0.9, cosine): dense reaches ~98.3% by epoch 10 and is flat after.")
 LENET5_MNIST = Cell("mnist", "lenet5", epochs=8, why="Dense LeNet-5 is at ~99.1% after 6-8 epochs of the LeNet recipe; 8 keeps the cell at ~1 CPU-hour for all methods and seeds.")
@@ -166,6 +174,11 @@ SUITE = Suite(
         Group("Earlier snr-auto designs: global, fixed steps", [c for c in IMAGE if c is not RESNET20_FMNIST] + TABULAR, AUTO_FIXED),
         Group("Earlier snr-auto designs: per layer, fixed steps", IMAGE + TABULAR, AUTO_LAYER_FIXED),
         Group("Ablations of the per-layer fixed-step design (LeNet-300-100/MNIST and letter)", [LENET300, LETTER], AUTO_LAYER_FIXED_ABLATIONS),
+        Group(
+            "Issue 19's candidate: one-epoch windows in nested halves, every cell",
+            [c for c in IMAGE if c is not RESNET20_FMNIST] + TABULAR + [RESNET20_FMNIST_3],
+            AUTO_NESTED,
+        ),
         Group("DPF's lossless frontier: DPF at a ladder of targets, 3 seeds", FRONTIER_CELLS_3, FRONTIER),
         Group("DPF's lossless frontier on the cells that cost minutes a run, 1 seed", FRONTIER_CELLS_1, FRONTIER),
     ],
