@@ -18,8 +18,8 @@ from snrprune.pruners.snr_auto import epoch_window_steps  # noqa: E402
 VOCAB, LENGTH, SAMPLES = 32, 8, 32
 BATCH, ACCUMULATE = 4, 2
 EPOCH_STEPS = SAMPLES // BATCH // ACCUMULATE  # optimizer steps an epoch: 4
-# GPT-2 ties wte and lm_head; the tied tensor is left out here (tied weights: layers.py)
-GPT2_TIED = ["lm_head", "transformer.wte"]
+# GPT-2's projections (Hugging Face Conv1D) and its tied wte/lm_head tensor, pruned with one mask
+GPT2_WEIGHTS = ["transformer.h.*", "lm_head"]
 
 
 class TokenData(torch.utils.data.Dataset):
@@ -104,18 +104,20 @@ def test_every_method_on_bert_with_accumulation(tmp_path, method, options):
     assert all("pruning/sparsity" in logs for logs in after.logs)  # a callback after this one sees it
 
 
-@pytest.mark.parametrize("method, options", [("snr", {"exclude": GPT2_TIED}), ("dpf", {"target_sparsity": 0.5, "update_every": 2, "exclude": GPT2_TIED})])
+@pytest.mark.parametrize("method, options", [("snr", {}), ("dpf", {"target_sparsity": 0.5, "update_every": 2})])
 def test_gpt2_language_model(tmp_path, method, options):
-    callback = PruningCallback(method, **options)
+    callback = PruningCallback(method, include=GPT2_WEIGHTS, **options)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         trainer = make_trainer(gpt2(), [callback], tmp_path, lm=True, num_train_epochs=2)
         trainer.train()
-    assert not [w for w in caught if "not pruned" in str(w.message)]  # the tied weights are excluded: no warning
+    assert not [w for w in caught if "not pruned" in str(w.message)]  # the tied tensor is included: no warning
     pruning = callback.pruning
     assert pruning.step_count == trainer.state.global_step == 2 * EPOCH_STEPS
     assert "transformer.h.0.attn.c_attn.weight" in pruning.weights  # Hugging Face Conv1D
-    assert not any(name.startswith(("lm_head", "transformer.wte")) for name in pruning.weights)
+    model = trainer.model
+    assert model.lm_head.weight is model.transformer.wte.weight  # still tied, pruned as one tensor
+    assert "transformer.wte.weight" in pruning.weights and pruning.layer_sparsity()["transformer.wte.weight"] > 0
     assert pruning.sparsity() > 0
     assert logged(trainer)[-1]["pruning/sparsity"] == pytest.approx(pruning.sparsity())
 
@@ -187,26 +189,34 @@ def assert_same(first, second):
             assert value == pruning_b[key], key
 
 
-@pytest.mark.parametrize("method, options", [("snr", {}), ("dpf", {"target_sparsity": 0.6, "update_every": 1})])
-def test_resume_equals_an_uninterrupted_run(tmp_path, method, options):
+@pytest.mark.parametrize(
+    "build, method, options",
+    [(bert, "snr", {}), (bert, "dpf", {"target_sparsity": 0.6, "update_every": 1}), (gpt2, "snr", {"include": GPT2_WEIGHTS})],
+    ids=["bert-snr", "bert-dpf", "gpt2-tied-snr"],
+)
+def test_resume_equals_an_uninterrupted_run(tmp_path, build, method, options):
     """Stopped after step 6 of 12 (mid-epoch), resumed from its checkpoint by a new trainer with a new model and
-    callback: weights, masks and the whole pruning state equal the uninterrupted run's (linear decay, dropout on)."""
+    callback: weights, masks and the whole pruning state equal the uninterrupted run's (linear decay, dropout on).
+    GPT-2's checkpoint holds its tied tensor once; the pruned tensor comes back tied."""
+    lm = build is gpt2
     save = dict(save_strategy="steps", save_steps=6, lr_scheduler_type="linear")
     whole = PruningCallback(method, **options)
-    trainer = make_trainer(bert(), [whole], tmp_path / "whole", lr_scheduler_type="linear")
+    trainer = make_trainer(build(), [whole], tmp_path / "whole", lm=lm, lr_scheduler_type="linear")
     trainer.train()
     expected = state_of(trainer, whole)
     assert whole.pruning.sparsity() > 0
 
-    make_trainer(bert(), [PruningCallback(method, **options), StopAt(6)], tmp_path / "parts", **save).train()
+    make_trainer(build(), [PruningCallback(method, **options), StopAt(6)], tmp_path / "parts", lm=lm, **save).train()
     assert (tmp_path / "parts" / "checkpoint-6" / STATE_FILE).is_file()
     saved = torch.load(tmp_path / "parts" / "checkpoint-6" / STATE_FILE, weights_only=True)
     assert saved["global_step"] == 6 and saved["pruning"]["step"] == 6
     resumed = PruningCallback(method, **options)
-    trainer = make_trainer(bert(seed=5), [resumed], tmp_path / "parts", **save)  # another init: all comes from the checkpoint
+    trainer = make_trainer(build(seed=5), [resumed], tmp_path / "parts", lm=lm, **save)  # another init: all comes from the checkpoint
     trainer.train(resume_from_checkpoint=str(tmp_path / "parts" / "checkpoint-6"))
     assert resumed.pruning.step_count == trainer.state.global_step == 12
     assert_same(state_of(trainer, resumed), expected)
+    if lm:
+        assert trainer.model.lm_head.weight is trainer.model.transformer.wte.weight
 
 
 def test_resume_from_a_folder_outside_output_dir(tmp_path):
