@@ -165,6 +165,7 @@ class GradientStats:
         self._verified: set[str] = set()
         self._verify_uses: dict[str, Tensor] = {}
         self._verify_grad: dict[str, Tensor] = {}
+        self._verify_eps: dict[str, float] = {}  # the precision the weight's products ran in
         self._warned_missing: set[str] = set()
         self._handles: list = []
         self._enabled = False
@@ -267,7 +268,9 @@ class GradientStats:
         if task == self._task:
             return
         if self._task is not None:  # a backward call that never finished (it raised): drop its leftovers
+            calls = self._calls  # ... but the calls belong to the forward of this backward
             self._clear_backward()
+            self._calls = calls
         self._task = task
         torch.autograd.Variable._execution_engine.queue_callback(self._end_backward)
 
@@ -317,6 +320,12 @@ class GradientStats:
             total = self._verify_uses.get(name)
             if total is None:
                 total = self._verify_uses[name] = torch.zeros_like(out)
+            eps = self._verify_eps.get(name, torch.finfo(layer.weight.dtype).eps)
+            for use in uses:  # the coarsest dtype the products ran in (bf16 under autocast)
+                for t in (use.x, use.delta):
+                    if isinstance(t, Tensor) and t.is_floating_point():
+                        eps = max(eps, torch.finfo(t.dtype).eps)
+            self._verify_eps[name] = eps
             try:
                 for use in uses:
                     target = total if use.rows is None else total[use.rows]
@@ -395,8 +404,7 @@ class GradientStats:
             uses, grad = self._verify_uses[name], self._verify_grad[name].to(self._verify_uses[name].dtype)
             self._verified.add(name)
             scale = max(float(grad.abs().max()), float(uses.abs().max()))
-            weight = self._by_name[name].weight
-            tol = max(torch.finfo(weight.dtype).eps, torch.finfo(uses.dtype).eps) ** 0.5 * scale
+            tol = max(self._verify_eps.get(name, 0.0), torch.finfo(uses.dtype).eps, torch.finfo(grad.dtype).eps) ** 0.5 * scale
             difference = float((uses - grad).abs().max())
             if difference > tol:
                 warnings.warn(
