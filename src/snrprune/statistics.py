@@ -121,8 +121,11 @@ class GradientStats:
         exclude: NameFilter = None,
         enabled: bool = True,
         process_group: Any = None,
+        *,
+        layers: list[PrunableLayer] | None = None,
     ) -> None:
-        self.layers: list[PrunableLayer] = find_prunable_layers(model, include, exclude)
+        # ``layers``: a selection already made (a pruner's), instead of selecting again
+        self.layers: list[PrunableLayer] = find_prunable_layers(model, include, exclude) if layers is None else list(layers)
         refused = snr_refusals(self.layers)
         if refused:
             raise ValueError(

@@ -28,6 +28,13 @@ class SNRPruning(Pruning):
     magnitude part then follows the weights between statistics). Under torch.distributed the
     statistics are summed over ``process_group`` (None: the default group). On float32 CPU weights the
     per-step arithmetic runs in fused kernels (:mod:`snrprune.fused`) with the same results.
+
+    It prunes the weights :func:`~snrprune.layers.find_prunable_layers` selects (``include``/``exclude``),
+    with exact per-sample statistics for each (:class:`~snrprune.statistics.GradientStats`); a weight
+    they cannot be exact for is refused by name, with the methods that can prune it (``dpf``,
+    ``snr-auto``): here when the module type says so (an RNN with dropout between its layers), else from
+    ``backward()`` (a weight used outside its module's forward, an output broadcast over the batch).
+    A weight without statistics on a step has a zero gradient there, SNR 0.
     """
 
     def __init__(
@@ -57,7 +64,8 @@ class SNRPruning(Pruning):
         self._not_above: dict[str, int] = {}  # per layer: averages <= the cut, counted by the fused kernel
         self._not_above_step = -1  # ... for the mask update of this step
         self._buffers: dict[str, Tensor] = {}  # per layer: |theta| for the selection, reused
-        self.stats = GradientStats(model, include=include, exclude=exclude, enabled=self.stats_due(0), process_group=process_group)
+        # the same weights as the pruning's; refuses those whose exact per-sample statistics it cannot compute
+        self.stats = GradientStats(model, enabled=self.stats_due(0), process_group=process_group, layers=self.layers)
 
     @property
     def cut(self) -> float:
