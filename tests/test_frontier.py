@@ -66,6 +66,16 @@ def test_a_pending_target_above_makes_the_frontier_a_lower_bound(layout):
     assert lossless_frontier(Results(SUITE, layout), CELL, ladder) == (0.9, True)
 
 
+def test_a_cell_where_no_target_is_lossless_is_listed_below_the_ladder(layout, tmp_path):
+    ladder = frontier_ladder(SUITE)
+    for method in ladder:
+        for seed in range(3):
+            _summary(layout, method, seed, 0.2, ladder[method])
+    assert lossless_frontier(Results(SUITE, layout), CELL, ladder) == (None, True)
+    text = write_report(SUITE, layout, tmp_path / "R.md", "snrprune bench").read_text()
+    assert "| digits-mlp | 10.20 ± 0.20 | < 50 (no target lossless) |" in text
+
+
 def test_report_has_the_frontier_table_ratio_and_plot(layout, tmp_path):
     ladder = frontier_ladder(SUITE)
     for method, error in (("dpf-50", 0.101), ("dpf-80", 0.102), ("dpf-90", 0.103), ("dpf-95", 0.13)):

@@ -491,3 +491,11 @@ def test_snr_auto_one_epoch_window_reads_the_full_batch_gradient():
         assert drawn.window_snr["*"] > 0.5  # the same weights, read as the random walk they then are
         holds += move == 0
     assert holds >= 4
+
+
+def test_snr_auto_floor_counts_output_units_of_hugging_face_conv1d():
+    """HF Conv1D stores its weight [in, out]: the floor of one weight per output unit counts columns."""
+    pytorch_utils = pytest.importorskip("transformers.pytorch_utils")
+    model = nn.Sequential(pytorch_utils.Conv1D(12, 4), nn.ReLU(), nn.Linear(12, 3))
+    pruning = SNRAutoPruning(model, window_steps=8)
+    assert pruning.min_kept == {"0.weight": 12, "2.weight": 3}

@@ -222,6 +222,8 @@ def _frontier_rows(results: Results, cells: Sequence[Cell], ladder: dict[str, fl
     for cell in cells:
         frontier, complete = lossless_frontier(results, cell, ladder)
         if frontier is None:
+            if complete and results.error(cell, DENSE):  # every target lost accuracy: below the ladder
+                lines.append(f"| {cell.key} | {_pm(results.error(cell, DENSE))} | < {100 * min(ladder.values()):g} (no target lossless) |" + " - |" * len(methods))
             continue
         if complete:
             frontiers[cell.key] = frontier

@@ -157,8 +157,8 @@ def build_parser() -> argparse.ArgumentParser:
     how.add_argument("--auto-nested", action=argparse.BooleanOptionalAction, help="snr-auto: decide at each half of the window too, with the whole window as a second witness (default off; a candidate design, see benchmarks/prototypes)")
     how.add_argument("--stats-every", type=_positive_int, metavar="K", help="snr: collect gradient statistics every K steps (default 1)")
     how.add_argument("--update-every", type=_positive_int, metavar="K", help="recompute masks every K steps (default: 16 for dpf and snr-auto; snr: on every step with new statistics)")
-    how.add_argument("--include-layers", action="append", metavar="PATTERN", help="prune only modules matching this glob, repeatable")
-    how.add_argument("--exclude-layers", action="append", metavar="PATTERN", help="never prune modules matching this glob, repeatable")
+    how.add_argument("--include-layers", action="append", metavar="PATTERN", help="prune only the weights whose parameter or module name matches this glob (also selects opt-in kinds: embeddings, tied weights), repeatable")
+    how.add_argument("--exclude-layers", action="append", metavar="PATTERN", help="never prune the weights whose parameter or module name matches this glob, repeatable")
 
     opt = t.add_argument_group("optimisation (defaults: the model family's recipe)")
     opt.add_argument("--epochs", type=_positive_int, metavar="N")

@@ -155,6 +155,8 @@ class LayerMoments:
     float_input: bool = True
     #: Whether the forward hook needs the keyword arguments (complex modules replay the call).
     needs_kwargs: bool = False
+    #: The weight's axis of output units (rows; Hugging Face's Conv1D stores [in, out]: columns).
+    out_axis: int = 0
 
     def weight_names(self, module: nn.Module) -> tuple[str, ...]:
         """The prunable weights, as paths relative to the module (``"weight"``, ``"out_proj.weight"``)."""
@@ -241,6 +243,8 @@ class TransposedLinearMoments(LinearMoments):
 
     That is nn.Linear's arithmetic with the roles of ``x`` and ``delta`` exchanged.
     """
+
+    out_axis = 1
 
     def sum_sq(self, module: nn.Module | None, x: Tensor, delta: Tensor, out: Tensor, accumulate: bool) -> None:
         super().sum_sq(module, delta, x, out, accumulate)

@@ -162,8 +162,8 @@ class SNRAutoPruning(Pruning):
         self.adapting = {unit: False for unit in self.units}  # the last window ended with a prune
         self.moved_at_half = {unit: False for unit in self.units}  # nested: this window's half decision moved the density
         self.lr_max = 0.0  # the largest learning rate seen (of the groups holding prunable weights)
-        # the guard against collapse: at least one weight per output unit (rows of the weight)
-        self.min_kept = {name: w.shape[0] for name, w in self.weights.items()}
+        # the guard against collapse: at least one weight per output unit (rows of the weight; columns of HF Conv1D)
+        self.min_kept = {layer.name: layer.weight.shape[layer.moments.out_axis] for layer in self.layers}
         self.min_density = {
             unit: sum(self.min_kept[n] for n in names) / sum(self.weights[n].numel() for n in names) for unit, names in self.units.items()
         }
