@@ -22,7 +22,8 @@ import numpy as np
 
 from . import reporting
 from .bench import BenchError, Cell, Layout, Suite, cell_unavailable, read_json
-from .tasks import headline_of
+from .data import dataset_task
+from .tasks import TASKS, headline_of
 from .training import METRICS
 
 __all__ = ["write_report", "noise_snr_average"]
@@ -140,10 +141,11 @@ class Results:
         return [float(s[key]) for s in self.seeds(cell, method)]
 
     def headline(self, cell: Cell) -> Headline:
-        """The cell's headline metric, from any of its finished runs (test accuracy while none has finished)."""
+        """The cell's headline metric, from any of its finished runs (while none has finished: its data set's task's)."""
         if cell.key not in self._headlines:
             found = (Headline(*headline_of(s)) for key, s in self.summaries.items() if key.split("/", 1)[0] == cell.key)
-            self._headlines[cell.key] = next(found, Headline())
+            task = TASKS[dataset_task(cell.dataset)]
+            self._headlines[cell.key] = next(found, Headline(f"test_{task.metric}", task.metric_name, task.higher_is_better))
         return self._headlines[cell.key]
 
     def error(self, cell: Cell, method: str) -> list[float]:
