@@ -303,6 +303,17 @@ def test_language_model_resume_is_bit_identical(sdist_dir, tmp_path):
     assert resumed["test_bpc"] == whole["test_bpc"] and resumed["sparsity"] == whole["sparsity"]
 
 
+@pytest.mark.parametrize("method,extra", [("snr", {"burn_in_epochs": 0.5}), ("dpf", {"target_sparsity": 0.5})])
+def test_tied_head_and_embedding_prune_as_one_tensor_when_included(sdist_dir, tmp_path, method, extra):
+    from snrprune.training import train
+
+    config = tiny_lm(sdist_dir, method=method, epochs=1, include_layers=["*"], model_options={**TINY_GPT, "tie_weights": True}, **extra)
+    summary = train(config, tmp_path, progress=False)
+    assert "tok_emb.weight" in summary["layer_sparsity"] and "lm_head.weight" not in summary["layer_sparsity"]
+    weights = torch.load(tmp_path / "model.pt")
+    assert torch.equal(weights["tok_emb.weight"], weights["lm_head.weight"])  # still one tensor, one mask
+
+
 def test_model_and_data_set_must_be_for_the_same_task(sdist_dir):
     from snrprune.training import TrainConfig
 
