@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator
-from typing import Any, Callable, ClassVar
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -59,6 +59,11 @@ class Task:
 
     #: predictions per sample of a batch (a classifier predicts once per sample)
     predictions_per_sample: int = 1
+
+    @classmethod
+    def for_model(cls, model: nn.Module) -> Task:
+        """The task for ``model``; ValueError when the model cannot do it."""
+        return cls()
 
     def steps_per_epoch(self, data: Dataset, batch_size: int) -> int:
         raise NotImplementedError
@@ -146,6 +151,14 @@ class LanguageModelling(Task):
         self.block_size = int(block_size)
         self.predictions_per_sample = self.block_size
 
+    @classmethod
+    def for_model(cls, model: nn.Module) -> Task:
+        """Windows of the model's context length, ``model.block_size``."""
+        block = getattr(model, "block_size", None)
+        if isinstance(block, bool) or not isinstance(block, int) or block < 1:
+            raise ValueError(f"a language-modelling data set needs a language model with a block_size (e.g. model 'gpt'); got {type(model).__name__}")
+        return cls(block)
+
     def steps_per_epoch(self, data: Dataset, batch_size: int) -> int:
         if len(data.x_train) < self.block_size:
             return 0
@@ -197,20 +210,15 @@ class LanguageModelling(Task):
         )
 
 
-TASKS: dict[str, Callable[..., Task]] = {"classification": Classification, "language-modelling": LanguageModelling}
+TASKS: dict[str, type[Task]] = {"classification": Classification, "language-modelling": LanguageModelling}
 
 
 def make_task(name: str, model: nn.Module) -> Task:
-    """The task ``name`` (a data set's task) for ``model``; a language model must say its context
-    length as ``model.block_size``. Raises ValueError when the model cannot do the task."""
-    if name == "language-modelling":
-        block = getattr(model, "block_size", None)
-        if isinstance(block, bool) or not isinstance(block, int) or block < 1:
-            raise ValueError(f"a language-modelling data set needs a language model with a block_size (e.g. model 'gpt'); got {type(model).__name__}")
-        return LanguageModelling(block)
+    """The task ``name`` (a data set's task) for ``model`` (see :meth:`Task.for_model`; a language
+    model says its context length as ``model.block_size``). ValueError when the model cannot do it."""
     if name not in TASKS:
         raise ValueError(f"unknown task {name!r}; valid names: {', '.join(TASKS)}")
-    return TASKS[name]()
+    return TASKS[name].for_model(model)
 
 
 def headline_of(summary: dict[str, Any]) -> tuple[str, str, bool]:
