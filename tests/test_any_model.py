@@ -22,12 +22,7 @@ from snrprune import DPFPruning, GradientStats, NoPruning, SNRAutoPruning, SNRPr
 from snrprune.layers import NotExact
 
 
-@pytest.fixture(autouse=True)
-def float64_default():
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(previous)
+pytestmark = pytest.mark.usefixtures("float64_default")  # every test here (tests/conftest.py)
 
 
 def naive(model, losses, names, batch):

@@ -108,12 +108,6 @@ def reference_snr_run(model, batches, lr, burn_in, ema, combine, scope, momentum
     return dense, masks, avg
 
 
-@pytest.fixture
-def float64_default():
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(previous)
 
 
 @pytest.mark.parametrize(

@@ -13,13 +13,7 @@ from snrprune.layers import NotExact
 
 
 
-@pytest.fixture(autouse=True)
-def float64_default():
-    """Oracle comparisons in float64, so that only real differences show."""
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(previous)
+pytestmark = pytest.mark.usefixtures("float64_default")  # every test here (tests/conftest.py)
 
 
 def naive_moments(model, x, y, loss_fn=F.cross_entropy, reduction="sum"):
