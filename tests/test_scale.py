@@ -12,7 +12,6 @@ import torch.nn.functional as F
 
 from snrprune import DPFPruning, GradientStats, SNRAutoPruning, SNRPruning
 from snrprune.training import TrainConfig, TrainingError, train
-from test_pruners import float64_default  # noqa: F401 (a fixture)
 from test_pruners import make_batches as batches
 from test_pruners import small_mlp as mlp
 
