@@ -1,0 +1,360 @@
+"""Units for structured pruning: sets of parameter entries that must be removed together.
+
+A *unit* is what a smaller dense network can lose without any other change: an output neuron of a
+Linear (its weight row and bias entry, and the matching input column of every layer that reads it), an
+output channel of a convolution (with its bias, its BatchNorm entries and the consumers' input
+channels, the columns a Flatten spreads it over, and every convolution feeding the same residual sum).
+The units of one coupled set of layers form a :class:`UnitGroup`.
+
+Groups are traced from the model by Torch-Pruning's ``DependencyGraph`` (never from per-architecture
+tables), then each is *verified*: a random half of its units is zeroed in every slice (the
+masked model) and also physically cut by the graph's pruning (the compact model); a group whose
+compact model does not compute what its masked model computes is not a unit group. That check is
+what keeps out the couplings Torch-Pruning follows but cannot cut faithfully: a LayerNorm across the
+units (removing a zero feature changes its mean and variance), a view into attention heads (the head
+size is read from the input width), a residual sum whose shortcut zero-pads channels (ResNet shortcut
+``'A'``). Those groups are left out with a warning that names them; layers Torch-Pruning cannot trace
+at all (``nn.MultiheadAttention``, recurrent layers, Hugging Face ``Conv1D``, grouped convolutions)
+are refused with an error.
+
+Torch-Pruning is an optional dependency (``pip install "snrprune[structured]"``), imported on first use.
+"""
+
+from __future__ import annotations
+
+import copy
+import warnings
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.utils._pytree import tree_flatten
+
+from .errors import InputError
+
+__all__ = [
+    "UnitSlice",
+    "UnitGroup",
+    "UnsupportedModelError",
+    "find_unit_groups",
+    "unit_keep_masks",
+    "removed_units",
+    "compact_model",
+]
+
+#: Tolerance of the check that a group's cut model equals its masked model, relative to the output's
+#: largest entry: float32 round-off is ~1e-6 of it, a wrong coupling changes outputs by far more.
+_VERIFY_RTOL = 1e-4
+
+
+class UnsupportedModelError(InputError):
+    """The model holds a layer whose units cannot be traced or cut; the message names it and why."""
+
+
+@dataclass(frozen=True)
+class UnitSlice:
+    """The entries of one parameter that belong to units: positions ``index`` along ``dim``, position
+    ``index[i]`` belonging to unit ``unit[i]`` (a unit may own several positions, e.g. the 16 columns a
+    Flatten maps one channel to)."""
+
+    param: str
+    dim: int
+    index: Tensor
+    unit: Tensor
+
+
+@dataclass(frozen=True)
+class UnitGroup:
+    """``size`` units of coupled layers, named after the weight of the layer whose outputs they are."""
+
+    name: str
+    size: int
+    slices: tuple[UnitSlice, ...]
+
+
+def _torch_pruning():
+    try:
+        import torch_pruning
+    except ImportError as exc:
+        raise ImportError(
+            'structured pruning needs Torch-Pruning: pip install "snrprune[structured]"'
+        ) from exc
+    return torch_pruning
+
+
+def _refuse_untraceable(model: nn.Module) -> None:
+    """Raises for layers whose units Torch-Pruning 1.6 cannot trace or cut; says why and what works."""
+    for name, module in model.named_modules():
+        label = name or "(the model)"
+        if isinstance(module, nn.MultiheadAttention):
+            reason = (
+                "its heads are computed inside F.multi_head_attention_forward, which Torch-Pruning's graph "
+                "does not see into (it can only shrink the embedding width, not remove heads)"
+            )
+        elif isinstance(module, nn.RNNBase):
+            reason = "the hidden units of a recurrent layer are coupled across time steps and its gates, which the graph cannot cut"
+        elif type(module).__name__ == "Conv1D" and type(module).__module__.startswith("transformers"):
+            reason = "Torch-Pruning has no pruner for Hugging Face's Conv1D (a transposed Linear)"
+        elif isinstance(module, nn.modules.conv._ConvNd) and module.groups > 1:
+            reason = f"it is a grouped convolution (groups={module.groups}), whose channels are tied by group"
+        else:
+            continue
+        raise UnsupportedModelError(
+            f"cannot find units in {label} ({type(module).__name__}): {reason}. "
+            "Unit granularity supports Linear and convolution layers (with BatchNorm, Flatten and residual sums); "
+            "train this model with granularity 'weight'"
+        )
+
+
+def _call(model: nn.Module, example_inputs: Any) -> Any:
+    if isinstance(example_inputs, Mapping):
+        return model(**example_inputs)
+    if isinstance(example_inputs, (tuple, list)):
+        return model(*example_inputs)
+    return model(example_inputs)
+
+
+def _output_layers(model: nn.Module, example_inputs: Any) -> list[nn.Module]:
+    """The Linear/conv layers whose output tensor is (a part of) the model's output."""
+    outputs: dict[int, nn.Module] = {}
+
+    def record(module: nn.Module, _inputs: Any, output: Any) -> None:
+        if isinstance(output, Tensor):
+            outputs[id(output)] = module
+
+    hooks = [
+        m.register_forward_hook(record) for m in model.modules() if isinstance(m, (nn.Linear, nn.modules.conv._ConvNd))
+    ]
+    try:
+        with torch.no_grad():
+            result = _call(model, example_inputs)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    leaves, _ = tree_flatten(result)
+    return [outputs[id(t)] for t in leaves if isinstance(t, Tensor) and id(t) in outputs]
+
+
+def _slices_of(module: nn.Module, prefix: str, is_out: bool, positions: Tensor, units: Tensor) -> list[UnitSlice]:
+    """Where the pruned positions of one layer lie in its parameters."""
+    if isinstance(module, nn.modules.conv._ConvTransposeNd):
+        axes = {"weight": 1 if is_out else 0, "bias": 0 if is_out else None}
+    elif isinstance(module, (nn.Linear, nn.modules.conv._ConvNd)):
+        axes = {"weight": 0 if is_out else 1, "bias": 0 if is_out else None}
+    elif isinstance(module, (nn.modules.batchnorm._BatchNorm, nn.GroupNorm)):
+        axes = {"weight": 0, "bias": 0}
+    elif isinstance(module, nn.LayerNorm):
+        last = len(module.normalized_shape) - 1
+        axes = {"weight": last, "bias": last}
+    elif isinstance(module, nn.Embedding):
+        axes = {"weight": 1}
+    else:
+        raise UnsupportedModelError(
+            f"cannot find units through {prefix or '(the model)'} ({type(module).__name__}): "
+            "snrprune does not know which axes of its parameters Torch-Pruning cuts; "
+            "train this model with granularity 'weight'"
+        )
+    own = dict(module.named_parameters(recurse=False))
+    return [
+        UnitSlice(f"{prefix}.{p}" if prefix else p, dim, positions, units)
+        for p, dim in axes.items()
+        if dim is not None and p in own
+    ]
+
+
+def _group_from(tp_group: Any, DG: Any, names: Mapping[nn.Module, str], order: Mapping[str, int]) -> UnitGroup:
+    """A Torch-Pruning group (full indices) as a :class:`UnitGroup` on parameter names, named after the
+    first weight (in parameter order) of the Linear/conv layers whose outputs the units are."""
+    size = len(tp_group[0].idxs)
+    roots: list[str] = []
+    slices: list[UnitSlice] = []
+    for item in tp_group:
+        module = item.dep.target.module
+        if isinstance(module, nn.Parameter):
+            raise UnsupportedModelError(
+                f"cannot find units through a parameter used outside its module ({DG._param_to_name.get(module)}); "
+                "train this model with granularity 'weight'"
+            )
+        if not any(True for _ in module.parameters(recurse=False)):
+            continue  # activations, pools, reshapes, sums: they carry the coupling, not entries
+        positions = torch.as_tensor(list(item.idxs), dtype=torch.int64)
+        units = torch.as_tensor(list(item.root_idxs), dtype=torch.int64)
+        is_out = DG.is_out_channel_pruning_fn(item.dep.handler)
+        slices += _slices_of(module, names[module], is_out, positions, units)
+        if is_out and isinstance(module, (nn.Linear, nn.modules.conv._ConvNd)):
+            roots.append(f"{names[module]}.weight" if names[module] else "weight")
+    return UnitGroup(min(roots, key=order.__getitem__), size, tuple(slices))
+
+
+def _candidate_groups(model: nn.Module, example_inputs: Any, ignored: Iterable[nn.Module] | None) -> list[UnitGroup]:
+    """Every group Torch-Pruning traces from Linear/conv roots (not yet verified), in parameter order."""
+    tp = _torch_pruning()
+    _refuse_untraceable(model)
+    twin = copy.deepcopy(model).eval()  # the graph's forward pass and hooks never touch the user's model
+    ignored_names = set()
+    originals = {id(m): n for n, m in model.named_modules()}
+    for m in ignored if ignored is not None else _output_layers(twin, example_inputs):
+        name = originals.get(id(m))
+        if name is None:
+            name = next((n for n, t in twin.named_modules() if t is m), None)
+        if name is None:
+            raise InputError(f"ignored layer {type(m).__name__} is not a module of the model")
+        ignored_names.add(name)
+    ignored_twin = [twin.get_submodule(n) for n in ignored_names]
+    DG = tp.DependencyGraph().build_dependency(twin, example_inputs)
+    names = {m: n for n, m in twin.named_modules()}
+    order = {name: i for i, (name, _) in enumerate(model.named_parameters())}
+    groups = [
+        _group_from(g, DG, names, order)
+        for g in DG.get_all_groups(ignored_layers=ignored_twin, root_module_types=(nn.Linear, nn.modules.conv._ConvNd))
+    ]
+    return sorted(groups, key=lambda g: order[g.name])
+
+
+def unit_keep_masks(groups: Sequence[UnitGroup], keep: Mapping[str, Tensor], params: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """Expands per-group unit keep-vectors (``keep[group.name]``: 0/1 float or bool, length ``group.size``)
+    into keep-masks of the parameters' full shapes (0/1 in each parameter's dtype and on its device), for
+    every parameter any group touches: the product over the groups that touch it, so a weight is cut by
+    its output group's rows and its input group's columns. A group missing from ``keep`` keeps all units."""
+    masks: dict[str, Tensor] = {}
+    for group in groups:
+        if group.name not in keep:
+            continue
+        vector = torch.as_tensor(keep[group.name])
+        if vector.shape != (group.size,):
+            raise InputError(f"keep[{group.name!r}] has shape {tuple(vector.shape)}; the group has {group.size} units")
+        for s in group.slices:
+            if s.param not in params:
+                raise InputError(f"parameter {s.param!r} of unit group {group.name!r} is not in params")
+            p = params[s.param]
+            if s.param not in masks:
+                masks[s.param] = torch.ones_like(p, memory_format=torch.contiguous_format)
+            axis = torch.ones(p.shape[s.dim], dtype=p.dtype, device=p.device)
+            axis[s.index.to(p.device)] = vector.to(device=p.device, dtype=p.dtype)[s.unit.to(p.device)]
+            shape = [1] * p.dim()
+            shape[s.dim] = -1
+            masks[s.param].mul_(axis.view(shape))
+    return masks
+
+
+def removed_units(groups: Sequence[UnitGroup], params: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """The units whose entries are exactly zero in every slice (what unit masks leave behind), per group
+    name, as int64 indices; groups with none removed are left out. Feed it to :func:`compact_model`."""
+    removed = {}
+    for group in groups:
+        alive = torch.zeros(group.size, dtype=torch.bool)
+        for s in group.slices:
+            p = params[s.param].detach().cpu()
+            nonzero = (p != 0).movedim(s.dim, 0).reshape(p.shape[s.dim], -1).any(1)
+            alive[s.unit[nonzero[s.index]]] = True
+        if not alive.all():
+            removed[group.name] = torch.nonzero(~alive).flatten()
+    return removed
+
+
+def _cut(model: nn.Module, example_inputs: Any, removed: Mapping[str, Tensor]) -> nn.Module:
+    """Physically removes the units (in place) with the dependency graph's pruning."""
+    tp = _torch_pruning()
+    DG = tp.DependencyGraph().build_dependency(model, example_inputs)
+    for name, units in removed.items():
+        if len(units) == 0:
+            continue
+        root = model.get_submodule(name.rsplit(".", 1)[0] if "." in name else "")
+        pruner = DG.get_pruner_of_module(root)
+        DG.get_pruning_group(root, pruner.prune_out_channels, [int(u) for u in units]).prune()
+    return model
+
+
+def _check_groups(model: nn.Module, example_inputs: Any, groups: Sequence[UnitGroup], seed: int = 0) -> str | None:
+    """None when cutting a random half of every group's units reproduces the masked model, else why not."""
+    twin = copy.deepcopy(model).eval()
+    generator = torch.Generator().manual_seed(seed)
+    keep, removed = {}, {}
+    for g in groups:
+        order = torch.randperm(g.size, generator=generator)
+        cut = order[: g.size // 2]
+        keep[g.name] = torch.ones(g.size).index_fill_(0, cut, 0.0)
+        removed[g.name] = cut.sort().values
+    params = dict(twin.named_parameters())
+    with torch.no_grad():
+        for name, mask in unit_keep_masks(groups, keep, params).items():
+            params[name].mul_(mask)
+        expected = tree_flatten(_call(twin, example_inputs))[0]
+    try:
+        _cut(twin, example_inputs, removed)  # traces with autograd: outside no_grad
+        with torch.no_grad():
+            got = tree_flatten(_call(twin, example_inputs))[0]
+    except Exception as exc:  # noqa: BLE001 - any failure of the cut model is the answer, reported in the warning
+        return f"the cut model fails to run ({type(exc).__name__}: {exc})"
+    for e, g in zip(expected, got):
+        if not isinstance(e, Tensor):
+            continue
+        if e.shape != g.shape:
+            return f"cutting changes the output's shape from {tuple(e.shape)} to {tuple(g.shape)} (an output layer)"
+        scale = e.abs().max().item() if e.numel() else 0.0
+        error = (e - g).abs().max().item() if e.numel() else 0.0
+        if error > _VERIFY_RTOL * max(scale, 1.0):
+            return f"the cut model's outputs differ from the masked model's by {error:.3g} (of {scale:.3g})"
+    return None
+
+
+def find_unit_groups(model: nn.Module, example_inputs: Any, *, ignored: Iterable[nn.Module] | None = None) -> list[UnitGroup]:
+    """Coupled groups of the model, in the order of their root weights in ``model.named_parameters()``.
+
+    ``example_inputs`` is what the model is called with (a tensor, a tuple of positional arguments or a
+    dict of keyword arguments). The output layer's outputs are never a unit: by default the Linear/conv
+    layers whose output is the model's output are ignored; ``ignored`` replaces that choice. Groups whose
+    cut model does not reproduce their masked model are left out with a warning that names them (see the
+    module docstring); layers that cannot be traced raise :class:`UnsupportedModelError`. The model is
+    not changed.
+    """
+    candidates = _candidate_groups(model, example_inputs, ignored)
+    if not candidates or _check_groups(model, example_inputs, candidates) is None:
+        return candidates
+    groups, dropped = [], []
+    for g in candidates:
+        problem = _check_groups(model, example_inputs, [g])
+        if problem is None:
+            groups.append(g)
+        else:
+            dropped.append(f"{g.name} ({g.size} units): {problem}")
+    if dropped:
+        warnings.warn(
+            "these coupled groups are not units (their layers cannot be cut to match the masked model; "
+            "a LayerNorm across the units, a view into attention heads or a channel-padding shortcut does that) "
+            "and are left dense: " + "; ".join(dropped),
+            stacklevel=2,
+        )
+    if groups and (problem := _check_groups(model, example_inputs, groups)) is not None:
+        raise UnsupportedModelError(f"the unit groups of this model cannot be cut together: {problem}")
+    return groups
+
+
+def compact_model(model: nn.Module, example_inputs: Any, removed: Mapping[str, Tensor]) -> nn.Module:
+    """A deep copy with the removed units (``removed[group.name]``: int64 unit indices) physically cut by
+    the dependency graph's pruning: coupled layers cut consistently, size attributes (in/out_features,
+    channels, BatchNorm sizes) updated. The model is not changed.
+
+    When every unit of a group is listed, the one with the lowest index stays (with a warning): a layer
+    of width zero cannot run, and the kept unit, all zero if the model was masked, changes no output.
+    Use :func:`removed_units` to list the units a unit-masked model has zeroed.
+    """
+    groups = {g.name: g for g in find_unit_groups(model, example_inputs)}
+    cuts = {}
+    for name, units in removed.items():
+        if name not in groups:
+            raise InputError(f"{name!r} is not a unit group of this model; its groups: {', '.join(groups) or '(none)'}")
+        units = torch.as_tensor(units, dtype=torch.int64).flatten().unique()
+        size = groups[name].size
+        if len(units) and (units.min() < 0 or units.max() >= size):
+            raise InputError(f"removed[{name!r}] has unit indices outside 0..{size - 1}")
+        if len(units) == size:
+            warnings.warn(f"all {size} units of {name} are removed; one is kept so that the network stays connected", stacklevel=2)
+            units = units[1:]
+        cuts[name] = units
+    twin = copy.deepcopy(model)
+    mode = twin.training
+    _cut(twin.eval(), example_inputs, cuts)
+    return twin.train(mode)
