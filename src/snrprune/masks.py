@@ -15,6 +15,8 @@ from torch import Tensor
 
 COMBINE_MODES = ("agree", "either", "snr", "magnitude")
 SCOPES = ("layer", "global")
+#: What one mask entry decides: a single weight, or a whole unit (a neuron, a channel: :mod:`snrprune.units`).
+GRANULARITIES = ("weight", "unit")
 
 
 def count(mask: Tensor) -> int:
@@ -94,6 +96,26 @@ def magnitude_keep_masks(weights: dict[str, Tensor], n_prune: dict[str, int] | i
         out[name] = keep[start : start + w.numel()].view_as(w)
         start += w.numel()
     return out
+
+
+def keep_units(scores: dict[str, Tensor], n_prune: dict[str, int] | int, scope: str) -> dict[str, Tensor]:
+    """Float unit keep-vectors pruning the lowest scores (per group, or over all groups), as
+    :func:`magnitude_keep_masks` does for weights, except that every group keeps its highest-scored
+    unit: a group without units would cut the network in two. A count that asks for more is capped
+    at what the guard leaves."""
+    guarded = {}
+    for name, score in scores.items():
+        guarded[name] = score.clone()
+        guarded[name][score.argmax()] = torch.inf
+    if scope == "global":
+        if not isinstance(n_prune, int):
+            raise TypeError("global scope needs one prune count")
+        n_prune = min(n_prune, sum(s.numel() for s in scores.values()) - len(scores))
+    elif isinstance(n_prune, int):
+        raise TypeError("layer scope needs a prune count per group")
+    else:
+        n_prune = {name: min(n, scores[name].numel() - 1) for name, n in n_prune.items()}
+    return magnitude_keep_masks(guarded, n_prune, scope)
 
 
 def combine(keep_snr: Tensor, keep_mag: Tensor, mode: str) -> Tensor:

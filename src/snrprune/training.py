@@ -52,7 +52,7 @@ from . import reporting
 from .checkpoint import CheckpointError, atomic_torch_save, load_checkpoint, save_checkpoint, writable_folder_problem
 from .data import dataset_names, dataset_task, load_dataset
 from .errors import InputError
-from .masks import COMBINE_MODES, SCOPES
+from .masks import COMBINE_MODES, GRANULARITIES, SCOPES
 from .models import MODELS, build_model, model_names, model_task
 from .pruners import PRUNING_METHODS, SNR_HISTOGRAM_EDGES, DPFPruning, NoPruning, Pruning, SNRAutoPruning, SNRPruning
 from .pruners.snr_auto import DEFAULT_WINDOW_EPOCHS, epoch_window_steps
@@ -80,6 +80,7 @@ METHOD_OPTIONS: dict[str, tuple[str, ...]] = {
     "target_sparsity": ("dpf",),
     "end_fraction": ("dpf",),
     "scope": ("snr", "dpf", "snr-auto"),
+    "granularity": ("dpf", "snr-auto"),
     "update_every": ("snr", "dpf", "snr-auto"),
     "combine": ("snr",),
     "ema": ("snr",),
@@ -200,6 +201,7 @@ class TrainConfig:
     # pruning
     target_sparsity: float | None = None  # dpf only, required
     scope: str | None = None  # None: "layer" for snr, "global" for dpf and snr-auto
+    granularity: str = "weight"  # dpf, snr-auto: "unit" prunes whole neurons and channels (Pruning's docstring)
     update_every: int | None = None  # None: 16 for dpf and snr-auto; snr: 1, or when statistics arrive if stats_every > 1
     combine: str = "agree"  # snr
     ema: float = 0.9  # snr
@@ -310,6 +312,7 @@ class TrainConfig:
                 _is_number(self.target_sparsity) and 0 <= self.target_sparsity < 1,
                 f"target_sparsity must be in [0, 1), got {self.target_sparsity!r}",
             )
+        _check(self.granularity in GRANULARITIES, f"unknown granularity {self.granularity!r}; valid names: {', '.join(GRANULARITIES)}")
         if self.method != "dense":
             _check(self.scope in SCOPES, f"unknown scope {self.scope!r}; valid names: {', '.join(SCOPES)}")
             _check(
@@ -393,9 +396,14 @@ def _check_amp(amp: str | None, device: str) -> None:
 # ------------------------------------------------------------------------------------------------
 
 
-def make_pruning(config: TrainConfig, model: nn.Module, steps_per_epoch: int) -> Pruning:
-    """The pruning method of the config; SNR burn-in and the DPF schedule are measured in steps."""
+def make_pruning(config: TrainConfig, model: nn.Module, steps_per_epoch: int, example_inputs: Any = None) -> Pruning:
+    """The pruning method of the config; SNR burn-in and the DPF schedule are measured in steps.
+
+    ``example_inputs``: a batch of inputs on which unit granularity traces the model's units (needed then only).
+    """
     layers = dict(include=config.include_layers, exclude=config.exclude_layers or None)
+    if config.method in METHOD_OPTIONS["granularity"]:
+        layers.update(granularity=config.granularity, example_inputs=example_inputs if config.granularity == "unit" else None)
     if config.method == "snr":
         return SNRPruning(
             model,
@@ -432,6 +440,13 @@ def make_pruning(config: TrainConfig, model: nn.Module, steps_per_epoch: int) ->
             **layers,
         )
     return NoPruning(model, **layers)
+
+
+def first_inputs(task: Task, data: Any, x: Tensor, y: Tensor, batch_size: int) -> Tensor:
+    """Two samples of a first training batch, as the model sees them (a language model: windows), drawn
+    with a generator of their own so that the run's data order stays as it is."""
+    inputs, _ = next(iter(task.batches(data, x, y, batch_size, torch.Generator().manual_seed(0))))
+    return inputs[:2]
 
 
 def warn_if_no_op(config: TrainConfig, pruning: Pruning, total_steps: int) -> None:
@@ -716,7 +731,8 @@ def _train(
         raise TrainingInputError(task.too_small(data, config.batch_size))
     total_steps = config.epochs * steps_per_epoch
     curve_every = config.curve_every or max(1, steps_per_epoch // 100)
-    pruning = make_pruning(config, model, steps_per_epoch)
+    example = first_inputs(task, data, x_train, y_train, config.batch_size) if config.granularity == "unit" else None
+    pruning = make_pruning(config, model, steps_per_epoch, example)
     if checkpoint is None:
         warn_if_no_op(config, pruning, total_steps)
     optimizer = pruning.wrap(make_optimizer(config, model))
@@ -876,6 +892,7 @@ def _train(
         "sparsity_last_epoch": metrics.get("sparsity_steps"),
         "regrown": pruning.regrown,
         "regrown_distinct": pruning.regrown_distinct(),
+        **pruning.unit_counts(),
         "snr_quantiles": pruning.snr_quantiles(),
         "params": counts["params"],
         "nonzero_params": counts["nonzero_params"],
@@ -963,6 +980,8 @@ def _print_header(config: TrainConfig, data: str, counts: dict[str, Any], steps_
             + "".join(f", no {name}" for name in off)
             + "; no target)"
         )
+    if config.granularity != "weight":
+        method += f", {config.granularity} granularity"
     lines = [
         f"data:   {data}",
         f"model:  {config.model}: {counts['params']:,} parameters, {counts['prunable_params']:,} prunable in {len(counts['layer_params'])} tensors",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import warnings
 from collections.abc import Iterator
 from typing import Any, ClassVar
 
@@ -11,7 +12,7 @@ import torch
 from torch import Tensor, nn
 
 from ..layers import NameFilter, find_prunable_layers
-from ..masks import SCOPES, check_choice, count
+from ..masks import GRANULARITIES, SCOPES, check_choice, count
 from ..statistics import GradientStats
 
 PRUNING_METHODS: dict[str, type[Pruning]] = {}
@@ -63,14 +64,39 @@ def _check_float(name: str, value: Any, low: float, high: float, high_open: bool
 
 
 class Pruning:
-    """Base class: dense-weight bookkeeping, optimizer hooks, masks, reporting and checkpoint state."""
+    """Base class: dense-weight bookkeeping, optimizer hooks, masks, reporting and checkpoint state.
+
+    ``granularity`` is what one mask entry decides. ``"weight"``: single entries of the prunable
+    weights. ``"unit"``: whole units, the coupled sets of :func:`snrprune.units.find_unit_groups`
+    (an output neuron or channel with its bias, its norm's affine entries and the matching inputs of
+    every consumer), traced on ``example_inputs``. A method then returns one 0/1 keep-vector per
+    group (:attr:`groups`, by group name) and this class expands it to the parameters' masks, so
+    that a removed unit is zero in every slice: the network computes what the compact export of it
+    computes. The unit's parameters that are not prunable weights (biases, norm parameters, the
+    columns of an excluded consumer) are masked as well and keep dense copies (:attr:`coupled`), so
+    a unit that comes back returns with all its values; sparsity, ``kept`` and ``total`` still count
+    the prunable weights alone. Only groups rooted at a pruned layer count: ``exclude`` keeps a
+    layer's units. The output layer's outputs are never units.
+    """
 
     method: ClassVar[str] = "base"
     #: Whether the method ever prunes; the dense baseline skips all bookkeeping.
     prunes: ClassVar[bool] = True
+    #: The granularities the method's rule is defined for.
+    granularities: ClassVar[tuple[str, ...]] = GRANULARITIES
 
-    def __init__(self, model: nn.Module, *, scope: str = "layer", include: NameFilter = None, exclude: NameFilter = None):
+    def __init__(
+        self,
+        model: nn.Module,
+        *,
+        scope: str = "layer",
+        include: NameFilter = None,
+        exclude: NameFilter = None,
+        granularity: str = "weight",
+        example_inputs: Any = None,
+    ):
         self.model = model
+        self.granularity = self._check_granularity(granularity, example_inputs)
         self.scope = check_choice(scope, SCOPES, "scope")
         self.layers = find_prunable_layers(model, include, exclude)
         self.weights: dict[str, nn.Parameter] = {layer.name: layer.weight for layer in self.layers}
@@ -92,6 +118,55 @@ class Pruning:
         self._hooks: list = []
         self.optimizer: torch.optim.Optimizer | None = None  # the wrapped one
         self._lr_groups: list[int] = []  # the positions of its param groups that hold prunable weights
+        # unit granularity: the groups, a keep-vector per group, and the parameters units take with them
+        self.groups: list[Any] = []  # snrprune.units.UnitGroup, rooted at a pruned layer
+        self.unit_keep: dict[str, Tensor] = {}
+        self.unit_total = 0
+        self.coupled: dict[str, nn.Parameter] = {}
+        self.coupled_dense: dict[str, Tensor] = {}
+        self.coupled_keep: dict[str, Tensor] = {}
+        if self.granularity == "unit":
+            self._find_units(example_inputs)
+
+    def _check_granularity(self, granularity: str, example_inputs: Any) -> str:
+        check_choice(granularity, GRANULARITIES, "granularity")
+        if granularity not in self.granularities:
+            able = ", ".join(sorted(name for name, cls in PRUNING_METHODS.items() if granularity in cls.granularities))
+            raise ValueError(
+                f"method {self.method!r} ({type(self).__name__}) prunes at granularity {' or '.join(map(repr, self.granularities))} only, "
+                f"not {granularity!r} (its docstring says why); methods with granularity {granularity!r}: {able}"
+            )
+        if granularity == "unit" and example_inputs is None:
+            raise ValueError(
+                "granularity 'unit' needs example_inputs=: a batch of the model's inputs (e.g. the first batch's x), "
+                "on which the coupled units are traced"
+            )
+        if granularity == "weight" and example_inputs is not None:
+            raise ValueError("example_inputs is used only with granularity='unit' (to trace the units); remove it, or pass granularity='unit'")
+        return granularity
+
+    def _find_units(self, example_inputs: Any) -> None:
+        """The groups rooted at a pruned layer, their keep-vectors, and the coupled parameters."""
+        from ..units import find_unit_groups  # torch_pruning is loaded only for unit granularity
+
+        self.groups = [group for group in find_unit_groups(self.model, example_inputs) if group.name in self.weights]
+        if not self.groups:
+            raise ValueError(
+                f"granularity 'unit': none of the pruned weights {sorted(self.weights)} has units that can be removed "
+                "(an output layer's outputs never are); prune more layers, or use granularity 'weight'"
+            )
+        touched = {piece.param for group in self.groups for piece in group.slices}
+        if untouched := [name for name in self.weights if name not in touched]:
+            warnings.warn(
+                f"granularity 'unit': no unit reaches the pruned weight(s) {untouched}, so they stay dense; "
+                "exclude them, or prune at granularity 'weight'",
+                stacklevel=3,
+            )
+        self.unit_keep = {group.name: torch.ones(group.size, dtype=self.keep[group.name].dtype, device=self.keep[group.name].device) for group in self.groups}
+        self.unit_total = sum(group.size for group in self.groups)
+        self.coupled = {name: p for name, p in self.model.named_parameters() if name in touched and name not in self.weights}
+        self.coupled_dense = {name: p.detach().clone() for name, p in self.coupled.items()}
+        self.coupled_keep = {name: torch.ones_like(p.detach()) for name, p in self.coupled.items()}
 
     # -- the steps a method overrides ----------------------------------------------------------
     def stats_due(self, step: int) -> bool:
@@ -191,6 +266,8 @@ class Pruning:
         for name, w in self.weights.items():
             if self.kept[name] < w.numel():  # a layer with nothing pruned holds theta already
                 w.copy_(self.dense[name])
+        for name, p in self.coupled.items():
+            p.copy_(self.coupled_dense[name])
 
     @torch.no_grad()
     def after_step(self) -> None:
@@ -200,6 +277,8 @@ class Pruning:
             return
         for name, w in self.weights.items():
             self.dense[name].copy_(w)
+        for name, p in self.coupled.items():
+            self.coupled_dense[name].copy_(p)
         self.step_count += 1
         if self.update_due(self.step_count):
             self.update_masks()
@@ -207,6 +286,7 @@ class Pruning:
             for name, w in self.weights.items():
                 if self.kept[name] < w.numel():  # theta_hat = theta where nothing is pruned
                     torch.mul(self.dense[name], self.keep[name], out=w.data)
+            self._apply_coupled_masks()
         if self.stats is not None:
             self.stats.enabled = self.stats_due(self.step_count)
 
@@ -222,6 +302,10 @@ class Pruning:
         self.regrown += regrown
 
     def _set_masks(self, masks: dict[str, Tensor]) -> None:
+        if self.granularity == "unit":
+            masks = self._expand_units(masks)
+            for name in self.coupled:
+                self.coupled_keep[name] = masks.pop(name).to(self.coupled_keep[name].dtype)
         changed = net = 0
         for name, new in masks.items():
             new = new.to(self.keep[name].dtype)
@@ -234,6 +318,57 @@ class Pruning:
             self.kept[name] = kept
         self._record_flips(changed, net)
 
+    def _expand_units(self, unit_keep: dict[str, Tensor]) -> dict[str, Tensor]:
+        """Takes one keep-vector per group; returns the masks of every parameter a group touches."""
+        from ..units import unit_keep_masks
+
+        for group in self.groups:
+            keep = unit_keep.get(group.name)
+            if keep is None or keep.shape != (group.size,):
+                raise ValueError(f"unit masks need a keep-vector of length {group.size} for group {group.name!r}, got {None if keep is None else tuple(keep.shape)}")
+        if set(unit_keep) != set(self.unit_keep):
+            raise ValueError(f"unit masks are for the groups {sorted(self.unit_keep)}, got {sorted(unit_keep)}")
+        self.unit_keep = {group.name: unit_keep[group.name].to(self.unit_keep[group.name]) for group in self.groups}
+        return unit_keep_masks(self.groups, self.unit_keep, {**self.weights, **self.coupled})
+
+    def _apply_coupled_masks(self) -> None:
+        for name, p in self.coupled.items():
+            torch.mul(self.coupled_dense[name], self.coupled_keep[name], out=p.data)
+
+    def unit_scores(self) -> dict[str, Tensor]:
+        """Per group, each unit's magnitude: the RMS of its dense prunable weights, sqrt(sum w**2 / n).
+
+        The sum runs over every prunable-weight entry of the unit (its rows, and the consumers'
+        columns); dividing by their number n makes units of layers with different fan-in and fan-out
+        comparable in global scope (a plain L2 norm would favour the wide layers' units).
+        """
+        scores = {}
+        for group in self.groups:
+            dtype = torch.promote_types(self.dense[group.name].dtype, torch.float32)
+            squares = torch.zeros(group.size, dtype=dtype, device=self.dense[group.name].device)
+            entries = torch.zeros_like(squares)
+            for piece in group.slices:
+                if piece.param not in self.dense:
+                    continue
+                w = self.dense[piece.param].movedim(piece.dim, 0)
+                per_position = w.reshape(w.shape[0], -1).to(dtype).square().sum(dim=1)
+                unit = piece.unit.to(squares.device)
+                squares.index_add_(0, unit, per_position[piece.index.to(squares.device)])
+                entries.index_add_(0, unit, torch.full_like(unit, w[0].numel(), dtype=dtype))
+            scores[group.name] = squares.div_(entries).sqrt_()
+        return scores
+
+    def unit_counts(self) -> dict[str, Any]:
+        """Unit granularity: units kept per group, their sizes, and the unit sparsity (fraction of units removed); else empty."""
+        if not self.groups:
+            return {}
+        kept = {name: count(keep) for name, keep in self.unit_keep.items()}
+        return {
+            "unit_sparsity": 1.0 - sum(kept.values()) / self.unit_total,
+            "units_kept": kept,
+            "units_total": {group.name: group.size for group in self.groups},
+        }
+
     @property
     def masks(self) -> dict[str, Tensor]:
         """Bool keep-masks by parameter name (True = keep)."""
@@ -244,6 +379,7 @@ class Pruning:
         """Writes theta_hat = mask * theta into the model."""
         for name, w in self.weights.items():
             torch.mul(self.dense[name], self.keep[name], out=w.data)
+        self._apply_coupled_masks()
 
     @contextlib.contextmanager
     def dense_weights(self) -> Iterator[None]:
@@ -251,6 +387,8 @@ class Pruning:
         with torch.no_grad():
             for name, w in self.weights.items():
                 w.copy_(self.dense[name])
+            for name, p in self.coupled.items():
+                p.copy_(self.coupled_dense[name])
         try:
             yield
         finally:
@@ -283,8 +421,8 @@ class Pruning:
         return {}
 
     def diagnostics(self) -> dict[str, Any]:
-        """Method-specific state worth logging every epoch (empty by default)."""
-        return {}
+        """Method-specific state worth logging every epoch (the unit counts at unit granularity, else empty)."""
+        return self.unit_counts()
 
     def snr_histogram(self) -> dict[str, list[int]]:
         """Per-layer counts of the SNR moving average in the bins of :data:`SNR_HISTOGRAM_EDGES` (empty if untracked)."""
@@ -302,6 +440,14 @@ class Pruning:
             "ever_regrown": {name: t.bool() for name, t in self.ever_regrown.items()},
             "last_flips": dict(self.last_flips),
             "stats_enabled": self.stats is not None and self.stats.enabled,
+            "granularity": self.granularity,
+            **(self._unit_state() if self.granularity == "unit" else {}),
+        }
+
+    def _unit_state(self) -> dict[str, Any]:
+        return {
+            "units": {name: keep.bool() for name, keep in self.unit_keep.items()},
+            "coupled_dense": {name: t.clone() for name, t in self.coupled_dense.items()},
         }
 
     def _check_method(self, state: Any) -> None:
@@ -312,6 +458,12 @@ class Pruning:
             raise ValueError(
                 f"the state is from method {state['method']!r}, this object is {self.method!r} ({type(self).__name__}): "
                 f"load it into a {get_method(state['method']).__name__ if state['method'] in PRUNING_METHODS else 'pruning object of that method'}"
+            )
+        granularity = state.get("granularity", "weight")  # states from before granularities were weight masks
+        if granularity != self.granularity:
+            raise ValueError(
+                f"the state is of granularity {granularity!r}, this {type(self).__name__} prunes at granularity {self.granularity!r}: "
+                f"load it into one built with granularity={granularity!r}"
             )
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -337,11 +489,25 @@ class Pruning:
                 if self.prunes:
                     ever = state.get("ever_regrown", {}).get(name)  # absent in states of older versions
                     self.ever_regrown[name] = torch.zeros_like(self.keep[name]) if ever is None else ever.to(self.keep[name]).clone()
+        if self.granularity == "unit":
+            self._load_unit_state(state)
         if self.prunes:
             self.apply_masks()
         if self.stats is not None:
             self.stats.reset()
             self.stats.enabled = bool(state["stats_enabled"])
+
+    def _load_unit_state(self, state: dict[str, Any]) -> None:
+        sizes = {name: tuple(keep.shape) for name, keep in state["units"].items()}
+        if sizes != {name: tuple(keep.shape) for name, keep in self.unit_keep.items()}:
+            raise ValueError(f"the state's unit groups (name: size) are {sizes}, this model's are { {g.name: (g.size,) for g in self.groups} }")
+        if set(state["coupled_dense"]) != set(self.coupled):
+            raise ValueError(f"the state's coupled parameters are {sorted(state['coupled_dense'])}, this model's are {sorted(self.coupled)}")
+        with torch.no_grad():
+            for name, t in state["coupled_dense"].items():
+                self.coupled_dense[name].copy_(t)
+        masks = self._expand_units({name: keep.to(self.unit_keep[name]) for name, keep in state["units"].items()})
+        self.coupled_keep = {name: masks[name].to(self.coupled_keep[name].dtype) for name in self.coupled}
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(layers={len(self.layers)}, step={self.step_count}, sparsity={self.sparsity():.4f})"
@@ -349,11 +515,15 @@ class Pruning:
 
 @register_method("dense")
 class NoPruning(Pruning):
-    """The dense baseline through the same interface: never prunes; a step only counts itself."""
+    """The dense baseline through the same interface: never prunes; a step only counts itself.
+
+    ``granularity`` is ``"weight"`` only: with nothing removed there are no units to find.
+    """
 
     prunes = False
+    granularities = ("weight",)
 
-    def __init__(self, model: nn.Module, *, include: NameFilter = None, exclude: NameFilter = None):
-        super().__init__(model, include=include, exclude=exclude)
+    def __init__(self, model: nn.Module, *, include: NameFilter = None, exclude: NameFilter = None, granularity: str = "weight"):
+        super().__init__(model, include=include, exclude=exclude, granularity=granularity)
 
 

@@ -35,7 +35,15 @@ class SNRPruning(Pruning):
     ``snr-auto``): here when the module type says so (an RNN with dropout between its layers), else from
     ``backward()`` (a weight used outside its module's forward, an output broadcast over the batch).
     A weight without statistics on a step has a zero gradient there, SNR 0.
+
+    ``granularity`` is ``"weight"`` only. The rule is per weight: each weight's SNR comes from the
+    per-sample spread of its own gradient, and the magnitude criterion it combines with ranks single
+    weights. A unit version would need a unit's SNR (per-sample gradients of the whole unit, of its
+    output, or a pooling of its weights' SNR), a different statistic that is out of scope here;
+    ``snr-auto`` and ``dpf`` prune units (``granularity="unit"``).
     """
+
+    granularities = ("weight",)
 
     def __init__(
         self,
@@ -51,8 +59,9 @@ class SNRPruning(Pruning):
         include: NameFilter = None,
         exclude: NameFilter = None,
         process_group: Any = None,
+        granularity: str = "weight",
     ):
-        super().__init__(model, scope=scope, include=include, exclude=exclude)
+        super().__init__(model, scope=scope, include=include, exclude=exclude, granularity=granularity)
         self.burn_in_steps = _check_int("burn_in_steps", burn_in_steps, 0)
         self.ema = _check_float("ema", ema, 0.0, 1.0)
         self.threshold = _check_float("threshold", threshold, 0.0, math.inf)

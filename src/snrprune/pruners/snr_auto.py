@@ -10,7 +10,7 @@ import torch
 from torch import Tensor, nn
 
 from ..layers import NameFilter
-from ..masks import count, keep_largest, magnitude_keep_masks
+from ..masks import count, keep_largest, keep_units, magnitude_keep_masks
 from ..statistics import snr_from_moments
 from .base import Pruning, _check_float, _check_int, register_method
 
@@ -109,6 +109,13 @@ class SNRAutoPruning(Pruning):
     share the density by magnitude. ``scope="layer"``: one controller and one magnitude ranking per
     layer. Either way a layer never drops below one weight per output unit, and a window in which the
     kept weights received no gradient leaves the density as it is, so no layer can collapse.
+
+    ``granularity="unit"`` (with ``example_inputs``): the same rule on units. The evidence is the
+    window SNR of the kept weights, which are now the weights of the kept units; ``density`` is the
+    fraction of units kept (over all groups, or per group in layer scope, where a group's controller
+    reads its root layer's weights); masks keep the units of largest RMS dense weight
+    (:meth:`~snrprune.pruners.Pruning.unit_scores`), and every group keeps at least one unit. The
+    output layer's outputs are never units, so they are never removed.
     """
 
     #: The key of the network-wide controller in ``density``, ``step`` and ``direction`` (global scope).
@@ -131,8 +138,10 @@ class SNRAutoPruning(Pruning):
         nested: bool = False,
         include: NameFilter = None,
         exclude: NameFilter = None,
+        granularity: str = "weight",
+        example_inputs: Any = None,
     ):
-        super().__init__(model, scope=scope, include=include, exclude=exclude)
+        super().__init__(model, scope=scope, include=include, exclude=exclude, granularity=granularity, example_inputs=example_inputs)
         for flag, value in (("lr_scaled", lr_scaled), ("hysteresis", hysteresis), ("nested", nested)):
             if not isinstance(value, bool):
                 raise ValueError(f"{flag} must be True or False, got {value!r}")
@@ -153,10 +162,9 @@ class SNRAutoPruning(Pruning):
                 stacklevel=2,
             )
         self.update_every = _check_int("update_every", update_every, 1)
-        # the controllers: one per layer, or one for the network
-        self.units: dict[str, list[str]] = (
-            {name: [name] for name in self.weights} if self.scope == "layer" else {self.GLOBAL: list(self.weights)}
-        )
+        # the controllers: one per layer (per unit group: its root layer), or one for the network
+        layers = [group.name for group in self.groups] if self.granularity == "unit" else list(self.weights)
+        self.units: dict[str, list[str]] = {name: [name] for name in layers} if self.scope == "layer" else {self.GLOBAL: list(self.weights)}
         self.density = {unit: 1.0 for unit in self.units}
         self.step = {unit: self.initial_step for unit in self.units}
         self.direction = {unit: 0 for unit in self.units}  # the last move: -1 pruned, +1 regrown, 0 none yet
@@ -165,14 +173,21 @@ class SNRAutoPruning(Pruning):
         self.lr_max = 0.0  # the largest learning rate seen (of the groups holding prunable weights)
         # the guard against collapse: at least one weight per output unit (rows of the weight; columns of HF Conv1D)
         self.min_kept = {layer.name: layer.weight.shape[layer.moments.out_axis] for layer in self.layers}
-        self.min_density = {
-            unit: sum(self.min_kept[n] for n in names) / sum(self.weights[n].numel() for n in names) for unit, names in self.units.items()
-        }
+        if self.granularity == "unit":  # at least one unit per group
+            self.min_density = {unit: len(names) / sum(self.unit_keep[n].numel() for n in names) for unit, names in self._controller_groups().items()}
+        else:
+            self.min_density = {
+                unit: sum(self.min_kept[n] for n in names) / sum(self.weights[n].numel() for n in names) for unit, names in self.units.items()
+            }
         # name -> [sum of g_t per sign class (SIGN_CLASSES, *shape), sum of g_t**2 per part (parts, *shape)]
         self.window: dict[str, list[Tensor]] = {}
         self.window_count = 0  # T: the steps summed
         self.window_snr: dict[str, float] = {}  # the last decision's mean window SNR of the kept weights
         self.window_band: dict[str, tuple[float, float]] = {}  # the last decision's noise band: mean, std of the draws
+
+    def _controller_groups(self) -> dict[str, list[str]]:
+        """Unit granularity: the unit groups each controller sets the density of."""
+        return self.units if self.scope == "layer" else {self.GLOBAL: list(self.unit_keep)}
 
     def lr_scale(self) -> float:
         """How large a move may be now: the learning rate over the largest seen (1 before any is known)."""
@@ -340,6 +355,8 @@ class SNRAutoPruning(Pruning):
             self.decide()
         elif self.half_due(self.step_count):
             self.decide_half()
+        if self.granularity == "unit":
+            return self._unit_masks()
         if self.scope == "layer":
             n_prune = {name: w.numel() - max(1, round(self.density[name] * w.numel())) for name, w in self.dense.items()}
             return magnitude_keep_masks(self.dense, n_prune, "layer")
@@ -350,8 +367,16 @@ class SNRAutoPruning(Pruning):
                 masks[name] = torch.maximum(masks[name], floor)
         return masks
 
+    def _unit_masks(self) -> dict[str, Tensor]:
+        """Keep-vectors of the units of largest RMS dense weight at each controller's density (unit granularity)."""
+        scores = self.unit_scores()
+        if self.scope == "layer":
+            return keep_units(scores, {name: v.numel() - max(1, round(self.density[name] * v.numel())) for name, v in scores.items()}, "layer")
+        return keep_units(scores, self.unit_total - max(1, round(self.density[self.GLOBAL] * self.unit_total)), "global")
+
     def diagnostics(self) -> dict[str, Any]:
         return {
+            **super().diagnostics(),
             "density": dict(self.density),
             "window_snr": dict(self.window_snr),
             "window_band": {unit: list(band) for unit, band in self.window_band.items()},  # mean, std of the draws
