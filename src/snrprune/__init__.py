@@ -2,11 +2,13 @@
 
 Public API: :class:`GradientStats` (exact per-weight gradient moments and SNR), the pruning methods
 :class:`SNRPruning`, :class:`SNRAutoPruning`, :class:`DPFPruning`, :class:`NoPruning` (registered as
-``snr``, ``snr-auto``, ``dpf``, ``dense``), :func:`get_method` to look one up by name, and
-:func:`load_sparse` to read the compressed model that ``snrprune export`` writes back into a state_dict.
+``snr``, ``snr-auto``, ``dpf``, ``dense``), :func:`get_method` to look one up by name,
+:func:`load_sparse` to read the compressed model that ``snrprune export`` writes back into a state_dict,
+and :func:`export_compact` / :func:`load_compact` to write and read a unit-pruned model with its zero
+units cut out (``snrprune export --format compact``; see :mod:`snrprune.units`).
 """
 
-from .export import load_sparse
+from .export import export_compact, load_compact, load_sparse
 from .layers import MOMENTS, LayerMoments, find_prunable_layers
 from .pruners import PRUNING_METHODS, DPFPruning, NoPruning, Pruning, SNRAutoPruning, SNRPruning, get_method, register_method
 from .statistics import SNR_CAP, GradientStats, Moments, snr_from_moments
@@ -26,7 +28,9 @@ __all__ = [
     "SNRAutoPruning",
     "SNRPruning",
     "find_prunable_layers",
+    "export_compact",
     "get_method",
+    "load_compact",
     "load_sparse",
     "register_method",
     "snr_from_moments",

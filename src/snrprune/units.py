@@ -41,6 +41,7 @@ __all__ = [
     "find_unit_groups",
     "unit_keep_masks",
     "removed_units",
+    "resolve_removed",
     "compact_model",
 ]
 
@@ -193,16 +194,15 @@ def _candidate_groups(model: nn.Module, example_inputs: Any, ignored: Iterable[n
     tp = _torch_pruning()
     _refuse_untraceable(model)
     twin = copy.deepcopy(model).eval()  # the graph's forward pass and hooks never touch the user's model
-    ignored_names = set()
-    originals = {id(m): n for n, m in model.named_modules()}
-    for m in ignored if ignored is not None else _output_layers(twin, example_inputs):
-        name = originals.get(id(m))
-        if name is None:
-            name = next((n for n, t in twin.named_modules() if t is m), None)
-        if name is None:
-            raise InputError(f"ignored layer {type(m).__name__} is not a module of the model")
-        ignored_names.add(name)
-    ignored_twin = [twin.get_submodule(n) for n in ignored_names]
+    if ignored is None:
+        ignored_twin = _output_layers(twin, example_inputs)
+    else:
+        names_in_model = {id(m): n for n, m in model.named_modules()}
+        ignored_twin = []
+        for m in ignored:
+            if id(m) not in names_in_model:
+                raise InputError(f"ignored layer {type(m).__name__} is not a module of the model")
+            ignored_twin.append(twin.get_submodule(names_in_model[id(m)]))
     DG = tp.DependencyGraph().build_dependency(twin, example_inputs)
     names = {m: n for n, m in twin.named_modules()}
     order = {name: i for i, (name, _) in enumerate(model.named_parameters())}
@@ -341,20 +341,27 @@ def compact_model(model: nn.Module, example_inputs: Any, removed: Mapping[str, T
     of width zero cannot run, and the kept unit, all zero if the model was masked, changes no output.
     Use :func:`removed_units` to list the units a unit-masked model has zeroed.
     """
-    groups = {g.name: g for g in find_unit_groups(model, example_inputs)}
-    cuts = {}
-    for name, units in removed.items():
-        if name not in groups:
-            raise InputError(f"{name!r} is not a unit group of this model; its groups: {', '.join(groups) or '(none)'}")
-        units = torch.as_tensor(units, dtype=torch.int64).flatten().unique()
-        size = groups[name].size
-        if len(units) and (units.min() < 0 or units.max() >= size):
-            raise InputError(f"removed[{name!r}] has unit indices outside 0..{size - 1}")
-        if len(units) == size:
-            warnings.warn(f"all {size} units of {name} are removed; one is kept so that the network stays connected", stacklevel=2)
-            units = units[1:]
-        cuts[name] = units
+    cuts = resolve_removed(find_unit_groups(model, example_inputs), removed)
     twin = copy.deepcopy(model)
     mode = twin.training
     _cut(twin.eval(), example_inputs, cuts)
     return twin.train(mode)
+
+
+def resolve_removed(groups: Sequence[UnitGroup], removed: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """The units :func:`compact_model` cuts: ``removed`` checked against ``groups`` (known names, indices in
+    range), as sorted unique int64 indices, with the lowest-index unit of a fully removed group kept."""
+    sizes = {g.name: g.size for g in groups}
+    cuts = {}
+    for name, units in removed.items():
+        if name not in sizes:
+            raise InputError(f"{name!r} is not a unit group of this model; its groups: {', '.join(sizes) or '(none)'}")
+        units = torch.as_tensor(units, dtype=torch.int64).flatten().unique()
+        size = sizes[name]
+        if len(units) and (units.min() < 0 or units.max() >= size):
+            raise InputError(f"removed[{name!r}] has unit indices outside 0..{size - 1}")
+        if len(units) == size:
+            warnings.warn(f"all {size} units of {name} are removed; one is kept so that the network stays connected", stacklevel=3)
+            units = units[1:]
+        cuts[name] = units
+    return cuts
