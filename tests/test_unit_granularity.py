@@ -282,6 +282,7 @@ def test_cli_trains_at_unit_granularity(tmp_path, capsys):
     summary = json.loads((out / "summary.json").read_text())
     assert summary["units_total"] == {"1.weight": 256, "3.weight": 256}
     assert sum(summary["units_kept"].values()) == 512 - 256 and summary["unit_sparsity"] == 0.5
+    assert "units per layer 256-256 -> " in capsys.readouterr().out  # the end-of-run table
     assert json.loads((out / "config.json").read_text())["granularity"] == "unit"
     weights = torch.load(out / "model.pt", weights_only=True)
     removed = ~weights["1.weight"].any(dim=1)
@@ -296,3 +297,15 @@ def test_cli_refuses_granularity_on_other_methods(capsys):
         main(["train", "--dataset", "digits", "--model", "mlp", "--method", "snr", "--granularity", "unit"])
     assert exc.value.code == 2
     assert "--granularity only applies to --method dpf or snr-auto (this run uses --method snr)" in capsys.readouterr().err
+
+
+def test_cli_resume_at_unit_granularity_equals_an_uninterrupted_run(tmp_path, capsys):
+    argv = ["train", "--dataset", "digits", "--model", "mlp", "--model-option", "widths=[32,32]", "--method", "dpf", "--target-sparsity", "0.5",
+            "--granularity", "unit", "--batch-size", "64", "--epochs", "3", "--quiet"]  # fmt: skip
+    assert main([*argv, "--out", str(tmp_path / "whole")]) == 0
+    assert main([*argv, "--out", str(tmp_path / "parts"), "--stop-after-epochs", "1"]) == 0
+    assert main(["train", "--resume", str(tmp_path / "parts"), "--quiet"]) == 0
+    whole, parts = (torch.load(tmp_path / run / "model.pt", weights_only=True) for run in ("whole", "parts"))
+    assert whole.keys() == parts.keys() and all(torch.equal(whole[k], parts[k]) for k in whole)
+    summary = json.loads((tmp_path / "parts" / "summary.json").read_text())
+    assert summary["unit_sparsity"] == 0.5 and summary["units_kept"] == json.loads((tmp_path / "whole" / "summary.json").read_text())["units_kept"]

@@ -136,8 +136,11 @@ def format_table(summary: Mapping[str, Any]) -> str:
         f"{'sparsity (all params)':{width}}{_pct(summary['total_sparsity']):>10}   "
         f"{nonzero:,} of {params:,} parameters nonzero ({ratio:.1f}x fewer)",
         f"{'weights regrown':{width}}{summary['regrown']:>10,}   (mask flips back to kept, summed over all updates)",
-        "",
     ]
+    if "unit_sparsity" in summary:  # granularity "unit": units left per group, e.g. 20-50-500 -> 5-18-120
+        sizes, kept = ("-".join(map(str, summary[key].values())) for key in ("units_total", "units_kept"))
+        lines.append(f"{'units removed':{width}}{_pct(summary['unit_sparsity']):>10}   units per layer {sizes} -> {kept}")
+    lines.append("")
     layers = summary["layer_sparsity"]
     width = max([len("layer")] + [len(name) for name in layers])
     lines.append(f"{'layer':{width}}  {'shape':>16}  {'weights':>10}  {'sparsity':>9}")
