@@ -243,7 +243,7 @@ def export_compact(
 
     groups = find_unit_groups(model, example_inputs)
     removed = resolve_removed(groups, removed_units(groups, dict(model.named_parameters())))
-    compact = compact_model(model, example_inputs, removed)
+    compact = compact_model(model, example_inputs, removed, groups=groups)
     blob = {
         "format": COMPACT_FORMAT,
         "version": COMPACT_VERSION,

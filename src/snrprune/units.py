@@ -332,16 +332,19 @@ def find_unit_groups(model: nn.Module, example_inputs: Any, *, ignored: Iterable
     return groups
 
 
-def compact_model(model: nn.Module, example_inputs: Any, removed: Mapping[str, Tensor]) -> nn.Module:
+def compact_model(
+    model: nn.Module, example_inputs: Any, removed: Mapping[str, Tensor], *, groups: Sequence[UnitGroup] | None = None
+) -> nn.Module:
     """A deep copy with the removed units (``removed[group.name]``: int64 unit indices) physically cut by
     the dependency graph's pruning: coupled layers cut consistently, size attributes (in/out_features,
     channels, BatchNorm sizes) updated. The model is not changed.
 
     When every unit of a group is listed, the one with the lowest index stays (with a warning): a layer
     of width zero cannot run, and the kept unit, all zero if the model was masked, changes no output.
-    Use :func:`removed_units` to list the units a unit-masked model has zeroed.
+    Use :func:`removed_units` to list the units a unit-masked model has zeroed. ``groups``: the model's
+    :func:`find_unit_groups`, when at hand (spares tracing and verifying them again).
     """
-    cuts = resolve_removed(find_unit_groups(model, example_inputs), removed)
+    cuts = resolve_removed(find_unit_groups(model, example_inputs) if groups is None else groups, removed)
     twin = copy.deepcopy(model)
     mode = twin.training
     _cut(twin.eval(), example_inputs, cuts)
