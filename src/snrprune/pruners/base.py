@@ -104,8 +104,12 @@ class Pruning:
             self.dense = {name: w.detach().clone() for name, w in self.weights.items()}
         else:
             self.dense = {name: w.detach() for name, w in self.weights.items()}
-        # keep-masks as 0/1 in the weights' dtype: cheap to compute and to apply (see masks.py)
-        self.keep: dict[str, Tensor] = {name: torch.ones_like(w.detach()) for name, w in self.weights.items()}
+        # keep-masks as 0/1 in the weights' dtype: cheap to compute and to apply (see masks.py); a method
+        # that never prunes holds a broadcast one instead (no memory: dense training adds nothing per weight)
+        self.keep: dict[str, Tensor] = {
+            name: torch.ones_like(w.detach()) if self.prunes else torch.ones((), dtype=w.dtype, device=w.device).expand_as(w)
+            for name, w in self.weights.items()
+        }
         self.kept: dict[str, int] = {name: w.numel() for name, w in self.weights.items()}  # ones per keep-mask
         self.total = sum(self.kept.values())  # prunable entries
         # 1 where a weight was pruned and later kept again, at least once: distinct regrown weights
@@ -480,15 +484,14 @@ class Pruning:
         self.last_flips = dict(state["last_flips"])
         with torch.no_grad():
             for name, w in self.weights.items():
-                if self.prunes:
-                    self.dense[name].copy_(state["dense"][name])
-                else:
+                if not self.prunes:  # never pruned: the masks are all ones and stay a broadcast one
                     w.copy_(state["dense"][name])
+                    continue
+                self.dense[name].copy_(state["dense"][name])
                 self.keep[name] = state["masks"][name].to(device=w.device, dtype=w.dtype).clone()
                 self.kept[name] = count(self.keep[name])
-                if self.prunes:
-                    ever = state.get("ever_regrown", {}).get(name)  # absent in states of older versions
-                    self.ever_regrown[name] = torch.zeros_like(self.keep[name]) if ever is None else ever.to(self.keep[name]).clone()
+                ever = state.get("ever_regrown", {}).get(name)  # absent in states of older versions
+                self.ever_regrown[name] = torch.zeros_like(self.keep[name]) if ever is None else ever.to(self.keep[name]).clone()
         if self.granularity == "unit":
             self._load_unit_state(state)
         if self.prunes:
