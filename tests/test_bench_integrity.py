@@ -340,6 +340,10 @@ def test_a_suite_path_that_is_a_folder(tmp_path: Path, capsys):
         ('Method("m", {"method": "snr", "ema": 2.0})', "run digits-mlp/m/seed0 (cell 'digits-mlp', method 'm', options {'method': 'snr', 'ema': 2.0}) is not a valid configuration: ema must be in [0, 1)"),
         ('Method("m", {"method": "dpf"}, matched_to="nope")', "method 'm' is matched_to 'nope', which cell 'digits-mlp' does not run"),
         ('Method("m", {"method": "dense", "seed": 4})', "sets 'seed'"),
+        (
+            'Method("m", {"method": "dpf", "granularity": "unit"}, matched_to="dense")',
+            "method 'm' (granularity 'unit') is matched_to 'dense' (granularity 'weight'): a target of units and a sparsity of weights do not match",
+        ),
     ],
 )
 def test_a_suite_method_with_a_bad_option_is_refused_before_any_run(method: str, expected: str, tmp_path: Path, capsys):
@@ -474,3 +478,16 @@ def test_a_full_disk_mid_run_is_one_line_and_the_run_resumes(tmp_path: Path, mon
     monkeypatch.setattr(checkpoint_module.torch, "save", real_save)
     assert main(["train", "--resume", str(run), "--quiet"]) == 0
     assert epochs_logged(run) == [1, 2]
+
+
+def test_a_unit_run_takes_its_matched_target_from_the_unit_sparsity():
+    from snrprune.bench import Cell, Method, Run, matched_target
+
+    cell = Cell("digits", "mlp", epochs=1, seeds=1)
+    unit = Run(cell, Method("u", {"method": "dpf", "granularity": "unit"}, matched_to="a"), 0)
+    weight = Run(cell, Method("w", {"method": "dpf"}, matched_to="a"), 0)
+    summary = {"sparsity": 0.83, "unit_sparsity": 0.41}
+    assert matched_target(unit, summary) == 0.41
+    assert matched_target(weight, summary) == 0.83
+    with pytest.raises(BenchError, match="has no unit sparsity"):
+        matched_target(unit, {"sparsity": 0.83})

@@ -152,6 +152,16 @@ SHAKESPEARE_GPT = Cell(
 )
 LM_METHODS = [DENSE, SNR, DPF_MATCHED, SNR_AUTO, DPF_MATCHED_AUTO, DPF_90]
 
+# -- structured pruning (issue 20): whole units (neurons, channels) at unit granularity, so that the
+# compact export is a smaller dense network; DPF ranks units by the RMS of their weights
+SNR_AUTO_UNIT = Method("snr-auto-unit", {"method": "snr-auto", "granularity": "unit"})
+STRUCTURED_METHODS = [
+    DENSE,
+    SNR_AUTO_UNIT,
+    Method("dpf-unit-matched-auto", {"method": "dpf", "granularity": "unit"}, matched_to="snr-auto-unit"),
+    Method("dpf-unit-50", {"method": "dpf", "granularity": "unit", "target_sparsity": 0.5}),
+]
+
 IMAGE = [LENET300, LENET5_MNIST, LENET5_FMNIST, MNIST1D_MLP, MNIST1D_CONV, DIGITS, RESNET20_FMNIST]
 LETTER = TABULAR[0]
 
@@ -199,6 +209,11 @@ SUITE = Suite(
         Group("DPF's lossless frontier: DPF at a ladder of targets, 3 seeds", FRONTIER_CELLS_3, FRONTIER),
         Group("DPF's lossless frontier on the cells that cost minutes a run, 1 seed", FRONTIER_CELLS_1, FRONTIER),
         Group("A language model: character-level GPT on Shakespeare's plays, 3 seeds", [SHAKESPEARE_GPT], LM_METHODS),
+        Group(
+            "Structured pruning: whole units at unit granularity, 3 seeds",
+            [LENET300, LENET5_MNIST, LENET5_FMNIST, RESNET20_FMNIST_3, LETTER],
+            STRUCTURED_METHODS,
+        ),
     ],
     report="benchmarks/RESULTS.md",
     findings="findings.md",

@@ -240,6 +240,20 @@ class Run:
         return TrainConfig(**values)
 
 
+def matched_target(run: Run, summary: dict[str, Any]) -> float:
+    """The target a ``matched_to`` run takes from the finished run it is matched to: that run's final
+    sparsity, of units when this run prunes units (``granularity="unit"``: DPF's target is then a
+    fraction of units)."""
+    if run.method.options.get("granularity") != "unit":
+        return float(summary["sparsity"])
+    if "unit_sparsity" not in summary:
+        raise BenchError(
+            f"{run.key} prunes units and is matched to {run.depends_on}, which has no unit sparsity (it pruned "
+            "weights): match a unit-granularity method to another unit-granularity method"
+        )
+    return float(summary["unit_sparsity"])
+
+
 def load_suite(path: str | os.PathLike, quick: bool = False) -> Suite:
     """Reads ``SUITE`` (or ``QUICK``) from a suite file and checks it (:func:`check_suite`).
 
@@ -303,6 +317,14 @@ def check_suite(suite: Suite) -> None:
                 f"{where}: method {run.method.name!r} is matched_to {run.method.matched_to!r}, which cell "
                 f"{run.cell.key!r} does not run; add that method to the cell's group or drop matched_to"
             )
+        if run.depends_on is not None:
+            granularity = {m.name: m.options.get("granularity", "weight") for g in suite.groups for m in g.methods}
+            if run.method.options.get("granularity", "weight") != granularity[run.method.matched_to]:
+                raise BenchError(
+                    f"{where}: method {run.method.name!r} (granularity {run.method.options.get('granularity', 'weight')!r}) is "
+                    f"matched_to {run.method.matched_to!r} (granularity {granularity[run.method.matched_to]!r}): a target of "
+                    "units and a sparsity of weights do not match; give both the same granularity"
+                )
         try:
             run.config(0.5 if run.method.matched_to else None).resolved()  # 0.5: a stand-in for the matched target
         except (TypeError, ValueError) as exc:
@@ -544,7 +566,9 @@ def run_suite(
         if dep is None:
             return True, None
         summary = layout.summary(dep)  # validated: checked above, or written by this call
-        return (summary is not None), (None if summary is None else float(summary["sparsity"]))
+        if summary is None:
+            return False, None
+        return True, matched_target(run, summary)
 
     with ProcessPoolExecutor(max_workers=jobs, mp_context=get_context("spawn")) as pool:
         while todo or pending:
