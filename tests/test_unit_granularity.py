@@ -309,3 +309,28 @@ def test_cli_resume_at_unit_granularity_equals_an_uninterrupted_run(tmp_path, ca
     assert whole.keys() == parts.keys() and all(torch.equal(whole[k], parts[k]) for k in whole)
     summary = json.loads((tmp_path / "parts" / "summary.json").read_text())
     assert summary["unit_sparsity"] == 0.5 and summary["units_kept"] == json.loads((tmp_path / "whole" / "summary.json").read_text())["units_kept"]
+
+
+def test_lightning_callback_prunes_units_as_a_plain_loop_does(tmp_path):
+    pytest.importorskip("lightning")
+    from test_lightning import BATCHES, Module, fit
+    from test_pruners import small_mlp
+
+    from snrprune.integrations.lightning import PruningCallback
+
+    class Traceable(Module):  # the units are traced through the LightningModule's forward
+        def forward(self, x):
+            return self.model(x)
+
+    options = dict(target_sparsity=0.5, update_every=2, granularity="unit", example_inputs=BATCHES[0][0][:2])
+    callback = PruningCallback("dpf", **options)
+    fit(Traceable(), callback, 2, tmp_path)
+    model = small_mlp(0)  # the oracle: the same pruning in a hand-written loop
+    pruning = DPFPruning(model, total_steps=2 * len(BATCHES), **options)
+    optimizer = pruning.wrap(torch.optim.SGD(model.parameters(), lr=0.2, momentum=0.9))
+    for x, y in BATCHES * 2:
+        optimizer.zero_grad()
+        F.cross_entropy(model(x), y).backward()
+        optimizer.step()
+    assert sum(pruning.unit_counts()["units_kept"].values()) == 28 - 14  # 16 + 12 units, half removed
+    assert {name: torch.equal(keep, callback.pruning.unit_keep["model." + name]) for name, keep in pruning.unit_keep.items()} == dict.fromkeys(pruning.unit_keep, True)
