@@ -68,7 +68,9 @@ def _slice(group, param):
 
 def test_lenet300_groups():
     model = build_model("lenet300", MNIST, 10)
-    groups = find_unit_groups(model, torch.randn(1, *MNIST))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # every group is a unit group: nothing to warn about
+        groups = find_unit_groups(model, torch.randn(1, *MNIST))
     assert _sizes(groups) == [("1.weight", 300), ("3.weight", 100)]
     first = groups[0]
     assert {(s.param, s.dim) for s in first.slices} == {("1.weight", 0), ("1.bias", 0), ("3.weight", 1)}
@@ -172,6 +174,13 @@ def test_untraceable_layers_are_refused(layer, example, match):
     example = torch.randn(1, 5, 8) if example is None else example
     with pytest.raises(UnsupportedModelError, match=match):
         find_unit_groups(model, example)
+
+
+def test_hugging_face_conv1d_is_refused():
+    pytorch_utils = pytest.importorskip("transformers.pytorch_utils")
+    model = _Wrapper(pytorch_utils.Conv1D(8, 6), 8)  # GPT-2's projection: Conv1D(nf=8 outputs, nx=6 inputs)
+    with pytest.raises(UnsupportedModelError, match="Conv1D"):
+        find_unit_groups(model, torch.randn(2, 6))
 
 
 def test_missing_torch_pruning_names_the_extra(monkeypatch):
