@@ -192,6 +192,14 @@ def test_cli_export_compact_refuses_run_files_and_untraceable_models(tmp_path, c
     assert "model.pt not found" in capsys.readouterr().err
 
 
+def test_cli_timing_options_need_the_compact_format(tmp_path, capsys):
+    _run_folder(tmp_path / "run")
+    with pytest.raises(SystemExit) as exit_:
+        main(["export", str(tmp_path / "run"), "--repeats", "3"])
+    assert exit_.value.code == 2 and "--format compact" in capsys.readouterr().err
+    assert not (tmp_path / "run" / "model_sparse.pt").exists()
+
+
 def test_cli_export_compact_says_when_nothing_was_cut(tmp_path, capsys):
     _run_folder(tmp_path / "run")
     dense = build_model("mlp", (64,), 10, widths=[32, 16])

@@ -195,7 +195,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     e.add_argument("--output", metavar="PATH", type=_user_path, help="where to write (default DIR/model_sparse.pt or DIR/model_compact.pt)")
     e.add_argument("--overwrite", action="store_true", help="replace an existing --output file (never a file of a run)")
-    e.add_argument("--repeats", type=_positive_int, default=21, metavar="N", help="compact: timed passes per model and batch size (default 21)")
+    e.add_argument("--repeats", type=_positive_int, metavar="N", help="compact: timed passes per model and batch size (default 21)")
     e.add_argument("--threads", type=_positive_int, metavar="N", help="compact: CPU threads for the timing (default: torch's)")
     e.set_defaults(handler=_export_command, parser=e)
 
@@ -363,6 +363,8 @@ def _export_command(args: argparse.Namespace, parser: argparse.ArgumentParser) -
         parser.error(f"{run_dir} is not a folder")
     if args.format == "compact":
         return _export_compact(args, run_dir)
+    if args.repeats is not None or args.threads is not None:
+        parser.error("--repeats and --threads time the compact model: use them with --format compact")
     try:
         info = export_sparse(run_dir, args.output, overwrite=args.overwrite)
     except InputError as exc:
@@ -386,7 +388,7 @@ def _export_compact(args: argparse.Namespace, run_dir: Path) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     try:
-        info = export_run_compact(run_dir, args.output, overwrite=args.overwrite, repeats=args.repeats)
+        info = export_run_compact(run_dir, args.output, overwrite=args.overwrite, repeats=args.repeats or 21)
     except (InputError, ImportError) as exc:  # UnsupportedModelError is an InputError
         return _fail(str(exc), status=2)
     except (FileNotFoundError, ValueError, RuntimeError) as exc:
