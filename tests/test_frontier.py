@@ -87,3 +87,16 @@ def test_report_has_the_frontier_table_ratio_and_plot(layout, tmp_path):
     assert "| digits-mlp | 10.20 ± 0.20 | 90 | 70.0 ± 0.0 / 3.00 |" in text
     assert "`snr-auto`: kept ratio at most 1.5 on 0 of 1 cells" in text
     assert (layout.results / "plots" / "frontier.png").stat().st_size > 0
+
+
+def test_compact_size_counts_the_units_left_by_hand():
+    pytest.importorskip("torch_pruning")
+    from snrprune.bench_report import compact_size
+
+    summary = {"model": "lenet300", "input_shape": [1, 28, 28], "num_classes": 10}
+    # 784 -> 300 -> 100 -> 10 with 10 and 5 units left: weights and biases of 784x10, 10x5, 5x10
+    assert compact_size({**summary, "units_kept": {"1.weight": 10, "3.weight": 5}}, {}) == (
+        784 * 10 + 10 + 10 * 5 + 5 + 5 * 10 + 10,
+        784 * 10 + 10 * 5 + 5 * 10,
+    )
+    assert compact_size(summary, {}) == (784 * 300 + 300 + 300 * 100 + 100 + 100 * 10 + 10, 784 * 300 + 300 * 100 + 100 * 10)

@@ -310,6 +310,79 @@ def _table(results: Results, cells: Sequence[Cell], methods: Sequence[str]) -> l
     return lines
 
 
+_SIZES: dict[tuple, tuple[int, int] | None] = {}
+
+
+def compact_size(summary: dict[str, Any], config: dict[str, Any]) -> tuple[int, int] | None:
+    """(parameters, multiply-accumulates of one sample) of the network a unit-granularity run exports
+    compact, from its units kept per group (sizes depend on how many units are left, not on which), or
+    of the dense network for a run without units. None when Torch-Pruning (the ``structured`` extra) is
+    absent or the model has no unit groups. Cached per model and units kept."""
+    kept = summary.get("units_kept", {})
+    key = (summary["model"], tuple(summary["input_shape"]), summary["num_classes"], repr(config.get("model_options") or {}), tuple(sorted(kept.items())))
+    if key not in _SIZES:
+        import warnings
+
+        import torch
+
+        from .export import count_macs, example_input
+        from .models import build_model
+        from .units import compact_model, find_unit_groups
+
+        model = build_model(summary["model"], tuple(summary["input_shape"]), summary["num_classes"], **(config.get("model_options") or {})).eval()
+        example = example_input(model, summary["model"], tuple(summary["input_shape"]), summary["num_classes"])
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # groups left dense were warned about when the run trained
+                groups = find_unit_groups(model, example) if kept else []
+                removed = {g.name: torch.arange(kept[g.name], g.size) for g in groups if kept.get(g.name, g.size) < g.size}
+                compact = compact_model(model, example, removed, groups=groups) if removed else model
+        except ImportError:
+            _SIZES[key] = None
+        else:
+            _SIZES[key] = (sum(p.numel() for p in compact.parameters()), count_macs(compact, example))
+    return _SIZES[key]
+
+
+def _units_table(results: Results, cells: Sequence[Cell], methods: Sequence[str]) -> list[str]:
+    """Structured pruning: per cell and method, the error, the units removed, the units left per layer
+    (each seed) and the size of the compact network (parameters, multiply-accumulates a sample, mean
+    over the seeds) against dense."""
+    headlines = [results.headline(c) for c in cells]
+    mixed = len({h.label for h in headlines}) > 1
+    lines = [
+        f"| cell | method | seeds | test {_label(headlines)} | units removed % | units per layer (each seed) | parameters | MACs / sample |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for cell in cells:
+        dense_size = None
+        for method in methods:
+            runs = results.seeds(cell, method)
+            if not runs:
+                continue
+            configs = [read_json(results.layout.results / f"{cell.key}/{method}/seed{s['seed']}/config.json", "run configuration") for s in runs]
+            sizes = [compact_size(s, c) for s, c in zip(runs, configs)]
+            if method == DENSE:
+                dense_size = sizes[0]
+            units = "all"
+            if "units_kept" in runs[0]:
+                left = "; ".join("-".join(str(v) for v in s["units_kept"].values()) for s in runs)
+                units = "-".join(str(v) for v in runs[0]["units_total"].values()) + " → " + left
+            removed = _pm([s["unit_sparsity"] for s in runs], digits=1) if "unit_sparsity" in runs[0] else "0"
+            if all(sizes):
+                params, macs = (statistics.fmean(x[i] for x in sizes) for i in (0, 1))
+                cut = f" ({dense_size[0] / params:.1f}x fewer)" if dense_size and method != DENSE else ""
+                cut_macs = f" ({dense_size[1] / macs:.1f}x fewer)" if dense_size and method != DENSE else ""
+                size = f"{params:,.0f}{cut} | {macs:,.0f}{cut_macs}"
+            else:
+                size = "- | -"
+            lines.append(
+                f"| {cell.key} | {method} | {len(runs)}/{cell.seeds} | {_value(results.headline(cell), results.error(cell, method), mixed)} "
+                f"| {removed} | {units} | {size} |"
+            )
+    return lines
+
+
 #: A block index in a parameter name (``blocks.3.attn.q_proj.weight``): layers that differ only there are pooled.
 _BLOCK_INDEX = re.compile(r"\.\d+\.")
 
@@ -464,6 +537,10 @@ def write_report(suite: Suite, layout: Layout, report: Path, command: str, data_
         names = [m.name for m in group.methods]
         lines += [f"## {group.title}", "", *_table(results, group.cells, names), ""]
         lines += [f"- `{m.name}`: {', '.join(f'{k}={v}' for k, v in m.options.items())}" for m in group.methods] + [""]
+        if any(m.options.get("granularity") == "unit" for m in group.methods):  # what the compact export hands back
+            lines += ["The compact networks these runs export (`snrprune export RUN --format compact`): units left per layer, "
+                      "parameters and multiply-accumulates of the Linear and convolution layers per sample; measured "
+                      "speed: `benchmarks/results/structured.md`.", "", *_units_table(results, group.cells, names), ""]
         if {SNR, "snr-auto"} <= set(names):  # a group that compares both SNR methods: where they prune, too
             for cell in group.cells:
                 lines += _where(results, cell, names)
