@@ -24,6 +24,7 @@ Time it on an otherwise idle machine; say which one.
 from __future__ import annotations
 
 import argparse
+import json
 import platform
 import statistics
 import sys
@@ -128,11 +129,9 @@ def main() -> int:
     if args.run:
         for run in args.run:
             model = load_run_model(run)
-            import json
-
-            config = json.loads((Path(run) / "config.json").read_text())
-            make = lambda b, m=model, c=config: example_input(m, c["model"], tuple(c["input_shape"]), c["num_classes"], batch=b)  # noqa: E731
-            rows += measure(Path(run).name, model, None, make, args.batches, args.rounds)
+            summary = json.loads((Path(run) / "summary.json").read_text())  # the finished run's shapes
+            make = lambda b, m=model, s=summary: example_input(m, s["model"], tuple(s["input_shape"]), s["num_classes"], batch=b)  # noqa: E731
+            rows += measure("/".join(Path(run).parts[-3:]), model, None, make, args.batches, args.rounds)
     else:
         for name in args.models:
             shape, classes = MODELS[name]
