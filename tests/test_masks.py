@@ -96,3 +96,27 @@ def test_combine_truth_table():
 
 def test_sparsity_counts_pruned_entries():
     assert sparsity({"a": torch.tensor([True, False]), "b": torch.tensor([False, False])}) == 0.75
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    st.lists(st.tuples(st.integers(1, 5), st.integers(1, 6)), min_size=1, max_size=4),
+    st.booleans(),
+    st.booleans(),
+    st.data(),
+)
+def test_global_masks_equal_one_selection_over_the_concatenated_magnitudes(shapes, ties, mixed, data):
+    """The global scope selects layer by layer with little scratch memory; the oracle is the plain
+    selection over one concatenated vector (ties pruned from the lowest index in the layers' order)."""
+    g = torch.Generator().manual_seed(data.draw(st.integers(0, 2**16)))
+    weights = {}
+    for i, shape in enumerate(shapes):
+        w = torch.randint(-3, 4, shape, generator=g).float() if ties else torch.randn(shape, generator=g)
+        weights[f"w{i}"] = w.bfloat16() if mixed and i % 2 else w
+    n = sum(w.numel() for w in weights.values())
+    n_prune = data.draw(st.integers(-1, n + 1))
+    flat = torch.cat([w.abs().reshape(-1) for w in weights.values()])
+    expected = (smallest_k_mask(flat, n_prune) == 0).float() if 0 < n_prune < n else torch.full((n,), float(n_prune <= 0))
+    got = magnitude_keep_masks(weights, n_prune, "global")
+    assert torch.equal(torch.cat([m.reshape(-1) for m in got.values()]), expected)
+    assert all(m.shape == w.shape and m.dtype == flat.dtype for m, w in zip(got.values(), weights.values()))

@@ -9,6 +9,8 @@ threshold broken towards the lower flat index (in global scope: the layer order,
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import torch
 from torch import Tensor
@@ -89,12 +91,39 @@ def magnitude_keep_masks(weights: dict[str, Tensor], n_prune: dict[str, int] | i
         return {name: keep_largest(w.detach().abs(), n_prune[name]) for name, w in weights.items()}
     if not isinstance(n_prune, int):
         n_prune = sum(n_prune.values())
-    flat = torch.cat([w.detach().abs().reshape(-1) for w in weights.values()])
-    keep = keep_largest(flat, n_prune)
-    out, start = {}, 0
-    for name, w in weights.items():
-        out[name] = keep[start : start + w.numel()].view_as(w)
+    return _global_keep_largest(weights, n_prune)
+
+
+def _global_keep_largest(weights: dict[str, Tensor], n_prune: int) -> dict[str, Tensor]:
+    """:func:`keep_largest` over the magnitudes of all tensors at once (ties pruned from the lowest
+    index in the layers' order), with one float per weight of scratch instead of three: the magnitudes
+    are gathered once and partitioned in place for the threshold, and each mask is then compared from
+    its own layer (``benchmarks/memory.py``: the global update's temporaries were most of DPF's memory)."""
+    first = next(iter(weights.values()))
+    dtype = functools.reduce(torch.promote_types, (w.dtype for w in weights.values()))
+    dtype = dtype if dtype.is_floating_point else torch.float32
+    n = sum(w.numel() for w in weights.values())
+    if n_prune <= 0 or n_prune >= n:
+        fill = 1.0 if n_prune <= 0 else 0.0
+        return {name: torch.full(w.shape, fill, dtype=dtype, device=w.device) for name, w in weights.items()}
+    flat = torch.empty(n, dtype=dtype, device=first.device)
+    start = 0
+    for w in weights.values():
+        flat[start : start + w.numel()].copy_(w.detach().reshape(-1)).abs_()
         start += w.numel()
+    threshold = kth_smallest(flat, n_prune, scratch=True)  # itself pruned
+    del flat
+    out = {}
+    for name, w in weights.items():
+        out[name] = torch.gt(w.detach().abs().to(dtype), threshold, out=torch.empty(w.shape, dtype=dtype, device=w.device))
+    excess = n - sum(count(m) for m in out.values()) - n_prune  # ties pruned beyond n_prune
+    for name, w in reversed(weights.items()):  # keep the last `excess` entries equal to the threshold
+        if excess <= 0:
+            break
+        ties = (w.detach().abs().to(dtype).reshape(-1) == threshold).nonzero().squeeze(1)
+        take = min(excess, ties.numel())
+        out[name].view(-1)[ties[ties.numel() - take :]] = 1.0
+        excess -= take
     return out
 
 
