@@ -99,6 +99,8 @@ def _global_keep_largest(weights: dict[str, Tensor], n_prune: int) -> dict[str, 
     index in the layers' order), with one float per weight of scratch instead of three: the magnitudes
     are gathered once and partitioned in place for the threshold, and each mask is then compared from
     its own layer (``benchmarks/memory.py``: the global update's temporaries were most of DPF's memory)."""
+    if not weights:
+        return {}
     first = next(iter(weights.values()))
     dtype = functools.reduce(torch.promote_types, (w.dtype for w in weights.values()))
     dtype = dtype if dtype.is_floating_point else torch.float32
