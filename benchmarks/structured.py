@@ -84,7 +84,7 @@ def measure(label: str, masked: torch.nn.Module, dense: torch.nn.Module | None, 
     example = make_input(1)
     groups = find_unit_groups(masked, example)
     removed = removed_units(groups, dict(masked.named_parameters()))
-    compact = compact_model(masked, example, removed).eval()
+    compact = compact_model(masked, example, removed, groups=groups).eval()  # the groups traced above, not again
     check = make_input(64)
     with torch.inference_mode():
         expected, got = masked(check), compact(check)

@@ -307,6 +307,7 @@ def check_suite(suite: Suite) -> None:
                 if option == "seed":
                     raise BenchError(f"{where}: {thing} in group {group.title!r} sets 'seed'; a suite's seeds come from Cell(seeds=N) (0 .. N-1)")
     keys = {run.key for run in suite.runs()}
+    granularity = {m.name: m.options.get("granularity", "weight") for g in suite.groups for m in g.methods}
     checked: set[tuple[str, str]] = set()
     for run in suite.runs():
         if (run.cell.key, run.method.name) in checked:
@@ -317,14 +318,12 @@ def check_suite(suite: Suite) -> None:
                 f"{where}: method {run.method.name!r} is matched_to {run.method.matched_to!r}, which cell "
                 f"{run.cell.key!r} does not run; add that method to the cell's group or drop matched_to"
             )
-        if run.depends_on is not None:
-            granularity = {m.name: m.options.get("granularity", "weight") for g in suite.groups for m in g.methods}
-            if run.method.options.get("granularity", "weight") != granularity[run.method.matched_to]:
-                raise BenchError(
-                    f"{where}: method {run.method.name!r} (granularity {run.method.options.get('granularity', 'weight')!r}) is "
-                    f"matched_to {run.method.matched_to!r} (granularity {granularity[run.method.matched_to]!r}): a target of "
-                    "units and a sparsity of weights do not match; give both the same granularity"
-                )
+        if run.depends_on is not None and granularity[run.method.name] != granularity[run.method.matched_to]:
+            raise BenchError(
+                f"{where}: method {run.method.name!r} (granularity {granularity[run.method.name]!r}) is "
+                f"matched_to {run.method.matched_to!r} (granularity {granularity[run.method.matched_to]!r}): a target of "
+                "units and a sparsity of weights do not match; give both the same granularity"
+            )
         try:
             run.config(0.5 if run.method.matched_to else None).resolved()  # 0.5: a stand-in for the matched target
         except (TypeError, ValueError) as exc:
