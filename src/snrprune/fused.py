@@ -62,6 +62,6 @@ def kernels() -> Any:
 
 
 def usable(*tensors: Tensor) -> bool:
-    """Whether the fused kernels can take these tensors (float32, contiguous, CPU) and are built."""
-    ok = all(t.device.type == "cpu" and t.dtype == torch.float32 and t.is_contiguous() for t in tensors)
+    """Whether the fused kernels can take these tensors (float32 values and bool masks, contiguous, CPU) and are built."""
+    ok = all(t.device.type == "cpu" and t.dtype in (torch.float32, torch.bool) and t.is_contiguous() for t in tensors)
     return ok and kernels() is not None

@@ -1,9 +1,10 @@
 """Mask arithmetic: exact k-smallest selection by magnitude, scopes, and the four SNR/magnitude combinations.
 
-Keep-masks are 1 = keep, 0 = prune. On the hot path they are floating-point tensors of the weights'
-dtype: on CPU, comparisons that write floats and float sums run several times faster than their
-bool counterparts, and applying a mask is then one multiplication. The public ``Pruning.masks``
-view is bool. Selection is exact and deterministic: the k smallest values are pruned, ties at the
+Keep-masks are 1 = keep, 0 = prune. The selections here write them as floating-point 0/1 tensors
+of the weights' dtype: on CPU, comparisons that write floats and float sums run several times
+faster than their bool counterparts. A pruning object stores them as bool (one byte a weight
+instead of four: ``benchmarks/memory.py``) and applies them every step with a fused kernel
+(``Pruning`` in ``pruners/base.py``). Selection is exact and deterministic: the k smallest values are pruned, ties at the
 threshold broken towards the lower flat index (in global scope: the layer order, then the index).
 """
 
@@ -22,7 +23,9 @@ GRANULARITIES = ("weight", "unit")
 
 
 def count(mask: Tensor) -> int:
-    """Number of ones in a 0/1 float mask (a float32 sum is exact below 2**24 entries, and faster)."""
+    """Number of ones in a bool mask, or in a 0/1 float mask (a float32 sum is exact below 2**24 entries, and faster)."""
+    if mask.dtype == torch.bool:
+        return int(torch.count_nonzero(mask))
     return round(float(mask.sum(dtype=torch.float64 if mask.numel() >= 1 << 24 else None)))
 
 

@@ -11,6 +11,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
+from .. import fused
 from ..layers import NameFilter, find_prunable_layers
 from ..masks import GRANULARITIES, SCOPES, check_choice, count
 from ..statistics import GradientStats
@@ -104,15 +105,16 @@ class Pruning:
             self.dense = {name: w.detach().clone() for name, w in self.weights.items()}
         else:
             self.dense = {name: w.detach() for name, w in self.weights.items()}
-        # keep-masks as 0/1 in the weights' dtype: cheap to compute and to apply (see masks.py); a method
-        # that never prunes holds a broadcast one instead (no memory: dense training adds nothing per weight)
+        # keep-masks as bool, one byte per weight (``benchmarks/memory.py``), applied every step by
+        # :func:`_mask_into`; a method that never prunes holds a broadcast one instead (no memory: dense
+        # training adds nothing per weight)
         self.keep: dict[str, Tensor] = {
-            name: torch.ones_like(w.detach()) if self.prunes else torch.ones((), dtype=w.dtype, device=w.device).expand_as(w)
+            name: torch.ones(w.shape, dtype=torch.bool, device=w.device) if self.prunes else torch.ones((), dtype=torch.bool, device=w.device).expand_as(w)
             for name, w in self.weights.items()
         }
         self.kept: dict[str, int] = {name: w.numel() for name, w in self.weights.items()}  # ones per keep-mask
         self.total = sum(self.kept.values())  # prunable entries
-        # 1 where a weight was pruned and later kept again, at least once: distinct regrown weights
+        # True where a weight was pruned and later kept again, at least once: distinct regrown weights
         self.ever_regrown: dict[str, Tensor] = {name: torch.zeros_like(k) for name, k in self.keep.items()} if self.prunes else {}
         self.step_count = 0
         self.regrown = 0
@@ -289,7 +291,7 @@ class Pruning:
         else:
             for name, w in self.weights.items():
                 if self.kept[name] < w.numel():  # theta_hat = theta where nothing is pruned
-                    torch.mul(self.dense[name], self.keep[name], out=w.data)
+                    _mask_into(self.dense[name], self.keep[name], w.data)
             self._apply_coupled_masks()
         if self.stats is not None:
             self.stats.enabled = self.stats_due(self.step_count)
@@ -312,12 +314,12 @@ class Pruning:
                 self.coupled_keep[name] = masks.pop(name).to(self.coupled_keep[name].dtype)
         changed = net = 0
         for name, new in masks.items():
-            new = new.to(self.keep[name].dtype)
+            new = new if new.dtype == torch.bool else new > 0  # the selections write 0/1 floats
             kept = count(new)
             net += kept - self.kept[name]  # regrown - pruned
-            diff = new.sub(self.keep[name])  # +1 regrown, -1 pruned
-            torch.maximum(self.ever_regrown[name], diff, out=self.ever_regrown[name])
-            changed += count(diff.abs_())  # regrown + pruned
+            flips = new ^ self.keep[name]  # regrown or pruned
+            changed += count(flips)
+            self.ever_regrown[name] |= flips.logical_and_(new)  # regrown
             self.keep[name] = new
             self.kept[name] = kept
         self._record_flips(changed, net)
@@ -376,13 +378,13 @@ class Pruning:
     @property
     def masks(self) -> dict[str, Tensor]:
         """Bool keep-masks by parameter name (True = keep)."""
-        return {name: keep.bool() for name, keep in self.keep.items()}
+        return {name: keep.clone() if self.prunes else keep for name, keep in self.keep.items()}
 
     @torch.no_grad()
     def apply_masks(self) -> None:
         """Writes theta_hat = mask * theta into the model."""
         for name, w in self.weights.items():
-            torch.mul(self.dense[name], self.keep[name], out=w.data)
+            _mask_into(self.dense[name], self.keep[name], w.data)
         self._apply_coupled_masks()
 
     @contextlib.contextmanager
@@ -441,7 +443,7 @@ class Pruning:
             "dense": {name: t.clone() for name, t in self.dense.items()},
             "masks": self.masks,
             "regrown": self.regrown,
-            "ever_regrown": {name: t.bool() for name, t in self.ever_regrown.items()},
+            "ever_regrown": {name: t.clone() for name, t in self.ever_regrown.items()},
             "last_flips": dict(self.last_flips),
             "stats_enabled": self.stats is not None and self.stats.enabled,
             "granularity": self.granularity,
@@ -488,10 +490,10 @@ class Pruning:
                     w.copy_(state["dense"][name])
                     continue
                 self.dense[name].copy_(state["dense"][name])
-                self.keep[name] = state["masks"][name].to(device=w.device, dtype=w.dtype).clone()
+                self.keep[name] = state["masks"][name].to(device=w.device).bool()  # bool in every version's states
                 self.kept[name] = count(self.keep[name])
                 ever = state.get("ever_regrown", {}).get(name)  # absent in states of older versions
-                self.ever_regrown[name] = torch.zeros_like(self.keep[name]) if ever is None else ever.to(self.keep[name]).clone()
+                self.ever_regrown[name] = torch.zeros_like(self.keep[name]) if ever is None else ever.to(device=w.device).bool()
         if self.granularity == "unit":
             self._load_unit_state(state)
         if self.prunes:
@@ -530,3 +532,10 @@ class NoPruning(Pruning):
         super().__init__(model, include=include, exclude=exclude, granularity=granularity)
 
 
+def _mask_into(dense: Tensor, keep: Tensor, out: Tensor) -> None:
+    """``out = dense * keep`` for a bool keep-mask: the fused CPU kernel for float32 (eager ``torch.mul``
+    casts a bool operand element by element, several times slower than a float mask), eager elsewhere."""
+    if fused.usable(dense, keep, out):
+        fused.kernels().mask_copy(dense, keep, out)
+    else:
+        torch.mul(dense, keep, out=out)

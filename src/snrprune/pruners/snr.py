@@ -72,7 +72,7 @@ class SNRPruning(Pruning):
         self.fresh = False  # statistics arrived since the last mask update
         self._not_above: dict[str, int] = {}  # per layer: averages <= the cut, counted by the fused kernel
         self._not_above_step = -1  # ... for the mask update of this step
-        self._buffers: dict[str, Tensor] = {}  # per layer: |theta| for the selection, reused
+        self._buffers: dict[str, Tensor] = {}  # per device and dtype: |theta| of one layer at a time for the selection, reused
         # the same weights as the pruning's; refuses those whose exact per-sample statistics it cannot compute
         self.stats = GradientStats(model, enabled=self.stats_due(0), process_group=process_group, layers=self.layers)
 
@@ -148,10 +148,15 @@ class SNRPruning(Pruning):
         return True
 
     def _scratch(self, name: str) -> Tensor:
-        buffer = self._buffers.get(name)
+        """A buffer of the layer's shape for its magnitudes: one allocation, the size of the largest layer,
+        shared by the layers (they are selected one after another)."""
+        dense = self.dense[name]
+        key = f"{dense.device}:{dense.dtype}"
+        buffer = self._buffers.get(key)
         if buffer is None:
-            buffer = self._buffers[name] = torch.empty_like(self.dense[name])
-        return buffer
+            size = max(w.numel() for w in self.dense.values() if (w.device, w.dtype) == (dense.device, dense.dtype))
+            buffer = self._buffers[key] = torch.empty(size, dtype=dense.dtype, device=dense.device)
+        return buffer[: dense.numel()].view(dense.shape)
 
     def compute_masks(self) -> dict[str, Tensor]:
         if len(self.snr_ema) < len(self.weights):
