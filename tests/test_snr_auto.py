@@ -253,11 +253,11 @@ def test_snr_auto_short_windows_are_calibrated_and_extended():
     assert pruning.density == {"*": 0.5} and pruning.window_count == 5 and pruning.window
 
 
-@pytest.mark.parametrize("nested, window", [(False, 3), (True, 14)])
-def test_snr_auto_resume_is_bit_exact(nested, window):
+@pytest.mark.parametrize("nested, window, band_sample", [(False, 3, None), (True, 14, None), (False, 8, 40), (True, 14, 40)])
+def test_snr_auto_resume_is_bit_exact(nested, window, band_sample):
     def setup(seed=0):
         model = small_mlp(seed)
-        pruning = SNRAutoPruning(model, window_steps=window, update_every=2, nested=nested)
+        pruning = SNRAutoPruning(model, window_steps=window, update_every=2, nested=nested, band_sample=band_sample)
         optimizer = pruning.wrap(torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9))
         return model, pruning, optimizer
 
@@ -279,6 +279,8 @@ def test_snr_auto_resume_is_bit_exact(nested, window):
     assert pruning_a.moved_at_half == pruning_c.moved_at_half
     assert pruning_a.step == pruning_c.step and pruning_a.direction == pruning_c.direction
     assert pruning_a.adapting == pruning_c.adapting and pruning_a.lr_max == pruning_c.lr_max == 0.1
+    assert pruning_a.window_band == pruning_c.window_band and pruning_a.window_snr == pruning_c.window_snr
+    assert pruning_a.sample.keys() == pruning_c.sample.keys() and all(torch.equal(i, pruning_c.sample[n]) for n, i in pruning_a.sample.items())
     for name in pruning_a.masks:
         assert torch.equal(pruning_a.masks[name], pruning_c.masks[name])
         assert torch.equal(pruning_a.dense[name], pruning_c.dense[name])

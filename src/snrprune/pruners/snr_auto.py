@@ -26,6 +26,14 @@ SIGN_CLASSES = 16
 #: How many sign patterns draw the noise band.
 NULL_DRAWS = 32
 
+#: The proposed ``band_sample`` (not yet the default): the noise band estimated from at most this many
+#: kept weights per controller, so the window holds 8 bytes per weight instead of 68
+#: (``benchmarks/prototypes/snr-auto-memory.md``, ``benchmarks/results/band_sample.md``).
+BAND_SAMPLE = 1 << 16
+
+#: The seed of the band's weight sample is this plus the step at which the window starts.
+SAMPLE_SEED = 0x5B5A_0000
+
 #: The window the front ends (``snrprune train``, the Lightning callback) give by default, in epochs:
 #: half an epoch of a shuffle. One epoch finds more sparsity on small data sets (up to ~250 steps
 #: an epoch in the suite), half an epoch more on large ones; the suite compares both on every cell (finding 4).
@@ -35,6 +43,22 @@ DEFAULT_WINDOW_EPOCHS = 0.5
 def _combine(moves: list[int]) -> int:
     """Several witnesses of one decision: converged if any reads converged, drift only if all read drift."""
     return -1 if -1 in moves else (1 if all(m == 1 for m in moves) else 0)
+
+
+def band_variance(var_mean: float, mean_var: float, m: int, n: int) -> float:
+    """The variance over the sign patterns of the mean z of n kept weights, estimated from m of them drawn at random.
+
+    ``var_mean``: the unbiased variance over the draws of the sample's mean z; ``mean_var``: the mean
+    over the sample of each weight's unbiased variance over the draws. With avg_var and avg_cov the
+    mean variance and the mean pairwise covariance of the n weights' z, the mean's variance is
+    avg_cov + (avg_var - avg_cov) / n; ``mean_var`` estimates avg_var and (m var_mean - mean_var) / (m - 1)
+    avg_cov, both without bias, so the result is unbiased too (``benchmarks/prototypes/snr-auto-memory.md``).
+    One weight cannot tell its covariance with the others: it is taken as fully correlated (its own variance).
+    """
+    if m < 2:
+        return var_mean
+    avg_cov = (m * var_mean - mean_var) / (m - 1)
+    return avg_cov + (mean_var - avg_cov) / n
 
 
 def epoch_window_steps(epoch_steps: int, window_epochs: float = DEFAULT_WINDOW_EPOCHS) -> int:
@@ -103,6 +127,14 @@ class SNRAutoPruning(Pruning):
     DDP the gradients it reads are the all-reduced ones and the signs depend on the step alone, so
     every rank decides the same.
 
+    ``band_sample=m`` (a positive integer; None, the default, or 0: every weight) keeps the class sums
+    for a random sample of at most m kept weights per controller only, drawn at each window's start
+    (the same on every rank and in a resumed run), and per weight only the window's sum of g_t and of
+    its squares: 2 float32 numbers per prunable weight (4 with ``nested``) instead of 17 (18). The mean z
+    stays exact; the band's centre and its spread, which the kept weights' correlation makes, are
+    estimated from the sample without bias (:func:`band_variance`). A controller of at most m weights
+    keeps every class sum and decides exactly as without a sample (:data:`BAND_SAMPLE`: the proposed m).
+
     ``scope="global"`` (the default): one controller for the whole network (key :data:`GLOBAL` of
     ``density``, ``step``, ``direction``), fed by the mean window SNR of all kept weights, and masks
     that keep the largest magnitudes over all layers, as DPF's global scope does, so that the layers
@@ -140,6 +172,7 @@ class SNRAutoPruning(Pruning):
         exclude: NameFilter = None,
         granularity: str = "weight",
         example_inputs: Any = None,
+        band_sample: int | None = None,
     ):
         super().__init__(model, scope=scope, include=include, exclude=exclude, granularity=granularity, example_inputs=example_inputs)
         for flag, value in (("lr_scaled", lr_scaled), ("hysteresis", hysteresis), ("nested", nested)):
@@ -149,6 +182,8 @@ class SNRAutoPruning(Pruning):
         # ablations); nested off by default (issue 19's candidate, measured in the suite's nested group)
         self.lr_scaled, self.hysteresis, self.nested = lr_scaled, hysteresis, nested
         self.window_steps = _check_int("window_steps", window_steps, 1)
+        # the noise band from a sample of at most band_sample kept weights per controller (None: every weight)
+        self.band_sample = None if band_sample is None else (_check_int("band_sample", band_sample, 0) or None)
         # nested: the window's two halves are summed apart (the first into the first half of the sign
         # classes, the second into the other half), so a decision at the half reads the first half alone
         self.parts = 2 if nested else 1
@@ -179,8 +214,11 @@ class SNRAutoPruning(Pruning):
             self.min_density = {
                 unit: sum(self.min_kept[n] for n in names) / sum(self.weights[n].numel() for n in names) for unit, names in self.units.items()
             }
-        # name -> [sum of g_t per sign class (SIGN_CLASSES, *shape), sum of g_t**2 per part (parts, *shape)]
+        # name -> [sum of g_t per sign class (SIGN_CLASSES, *shape), sum of g_t**2 per part (parts, *shape)];
+        # with a band sample: [sum of g_t per part (parts, *shape), sum of g_t**2 per part (parts, *shape),
+        # sum of g_t per sign class of the sampled weights (SIGN_CLASSES, len(sample[name]))]
         self.window: dict[str, list[Tensor]] = {}
+        self.sample: dict[str, Tensor] = {}  # name -> this window's band sample: flat indices (int64, ascending)
         self.window_count = 0  # T: the steps summed
         self.window_snr: dict[str, float] = {}  # the last decision's mean window SNR of the kept weights
         self.window_band: dict[str, tuple[float, float]] = {}  # the last decision's noise band: mean, std of the draws
@@ -206,19 +244,80 @@ class SNRAutoPruning(Pruning):
         lr = self.lr()
         if lr is not None:
             self.lr_max = max(self.lr_max, lr)
+        if self.window_count == 0 and self.band_sample:
+            self.sample = self.draw_band_sample()
         part, sign_class = self.slot(self.window_count)
         for name, w in self.weights.items():
             acc = self.window.get(name)
             if acc is None:
                 dtype = torch.promote_types(w.dtype, torch.float32)  # half-precision weights sum in float32
-                acc = self.window[name] = [
-                    torch.zeros((SIGN_CLASSES, *w.shape), dtype=dtype, device=w.device),  # sum of g_t per class
-                    torch.zeros((self.parts, *w.shape), dtype=dtype, device=w.device),  # sum of g_t**2 per part
-                ]
-            if w.grad is not None:  # no gradient this step counts as zero
+                if name in self.sample:
+                    acc = self.window[name] = [
+                        torch.zeros((self.parts, *w.shape), dtype=dtype, device=w.device),  # sum of g_t per part
+                        torch.zeros((self.parts, *w.shape), dtype=dtype, device=w.device),  # sum of g_t**2 per part
+                        torch.zeros((SIGN_CLASSES, self.sample[name].numel()), dtype=dtype, device=w.device),  # the sample's classes
+                    ]
+                else:
+                    acc = self.window[name] = [
+                        torch.zeros((SIGN_CLASSES, *w.shape), dtype=dtype, device=w.device),  # sum of g_t per class
+                        torch.zeros((self.parts, *w.shape), dtype=dtype, device=w.device),  # sum of g_t**2 per part
+                    ]
+            if w.grad is None:  # no gradient this step counts as zero
+                continue
+            if len(acc) == 3:
+                acc[0][part].add_(w.grad)
+                acc[1][part].addcmul_(w.grad, w.grad)
+                acc[2][sign_class].add_(w.grad.reshape(-1)[self.sample[name]])
+            else:
                 acc[0][sign_class].add_(w.grad)
                 acc[1][part].addcmul_(w.grad, w.grad)
         self.window_count += 1
+
+    def draw_band_sample(self) -> dict[str, Tensor]:
+        """The band samples of the window that starts at step ``step_count - window_count``: per layer, flat indices.
+
+        Each controller of more than ``band_sample`` weights draws ``band_sample`` of its kept weights
+        uniformly without replacement (all of them when fewer are kept); a controller of at most
+        ``band_sample`` weights draws none (its window keeps every class sum). The draw depends on the
+        window's first step and the masks alone, so every rank and a resumed run draw the same. It gives
+        each kept weight a uniform key and keeps the ``band_sample`` smallest, in slices of :attr:`CHUNK`
+        weights, so its temporaries stay O(band_sample + CHUNK). Layers that no controller reads (unit
+        granularity, layer scope: the groups' other layers) get an empty sample.
+        """
+        m = self.band_sample
+        if not m:
+            return {}
+        generator = torch.Generator().manual_seed(SAMPLE_SEED + self.step_count - self.window_count)
+        sample = {name: torch.zeros(0, dtype=torch.int64, device=w.device) for name, w in self.weights.items()}
+        for names in self.units.values():
+            sizes = [self.weights[name].numel() for name in names]
+            if sum(sizes) <= m:
+                for name in names:
+                    del sample[name]
+                continue
+            keys, ids = torch.zeros(0, dtype=torch.float64), torch.zeros(0, dtype=torch.int64)  # ids: offsets over the controller
+            offset = 0
+            for name, size in zip(names, sizes):
+                keep = self.keep[name].reshape(-1)
+                for start in range(0, size, self.CHUNK):
+                    kept = (keep[start : start + self.CHUNK] > 0).nonzero().squeeze(1).cpu() + (offset + start)
+                    new = torch.rand(kept.numel(), dtype=torch.float64, generator=generator)
+                    if keys.numel() == m:  # only keys below the m-th smallest so far can enter
+                        below = new < keys.max()
+                        kept, new = kept[below], new[below]
+                    keys, ids = torch.cat([keys, new]), torch.cat([ids, kept])
+                    if keys.numel() > m:
+                        keys, order = keys.topk(m, largest=False)
+                        ids = ids[order]
+                offset += size
+            ids = ids.sort().values
+            starts = [0]
+            for size in sizes:
+                starts.append(starts[-1] + size)
+            bounds = torch.searchsorted(ids, torch.tensor(starts)).tolist()
+            for i, name in enumerate(names):
+                sample[name] = (ids[bounds[i] : bounds[i + 1]] - starts[i]).to(self.weights[name].device)
+        return sample
 
     def slot(self, t: int) -> tuple[int, int]:
         """(part, sign class) of the window's step ``t`` (from 0): interleaved classes within each part."""
@@ -264,14 +363,42 @@ class SNRAutoPruning(Pruning):
         mean +- two standard deviations. Flipping classes instead of steps costs one pass a step
         whatever the number of draws, and misses only correlations at lags that are multiples of
         :data:`SIGN_CLASSES`.
+
+        With ``band_sample`` the band is drawn from the window's sample of the kept weights instead
+        (:meth:`_sampled_moments`), and its spread estimated for all of them (:func:`band_variance`).
         """
         parts = range(self.parts) if parts is None else parts
         per_part = SIGN_CLASSES // self.parts
         read = slice(parts.start * per_part, parts.stop * per_part)  # the sign classes of those parts
         steps = sum(self.part_counts()[parts.start : parts.stop])
+        signs = self.null_signs()[:, read]
+        if any(name in self.sample for name in self.units[unit]):
+            z_total, n, draws_total, m, var_total = self._sampled_moments(unit, parts, read, steps, signs)
+        else:
+            z_total, n, draws_total = self._moments(unit, parts, read, steps, signs)
+            m, var_total = n, 0.0  # the band's weights are the kept weights
+        if n == 0:
+            return 0  # a dead layer must not be pruned further
+        mean_z = self.window_snr[unit] = z_total / n
+        if m == 0:
+            return 0  # no weight of the band's sample is kept with gradient: no band, hold
+        null = draws_total / m
+        null_mean = float(null.mean())
+        if m == n:  # the band drawn from every kept weight: the draws' spread itself
+            null_std = float(null.std())
+        else:
+            null_std = math.sqrt(max(band_variance(float(null.var()), var_total / m, m, n), 0.0))
+        self.window_band[unit] = (null_mean, null_std)
+        if mean_z < self.threshold * (null_mean - 2.0 * null_std):
+            return -1
+        if mean_z > self.threshold * (null_mean + 2.0 * null_std):
+            return 1
+        return 0
+
+    def _moments(self, unit: str, parts: range, read: slice, steps: int, signs: Tensor) -> tuple[float, int, Tensor]:
+        """The unit's kept weights with gradient: their z summed, their count, and each draw's z summed (every class sum held)."""
         z_total, n = 0.0, 0  # the kept weights' z, summed over the unit's layers, and their count
         draws_total = torch.zeros(NULL_DRAWS, dtype=torch.float64)  # each draw's z, summed the same way
-        signs = self.null_signs()[:, read]
         for name in self.units[unit]:
             classes, s2 = self.window[name]
             classes = classes[read].reshape(read.stop - read.start, -1)
@@ -292,17 +419,51 @@ class SNRAutoPruning(Pruning):
                 draws_total += draws.sum(dim=1).to(device="cpu", dtype=torch.float64)
             self.window_snr[name] = z_layer / index.numel()
             z_total, n = z_total + z_layer, n + index.numel()
-        if n == 0:
-            return 0  # a dead layer must not be pruned further
-        mean_z = self.window_snr[unit] = z_total / n
-        null = draws_total / n
-        null_mean, null_std = float(null.mean()), float(null.std())
-        self.window_band[unit] = (null_mean, null_std)
-        if mean_z < self.threshold * (null_mean - 2.0 * null_std):
-            return -1
-        if mean_z > self.threshold * (null_mean + 2.0 * null_std):
-            return 1
-        return 0
+        return z_total, n, draws_total
+
+    def _sampled_moments(self, unit: str, parts: range, read: slice, steps: int, signs: Tensor) -> tuple[float, int, Tensor, int, float]:
+        """With a band sample: the z of every kept weight with gradient summed and their count (n), as
+        :meth:`_moments`; each draw's z summed over the sample's kept weights with gradient (the set K),
+        their count m, and each one's unbiased variance over the draws, summed."""
+        z_total, n, m, var_total = 0.0, 0, 0, 0.0
+        draws_total = torch.zeros(NULL_DRAWS, dtype=torch.float64)
+        for name in self.units[unit]:
+            window = self.window[name]
+            keep = self.keep[name].reshape(-1) > 0
+            if len(window) == 3:
+                sums, s2, classes = (t.reshape(t.shape[0], -1) for t in window)
+                sums, index = sums[parts.start : parts.stop], self.sample[name]
+            else:  # a window that holds every class sum (a state's, loaded into a controller of at most band_sample weights): all in the sample
+                classes, s2 = window[0].reshape(SIGN_CLASSES, -1), window[1].reshape(window[1].shape[0], -1)
+                sums, index = None, None
+            s2, classes = s2[parts.start : parts.stop], classes[read]
+            # the observed mean z: every kept weight with gradient, in slices of the layer
+            z_layer, n_layer = 0.0, 0
+            for start in range(0, keep.numel(), self.CHUNK):
+                part = slice(start, start + self.CHUNK)
+                s2_part = s2[:, part].sum(dim=0)
+                s1_part = (sums if sums is not None else classes)[:, part].sum(dim=0)
+                live = (s2_part > 0) & keep[part]
+                count = int(live.sum())
+                if count:
+                    z_layer += float(snr_from_moments(s1_part[live], s2_part[live], steps).sum(dtype=torch.float64))
+                    n_layer += count
+            if not n_layer:
+                continue
+            self.window_snr[name] = z_layer / n_layer
+            z_total, n = z_total + z_layer, n + n_layer
+            # the band: the sample's kept weights with gradient
+            s2_sample = s2.sum(dim=0) if index is None else s2[:, index].sum(dim=0)
+            keep_sample = keep if index is None else keep[index]
+            band = ((s2_sample > 0) & keep_sample).nonzero().squeeze(1)
+            for chunk in band.split(self.CHUNK) if band.numel() else ():
+                sums_chunk = classes[:, chunk]
+                flipped = signs.to(sums_chunk) @ sums_chunk
+                draws = snr_from_moments(flipped, s2_sample[chunk].expand_as(flipped), steps)
+                draws_total += draws.sum(dim=1).to(device="cpu", dtype=torch.float64)
+                var_total += float(draws.var(dim=0).sum(dtype=torch.float64))
+                m += chunk.numel()
+        return z_total, n, draws_total, m, var_total
 
     def decide(self) -> None:
         """End of a window: each unit's density (a layer's, or the network's) moves by the evidence of its kept weights.
@@ -323,6 +484,7 @@ class SNRAutoPruning(Pruning):
             moves[unit] = _combine([self.evidence(unit, parts) for parts in witnesses]) if witnesses else 0
         self._move(moves)
         self.window = {}
+        self.sample = {}
         self.window_count = 0
         self.moved_at_half = {unit: False for unit in self.units}
 
@@ -393,8 +555,10 @@ class SNRAutoPruning(Pruning):
             adapting=dict(self.adapting),
             moved_at_half=dict(self.moved_at_half),
             lr_max=self.lr_max,
-            window={name: [t.clone() for t in pair] for name, pair in self.window.items()},
+            window={name: [t.clone() for t in sums] for name, sums in self.window.items()},
             window_count=self.window_count,
+            band_sample=self.band_sample,
+            sample={name: index.clone() for name, index in self.sample.items()},
             nested=self.nested,
             window_snr=dict(self.window_snr),
             window_band={unit: list(band) for unit, band in self.window_band.items()},
@@ -422,14 +586,39 @@ class SNRAutoPruning(Pruning):
                 f"the state's window was summed {'in two halves (nested=True)' if nested else 'as one part (nested=False)'}; "
                 f"this object has nested={self.nested}: load it into an SNRAutoPruning with nested={nested}"
             )
-        self.window = {}
-        for name, (sums, s2) in state["window"].items():
-            sums, s2 = sums.to(self.dense[name].device).clone(), s2.to(self.dense[name].device).clone()
+        if any(len(sums) == 3 for sums in state["window"].values()) and not self.band_sample:
+            raise ValueError(
+                f"the state's window holds the noise band's class sums for a sample of the weights (band_sample="
+                f"{state.get('band_sample')}), this object for every weight (band_sample=None): load it into an "
+                "SNRAutoPruning with band_sample set"
+            )
+        self.window, self.sample = {}, {}
+        for name, sums in state["window"].items():
+            device = self.dense[name].device
+            if len(sums) == 3:  # a window with a band sample: the sample's indices come with it
+                self.window[name] = [t.to(device).clone() for t in sums]
+                self.sample[name] = state["sample"][name].to(device).clone()
+                continue
+            sums, s2 = sums[0].to(device).clone(), sums[1].to(device).clone()
             if sums.shape == s2.shape:  # a state from before the sign classes: its sum of g_t becomes one class
                 sums = torch.cat([sums.unsqueeze(0), sums.new_zeros((SIGN_CLASSES - 1, *sums.shape))])
             if s2.shape == self.dense[name].shape:  # one part, stored without its axis
                 s2 = s2.unsqueeze(0)
             self.window[name] = [sums, s2]
         self.window_count = int(state["window_count"])
+        if self.band_sample and self.window_count:  # a window with every class sum, into an object with a band sample
+            self._sample_window()
         self.window_snr = dict(state.get("window_snr", {}))
         self.window_band = {unit: (float(band[0]), float(band[1])) for unit, band in state.get("window_band", {}).items()}
+
+    def _sample_window(self) -> None:
+        """Reduces windows that hold every class sum to their band sample, as drawn at the window's start
+        (from the masks now): the sum of g_t per part from the class sums, and the sample's class sums."""
+        per_part = SIGN_CLASSES // self.parts
+        for name, index in self.draw_band_sample().items():
+            if len(self.window.get(name, ())) != 2:
+                continue
+            classes, s2 = self.window[name]
+            sums = torch.stack([classes[p * per_part : (p + 1) * per_part].sum(dim=0) for p in range(self.parts)])
+            self.window[name] = [sums, s2, classes.reshape(SIGN_CLASSES, -1)[:, index]]
+            self.sample[name] = index
