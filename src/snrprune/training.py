@@ -92,6 +92,7 @@ METHOD_OPTIONS: dict[str, tuple[str, ...]] = {
     "auto_lr_scale": ("snr-auto",),
     "auto_hysteresis": ("snr-auto",),
     "auto_nested": ("snr-auto",),
+    "auto_band_sample": ("snr-auto",),
 }
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 SCHEDULES = ("cosine", "step", "constant")
@@ -213,6 +214,7 @@ class TrainConfig:
     auto_lr_scale: bool = True  # snr-auto: moves scaled by the learning rate over the largest seen
     auto_hysteresis: bool = True  # snr-auto: drift right after a prune holds the density instead of regrowing
     auto_nested: bool = False  # snr-auto: a decision at each half of the window too, the whole window a second witness
+    auto_band_sample: int | None = None  # snr-auto: the noise band from at most this many kept weights per controller (None: all)
     # scale-out
     accumulate: int = 1  # micro-batches (backward calls) per optimizer step
     amp: str | None = None  # mixed precision: None, "bf16" or "fp16"
@@ -328,6 +330,10 @@ class TrainConfig:
         _check(_is_number(self.auto_step) and 0 < self.auto_step < 1, f"auto_step must be in (0, 1), got {self.auto_step!r}")
         for flag in ("auto_lr_scale", "auto_hysteresis", "auto_nested"):
             _check(isinstance(getattr(self, flag), bool), f"{flag} must be true or false, got {getattr(self, flag)!r}")
+        _check(
+            self.auto_band_sample is None or (_is_int(self.auto_band_sample) and self.auto_band_sample >= 0),
+            f"auto_band_sample must be a non-negative integer (0: every weight), got {self.auto_band_sample!r}",
+        )
         _check(_is_number(self.end_fraction) and 0 < self.end_fraction <= 1, f"end_fraction must be in (0, 1], got {self.end_fraction!r}")
         _check(self.curve_every is None or (_is_int(self.curve_every) and self.curve_every >= 1), f"curve_every must be a positive integer, got {self.curve_every!r}")
         _check(_is_int(self.accumulate) and self.accumulate >= 1, f"accumulate must be a positive integer, got {self.accumulate!r}")
@@ -427,6 +433,7 @@ def make_pruning(config: TrainConfig, model: nn.Module, steps_per_epoch: int, ex
             lr_scaled=config.auto_lr_scale,
             hysteresis=config.auto_hysteresis,
             nested=config.auto_nested,
+            band_sample=config.auto_band_sample,
             **layers,
         )
     if config.method == "dpf":
@@ -977,6 +984,7 @@ def _print_header(config: TrainConfig, data: str, counts: dict[str, Any], steps_
         method += (
             f" (scope {config.scope}, window {config.window_epochs:g} epochs{' in nested halves' if config.auto_nested else ''}, "
             f"step {config.auto_step:g}, threshold {config.threshold:g}"
+            + (f", band from {config.auto_band_sample} sampled weights" if config.auto_band_sample else "")
             + "".join(f", no {name}" for name in off)
             + "; no target)"
         )
