@@ -102,6 +102,13 @@ AUTO_NESTED = [
     Method("dpf-matched-auto-nested", {"method": "dpf"}, matched_to="snr-auto-nested"),
 ]
 
+# issue 18's memory question: the noise band from a random sample of 4,096 kept weights (the window
+# holds 8 bytes a weight instead of 68); the same decisions, sparsity and error as snr-auto's?
+AUTO_BAND_4096 = [
+    Method("snr-auto-band-4096", {"method": "snr-auto", "auto_band_sample": 4096}),
+    Method("dpf-matched-auto-band-4096", {"method": "dpf"}, matched_to="snr-auto-band-4096"),
+]
+
 # -- cells -----------------------------------------------------------------------------------------
 LENET300 = Cell("mnist", "lenet300", epochs=12, why="The LeNet recipe (SGD 0.05, momentum 0.9, cosine): dense reaches ~98.3% by epoch 10 and is flat after.")
 LENET5_MNIST = Cell("mnist", "lenet5", epochs=8, why="Dense LeNet-5 is at ~99.1% after 6-8 epochs of the LeNet recipe; 8 keeps the cell at ~1 CPU-hour for all methods and seeds.")
@@ -206,6 +213,7 @@ SUITE = Suite(
             [c for c in IMAGE if c is not RESNET20_FMNIST] + TABULAR + [RESNET20_FMNIST_3],
             AUTO_NESTED,
         ),
+        Group("Issue 18's memory: the noise band from a sample of 4,096 kept weights, 3 seeds", [LENET300, LETTER, LENET5_MNIST], AUTO_BAND_4096),
         Group("DPF's lossless frontier: DPF at a ladder of targets, 3 seeds", FRONTIER_CELLS_3, FRONTIER),
         Group("DPF's lossless frontier on the cells that cost minutes a run, 1 seed", FRONTIER_CELLS_1, FRONTIER),
         Group("A language model: character-level GPT on Shakespeare's plays, 3 seeds", [SHAKESPEARE_GPT], LM_METHODS),
