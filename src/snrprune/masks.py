@@ -60,8 +60,8 @@ def kth_smallest(values: Tensor, k: int, scratch: bool = False) -> Tensor:
 def keep_largest(values: Tensor, n_prune: int, out: Tensor | None = None) -> Tensor:
     """Float keep-mask (same shape) pruning exactly the ``n_prune`` smallest entries.
 
-    Ties at the threshold are pruned from the lowest flat index on. ``out`` may be a float tensor
-    of the same shape to write into.
+    Ties at the threshold are pruned from the lowest flat index on. ``out`` may be a float or bool
+    tensor of the same shape to write into (the mask is then of its dtype).
     """
     flat = values.reshape(-1)
     n = flat.numel()
@@ -86,12 +86,16 @@ def smallest_k_mask(values: Tensor, k: int) -> Tensor:
 
 
 def magnitude_keep_masks(weights: dict[str, Tensor], n_prune: dict[str, int] | int, scope: str) -> dict[str, Tensor]:
-    """Float keep-masks pruning the smallest |w|: per layer (``n_prune`` per name) or over all layers (an int)."""
+    """Bool keep-masks pruning the smallest |w|: per layer (``n_prune`` per name) or over all layers (an int).
+
+    Bool, because a whole network's new masks exist beside the pruning object's current ones until
+    they replace them: one byte a weight of temporaries instead of four (``benchmarks/memory.py``).
+    """
     check_choice(scope, SCOPES, "scope")
     if scope == "layer":
         if isinstance(n_prune, int):
             raise TypeError("layer scope needs a prune count per layer")
-        return {name: keep_largest(w.detach().abs(), n_prune[name]) for name, w in weights.items()}
+        return {name: keep_largest(w.detach().abs(), n_prune[name], out=torch.empty(w.shape, dtype=torch.bool, device=w.device)) for name, w in weights.items()}
     if not isinstance(n_prune, int):
         n_prune = sum(n_prune.values())
     return _global_keep_largest(weights, n_prune)
@@ -109,8 +113,7 @@ def _global_keep_largest(weights: dict[str, Tensor], n_prune: int) -> dict[str, 
     dtype = dtype if dtype.is_floating_point else torch.float32
     n = sum(w.numel() for w in weights.values())
     if n_prune <= 0 or n_prune >= n:
-        fill = 1.0 if n_prune <= 0 else 0.0
-        return {name: torch.full(w.shape, fill, dtype=dtype, device=w.device) for name, w in weights.items()}
+        return {name: torch.full(w.shape, n_prune <= 0, dtype=torch.bool, device=w.device) for name, w in weights.items()}
     flat = torch.empty(n, dtype=dtype, device=first.device)
     start = 0
     for w in weights.values():
@@ -120,20 +123,20 @@ def _global_keep_largest(weights: dict[str, Tensor], n_prune: int) -> dict[str, 
     del flat
     out = {}
     for name, w in weights.items():
-        out[name] = torch.gt(w.detach().abs().to(dtype), threshold, out=torch.empty(w.shape, dtype=dtype, device=w.device))
+        out[name] = torch.gt(w.detach().abs().to(dtype), threshold, out=torch.empty(w.shape, dtype=torch.bool, device=w.device))
     excess = n - sum(count(m) for m in out.values()) - n_prune  # ties pruned beyond n_prune
     for name, w in reversed(weights.items()):  # keep the last `excess` entries equal to the threshold
         if excess <= 0:
             break
         ties = (w.detach().abs().to(dtype).reshape(-1) == threshold).nonzero().squeeze(1)
         take = min(excess, ties.numel())
-        out[name].view(-1)[ties[ties.numel() - take :]] = 1.0
+        out[name].view(-1)[ties[ties.numel() - take :]] = True
         excess -= take
     return out
 
 
 def keep_units(scores: dict[str, Tensor], n_prune: dict[str, int] | int, scope: str) -> dict[str, Tensor]:
-    """Float unit keep-vectors pruning the lowest scores (per group, or over all groups), as
+    """Bool unit keep-vectors pruning the lowest scores (per group, or over all groups), as
     :func:`magnitude_keep_masks` does for weights, except that every group keeps its highest-scored
     unit: a group without units would cut the network in two. A count that asks for more is capped
     at what the guard leaves."""

@@ -162,7 +162,7 @@ class SNRPruning(Pruning):
         if len(self.snr_ema) < len(self.weights):
             return self.keep  # no statistics for some layer yet: nothing is known to be unreliable
         cut = self.cut
-        keep_snr = {name: torch.gt(avg, cut, out=torch.empty_like(self.dense[name])) for name, avg in self.snr_ema.items()}
+        keep_snr = {name: avg > cut for name, avg in self.snr_ema.items()}
         if self.combine == "snr":
             return keep_snr
         n_prune = {name: k.numel() - count(k) for name, k in keep_snr.items()}
