@@ -36,7 +36,7 @@ from torch import Tensor, nn
 
 import snrprune
 from snrprune.models import build_model
-from snrprune.pruners.snr_auto import MIN_WINDOW_STEPS, SIGN_CLASSES
+from snrprune.pruners.snr_auto import BAND_SAMPLE, MIN_WINDOW_STEPS, SIGN_CLASSES
 from stats_overhead import _rss_kib  # this folder is on the path when a benchmark runs as a script
 
 VOCAB = 50257  # GPT-2's
@@ -52,12 +52,15 @@ VARIANTS = {
     "snr-auto (window sums)": lambda m, steps: snrprune.SNRAutoPruning(m, window_steps=10**9),
     # a window of exactly the run's steps: the decision (the noise band's draws) and a global mask update at the end
     "snr-auto (decision)": lambda m, steps: snrprune.SNRAutoPruning(m, window_steps=steps),
+    # the same two with the noise band from a sample of BAND_SAMPLE kept weights: S and Q per weight
+    "snr-auto, band sample (window sums)": lambda m, steps: snrprune.SNRAutoPruning(m, window_steps=10**9, band_sample=BAND_SAMPLE),
+    "snr-auto, band sample (decision)": lambda m, steps: snrprune.SNRAutoPruning(m, window_steps=steps, band_sample=BAND_SAMPLE),
     # per-sample statistics every step, masks every step (the paper's setting)
     "snr (per-sample stats)": lambda m, steps: snrprune.SNRPruning(m, burn_in_steps=0),
 }
 
 #: Variants that need more steps than the others (a decision reads at least MIN_WINDOW_STEPS steps).
-MIN_STEPS = {"snr-auto (decision)": MIN_WINDOW_STEPS}
+MIN_STEPS = {"snr-auto (decision)": MIN_WINDOW_STEPS, "snr-auto, band sample (decision)": MIN_WINDOW_STEPS}
 
 
 def held_tensors(pruning: snrprune.Pruning, model: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, int]:
@@ -224,21 +227,14 @@ def report(results: list[dict], baselines: dict[int, dict], args: argparse.Names
             parts = ", ".join(f"`{k}` {v / r['prunable']:.1f}" for k, v in sorted(r["held"].items(), key=lambda kv: -kv[1]))
             lines.append(f"- {r['variant']}: {parts}")
     n = max(r["prunable"] for r in results)
+    sample = SIGN_CLASSES * 4 * BAND_SAMPLE + 8 * BAND_SAMPLE  # class sums and flat indices of the sample
     lines += [
         "",
         f"snr-auto's window sums are {SIGN_CLASSES} sign-class sums and one sum of squares in float32: "
         f"{(SIGN_CLASSES + 1) * 4} bytes per prunable weight, {(SIGN_CLASSES + 1) * 4 * n / gib:.2f} GiB here. "
-        "Smaller bands, computed (not measured, and each changes the decisions, so each needs suite runs first): "
-        + "; ".join(
-            f"{label}: {size} B/weight ({size * n / gib:.2f} GiB), {size + 12} B with the dense copy and masks"
-            for label, size in (
-                ("8 classes float32", (8 + 1) * 4),
-                (f"{SIGN_CLASSES} classes bfloat16 + float32 squares", SIGN_CLASSES * 2 + 4),
-                ("8 classes bfloat16 + float32 squares", 8 * 2 + 4),
-                ("4 classes bfloat16 + float32 squares", 4 * 2 + 4),
-            )
-        )
-        + ".",
+        f"With `band_sample={BAND_SAMPLE}` the noise band is estimated from the class sums of at most {BAND_SAMPLE:,} kept "
+        "weights, drawn at each window's start; every weight keeps its sum and its sum of squares of g_t (8 bytes), so "
+        f"the window is {8 * n / gib:.2f} GiB here plus {sample / 2**20:.1f} MiB for the sample, whatever the model's size.",
     ]
     return "\n".join(lines) + "\n"
 
