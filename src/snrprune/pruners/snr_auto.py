@@ -611,11 +611,12 @@ class SNRAutoPruning(Pruning):
         self.window_snr = dict(state.get("window_snr", {}))
         self.window_band = {unit: (float(band[0]), float(band[1])) for unit, band in state.get("window_band", {}).items()}
 
-    def _sample_window(self) -> None:
-        """Reduces windows that hold every class sum to their band sample, as drawn at the window's start
-        (from the masks now): the sum of g_t per part from the class sums, and the sample's class sums."""
+    def _sample_window(self, sample: dict[str, Tensor] | None = None) -> None:
+        """Reduces windows that hold every class sum to their band sample (``sample``; by default as drawn
+        at the window's start, from the masks now): the sum of g_t per part from the class sums, and the
+        sample's class sums."""
         per_part = SIGN_CLASSES // self.parts
-        for name, index in self.draw_band_sample().items():
+        for name, index in (self.draw_band_sample() if sample is None else sample).items():
             if len(self.window.get(name, ())) != 2:
                 continue
             classes, s2 = self.window[name]
