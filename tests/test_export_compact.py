@@ -208,18 +208,20 @@ def test_cli_export_compact_says_when_nothing_was_cut(tmp_path, capsys):
     assert "nothing was cut" in capsys.readouterr().out
 
 
-def test_gpt_is_cut_in_its_mlp_units_only(tmp_path):
+def test_gpt_is_cut_in_its_heads_and_mlp_units(tmp_path):
     options = {"n_layer": 1, "n_head": 2, "n_embd": 16, "block_size": 8}
     torch.manual_seed(0)
     model = build_model("gpt", (1,), 12, **options).eval()
     example = example_input(model, "gpt", (1,), 12)
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # attention and the residual stream are not units
+        warnings.simplefilter("ignore")  # the residual stream is not a unit group
         kept = _unit_mask(model, example)
         export_compact(model, example, tmp_path / "c.pt", architecture={"model": "gpt", "input_shape": [1], "num_classes": 12, "model_options": options})
         loaded = load_compact(tmp_path / "c.pt")
     assert loaded.blocks[0].mlp.fc.out_features == kept["blocks.0.mlp.fc.weight"] < 64
-    assert loaded.blocks[0].attn.q_proj.out_features == 16
+    heads = kept["blocks.0.attn.q_proj.weight"]
+    assert loaded.blocks[0].attn.n_head == heads and loaded.blocks[0].attn.q_proj.out_features == 8 * heads
+    assert loaded.blocks[0].ln1.normalized_shape == (16,)  # the residual stream stays whole
     x = example_input(model, "gpt", (1,), 12, batch=3)
     with torch.no_grad():
         torch.testing.assert_close(loaded(x), model(x), rtol=1e-5, atol=1e-6)

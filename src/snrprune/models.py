@@ -497,7 +497,11 @@ del _depth, _k, _name
 class CausalSelfAttention(nn.Module):
     """Multi-head causal self-attention with plain ``nn.Linear`` query, key, value and output
     projections (so every method's statistics see them as ordinary Linear layers on sequences) and
-    ``F.scaled_dot_product_attention`` for the attention itself."""
+    ``F.scaled_dot_product_attention`` for the attention itself.
+
+    The head size is read from the query projection (``q_proj.out_features // n_head``), not from the
+    input width, so a module whose heads were cut (``snrprune.units``: fewer rows of the query, key and
+    value projections, fewer columns of ``out_proj``, ``n_head`` lowered) runs as is."""
 
     def __init__(self, n_embd: int, n_head: int, dropout: float) -> None:
         super().__init__()
@@ -510,10 +514,11 @@ class CausalSelfAttention(nn.Module):
         self.resid_dropout = nn.Dropout(dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b, t, e = x.shape
-        heads = [p(x).view(b, t, self.n_head, e // self.n_head).transpose(1, 2) for p in (self.q_proj, self.k_proj, self.v_proj)]
+        b, t, _ = x.shape
+        width = self.q_proj.out_features  # n_head x head size: the input width unless heads were cut
+        heads = [p(x).view(b, t, self.n_head, width // self.n_head).transpose(1, 2) for p in (self.q_proj, self.k_proj, self.v_proj)]
         y = F.scaled_dot_product_attention(*heads, dropout_p=self.dropout if self.training else 0.0, is_causal=True)
-        return self.resid_dropout(self.out_proj(y.transpose(1, 2).reshape(b, t, e)))
+        return self.resid_dropout(self.out_proj(y.transpose(1, 2).reshape(b, t, width)))
 
 
 class _MLP(nn.Module):

@@ -4,18 +4,23 @@ A *unit* is what a smaller dense network can lose without any other change: an o
 Linear (its weight row and bias entry, and the matching input column of every layer that reads it), an
 output channel of a convolution (with its bias, its BatchNorm entries and the consumers' input
 channels, the columns a Flatten spreads it over, and every convolution feeding the same residual sum).
-The units of one coupled set of layers form a :class:`UnitGroup`.
+An attention head of a known attention module type is a unit too: its rows of the query, key and
+value projections (weights and biases) and its columns of the output projection. The units of one
+coupled set of layers (or the heads of one attention module) form a :class:`UnitGroup`.
 
-Groups are traced from the model by Torch-Pruning's ``DependencyGraph`` (never from per-architecture
-tables), then each is *verified*: a random half of its units is zeroed in every slice (the
-masked model) and also physically cut by the graph's pruning (the compact model); a group whose
-compact model does not compute what its masked model computes is not a unit group. That check is
-what keeps out the couplings Torch-Pruning follows but cannot cut faithfully: a LayerNorm across the
-units (removing a zero feature changes its mean and variance), a view into attention heads (the head
-size is read from the input width), a residual sum whose shortcut zero-pads channels (ResNet shortcut
-``'A'``). Those groups are left out with a warning that names them; layers Torch-Pruning cannot trace
-at all (``nn.MultiheadAttention``, recurrent layers, Hugging Face ``Conv1D``, grouped convolutions)
-are refused with an error.
+Channel groups are traced from the model by Torch-Pruning's ``DependencyGraph`` (never from
+per-architecture tables). Head groups come from a small table, ``_HEAD_KINDS``, one entry per attention
+module type (snrprune's ``gpt`` ``CausalSelfAttention``, Hugging Face BERT's ``BertAttention``): where
+its four projections are and how its head count is read and set; they are cut by slicing the
+projections, and the graph takes no query, key or value projection of such a module as a root. Then
+every group is *verified*: a random half of its units is zeroed in every slice (the masked model) and
+also physically cut (the compact model); a group whose compact model does not compute what its
+masked model computes is not a unit group. That check is what keeps out the couplings Torch-Pruning
+follows but cannot cut faithfully: a LayerNorm across the units (removing a zero feature changes its
+mean and variance), a view into the heads of an attention module the table does not know, a
+residual sum whose shortcut zero-pads channels (ResNet shortcut ``'A'``). Those groups are left out
+with a warning that names them; layers Torch-Pruning cannot trace at all (``nn.MultiheadAttention``,
+recurrent layers, Hugging Face ``Conv1D``, grouped convolutions) are refused with an error.
 
 Torch-Pruning is an optional dependency (``pip install "snrprune[structured]"``), imported on first use.
 """
@@ -24,7 +29,7 @@ from __future__ import annotations
 
 import copy
 import warnings
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -109,6 +114,124 @@ def _refuse_untraceable(model: nn.Module) -> None:
         )
 
 
+# --------------------------------------------------------------------------- attention heads
+
+
+@dataclass(frozen=True)
+class _HeadKind:
+    """How the heads of one attention module type are found and cut: the paths (relative to the module)
+    of its query, key, value and output projections (``nn.Linear``), and how its head count is read and
+    set. Head h is rows [h*d, (h+1)*d) of the query, key and value weights and biases and columns
+    [h*d, (h+1)*d) of the output weight, d = query outputs / heads; the output bias stays."""
+
+    label: str
+    matches: Callable[[nn.Module], bool]
+    projections: tuple[str, str, str, str]
+    count: Callable[[nn.Module], int]
+    set_count: Callable[[nn.Module, int], None]
+
+
+def _is_gpt_attention(module: nn.Module) -> bool:
+    from .models import CausalSelfAttention
+
+    return isinstance(module, CausalSelfAttention)
+
+
+def _is_bert_self_attention(module: nn.Module) -> bool:
+    """Hugging Face BERT's ``BertAttention`` around a ``BertSelfAttention`` (not cross-attention), matched by
+    name so that transformers is never imported here; its forward reshapes with ``-1`` heads of the stored
+    ``attention_head_size``, so it runs with fewer heads once the projections are sliced."""
+    kind = type(module)
+    return (
+        kind.__name__ == "BertAttention"
+        and kind.__module__.startswith("transformers.models.bert.")
+        and type(getattr(module, "self", None)).__name__ == "BertSelfAttention"
+    )
+
+
+def _set_bert_heads(module: nn.Module, heads: int) -> None:
+    module.self.num_attention_heads = heads
+    module.self.all_head_size = heads * module.self.attention_head_size
+
+
+#: One entry per attention module type whose heads are units, tried in order (the first match wins).
+_HEAD_KINDS: tuple[_HeadKind, ...] = (
+    _HeadKind(
+        "gpt's CausalSelfAttention", _is_gpt_attention, ("q_proj", "k_proj", "v_proj", "out_proj"),
+        lambda m: m.n_head, lambda m, n: setattr(m, "n_head", n),
+    ),
+    _HeadKind(
+        "Hugging Face BertAttention", _is_bert_self_attention, ("self.query", "self.key", "self.value", "output.dense"),
+        lambda m: m.self.num_attention_heads, _set_bert_heads,
+    ),
+)  # fmt: skip
+
+
+def _head_modules(model: nn.Module) -> list[tuple[str, nn.Module, _HeadKind]]:
+    """The attention modules of a known kind whose projections are plain Linears of matching widths."""
+    found = []
+    for prefix, module in model.named_modules():
+        kind = next((k for k in _HEAD_KINDS if k.matches(module)), None)
+        if kind is None:
+            continue
+        q, k, v, out = (module.get_submodule(path) for path in kind.projections)
+        heads = kind.count(module)
+        if (
+            not all(type(m) is nn.Linear for m in (q, k, v, out))
+            or heads < 1
+            or q.out_features % heads
+            or not q.out_features == k.out_features == v.out_features == out.in_features
+        ):
+            continue
+        found.append((prefix, module, kind))
+    return found
+
+
+def _join(prefix: str, name: str) -> str:
+    return f"{prefix}.{name}" if prefix else name
+
+
+def _head_group(prefix: str, module: nn.Module, kind: _HeadKind) -> UnitGroup:
+    """The heads of one attention module as a group named after its query weight."""
+    heads = kind.count(module)
+    width = module.get_submodule(kind.projections[0]).out_features
+    positions = torch.arange(width)
+    units = positions // (width // heads)
+    slices = []
+    for path in kind.projections[:3]:
+        layer = module.get_submodule(path)
+        params = ("weight", "bias") if layer.bias is not None else ("weight",)
+        slices += [UnitSlice(_join(prefix, f"{path}.{p}"), 0, positions, units) for p in params]
+    slices.append(UnitSlice(_join(prefix, f"{kind.projections[3]}.weight"), 1, positions, units))
+    return UnitGroup(_join(prefix, f"{kind.projections[0]}.weight"), heads, tuple(slices))
+
+
+def _slice_linear(layer: nn.Linear, index: Tensor, dim: int) -> None:
+    """Keeps the rows (``dim`` 0, with the bias entries) or columns (``dim`` 1) ``index`` of a Linear, in place."""
+    with torch.no_grad():
+        weight = layer.weight.index_select(dim, index.to(layer.weight.device)).clone()
+        layer.weight = nn.Parameter(weight, requires_grad=layer.weight.requires_grad)
+        if dim == 0 and layer.bias is not None:
+            layer.bias = nn.Parameter(layer.bias[index.to(layer.bias.device)].clone(), requires_grad=layer.bias.requires_grad)
+    if dim == 0:
+        layer.out_features = len(index)
+    else:
+        layer.in_features = len(index)
+
+
+def _cut_heads(module: nn.Module, kind: _HeadKind, removed: Tensor) -> None:
+    """Removes the heads ``removed`` of one attention module (in place): its projections sliced, its head count lowered."""
+    heads = kind.count(module)
+    size = module.get_submodule(kind.projections[0]).out_features // heads
+    gone = set(int(h) for h in removed)
+    kept = torch.tensor([h for h in range(heads) if h not in gone], dtype=torch.int64)
+    index = (kept[:, None] * size + torch.arange(size)).flatten()
+    for path in kind.projections[:3]:
+        _slice_linear(module.get_submodule(path), index, 0)
+    _slice_linear(module.get_submodule(kind.projections[3]), index, 1)
+    kind.set_count(module, len(kept))
+
+
 def _call(model: nn.Module, example_inputs: Any) -> Any:
     if isinstance(example_inputs, Mapping):
         return model(**example_inputs)
@@ -190,7 +313,9 @@ def _group_from(tp_group: Any, DG: Any, names: Mapping[nn.Module, str], order: M
 
 
 def _candidate_groups(model: nn.Module, example_inputs: Any, ignored: Iterable[nn.Module] | None) -> list[UnitGroup]:
-    """Every group Torch-Pruning traces from Linear/conv roots (not yet verified), in parameter order."""
+    """Every group (not yet verified), in parameter order: the heads of the attention modules of
+    :data:`_HEAD_KINDS`, and the groups Torch-Pruning traces from the other Linear/conv roots (the query,
+    key and value projections of those modules are no roots: their outputs are the heads)."""
     tp = _torch_pruning()
     _refuse_untraceable(model)
     twin = copy.deepcopy(model).eval()  # the graph's forward pass and hooks never touch the user's model
@@ -203,13 +328,28 @@ def _candidate_groups(model: nn.Module, example_inputs: Any, ignored: Iterable[n
             if id(m) not in names_in_model:
                 raise InputError(f"ignored layer {type(m).__name__} is not a module of the model")
             ignored_twin.append(twin.get_submodule(names_in_model[id(m)]))
+    heads, head_roots = [], []
+    for prefix, module, kind in _head_modules(twin):
+        projections = [module.get_submodule(path) for path in kind.projections]
+        head_roots += projections[:3]
+        if kind.count(module) > 1 and not any(any(p is m for m in ignored_twin) for p in projections):
+            heads.append(_head_group(prefix, module, kind))  # one head can never be removed: no group
     DG = tp.DependencyGraph().build_dependency(twin, example_inputs)
     names = {m: n for n, m in twin.named_modules()}
     order = {name: i for i, (name, _) in enumerate(model.named_parameters())}
-    groups = [
+    traced = [
         _group_from(g, DG, names, order)
-        for g in DG.get_all_groups(ignored_layers=ignored_twin, root_module_types=(nn.Linear, nn.modules.conv._ConvNd))
+        for g in DG.get_all_groups(ignored_layers=ignored_twin + head_roots, root_module_types=(nn.Linear, nn.modules.conv._ConvNd))
     ]
+    head_axes = {(s.param, s.dim) for g in heads for s in g.slices}
+    overlapping = [g for g in traced if any((s.param, s.dim) in head_axes for s in g.slices)]
+    if overlapping:  # cut along a head axis by the graph too: the two cuts would not agree
+        warnings.warn(
+            "these coupled groups cut the same axes as attention heads and are left dense: "
+            + ", ".join(f"{g.name} ({g.size} units)" for g in overlapping),
+            stacklevel=3,
+        )
+    groups = heads + [g for g in traced if g not in overlapping]
     return sorted(groups, key=lambda g: order[g.name])
 
 
@@ -255,12 +395,22 @@ def removed_units(groups: Sequence[UnitGroup], params: Mapping[str, Tensor]) -> 
 
 
 def _cut(model: nn.Module, example_inputs: Any, removed: Mapping[str, Tensor]) -> nn.Module:
-    """Physically removes the units (in place) with the dependency graph's pruning."""
+    """Physically removes the units (in place): attention heads by slicing their projections, the other
+    groups with the dependency graph's pruning (traced after the heads are cut)."""
     tp = _torch_pruning()
-    DG = tp.DependencyGraph().build_dependency(model, example_inputs)
+    heads = {_head_group(prefix, module, kind).name: (module, kind) for prefix, module, kind in _head_modules(model)}
+    rest = {}
     for name, units in removed.items():
         if len(units) == 0:
             continue
+        if name in heads:
+            _cut_heads(*heads[name], units)
+        else:
+            rest[name] = units
+    if not rest:
+        return model
+    DG = tp.DependencyGraph().build_dependency(model, example_inputs)
+    for name, units in rest.items():
         root = model.get_submodule(name.rsplit(".", 1)[0] if "." in name else "")
         pruner = DG.get_pruner_of_module(root)
         DG.get_pruning_group(root, pruner.prune_out_channels, [int(u) for u in units]).prune()
@@ -301,7 +451,9 @@ def _check_groups(model: nn.Module, example_inputs: Any, groups: Sequence[UnitGr
 
 
 def find_unit_groups(model: nn.Module, example_inputs: Any, *, ignored: Iterable[nn.Module] | None = None) -> list[UnitGroup]:
-    """Coupled groups of the model, in the order of their root weights in ``model.named_parameters()``.
+    """Coupled groups of the model, in the order of their root weights in ``model.named_parameters()``;
+    the heads of each attention module of a known type (more than one head) are one group, named after
+    its query weight.
 
     ``example_inputs`` is what the model is called with (a tensor, a tuple of positional arguments or a
     dict of keyword arguments). The output layer's outputs are never a unit: by default the Linear/conv
@@ -337,7 +489,8 @@ def compact_model(
 ) -> nn.Module:
     """A deep copy with the removed units (``removed[group.name]``: int64 unit indices) physically cut by
     the dependency graph's pruning: coupled layers cut consistently, size attributes (in/out_features,
-    channels, BatchNorm sizes) updated. The model is not changed.
+    channels, BatchNorm sizes) updated; attention heads by slicing the module's projections and lowering
+    its head count. The model is not changed.
 
     When every unit of a group is listed, the one with the lowest index stays (with a warning): a layer
     of width zero cannot run, and the kept unit, all zero if the model was masked, changes no output.

@@ -1,0 +1,247 @@
+"""Attention heads as units: the head groups of gpt's CausalSelfAttention (and Hugging Face BERT's self-
+attention), the cut module against the masked one, the compact export and its reload, training that
+removes heads, and the unpruned gpt's outputs unchanged by the head-size rule of its forward."""
+
+from __future__ import annotations
+
+import copy
+import warnings
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from snrprune import export_compact, load_compact
+from snrprune.export import example_input
+from snrprune.models import build_model
+from snrprune.pruners import DPFPruning, SNRAutoPruning
+from snrprune.units import compact_model, find_unit_groups, removed_units, resolve_removed, unit_keep_masks
+
+pytest.importorskip("torch_pruning")
+
+VOCAB = 11
+OPTIONS = {"n_layer": 2, "n_head": 4, "n_embd": 16, "block_size": 8}
+ARCHITECTURE = {"model": "gpt", "input_shape": [1], "num_classes": VOCAB, "model_options": OPTIONS}
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+def _gpt(seed: int = 0, dtype: torch.dtype = torch.float32):
+    torch.manual_seed(seed)
+    model = build_model("gpt", (1,), VOCAB, **OPTIONS).to(dtype).eval()
+    with torch.no_grad():  # nonzero biases, so that a head's bias entries matter
+        for p in model.parameters():
+            if p.dim() == 1:
+                p.add_(0.1 * torch.randn_like(p))
+    return model, example_input(model, "gpt", (1,), VOCAB)
+
+
+def _groups(model, example):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the residual stream (through the LayerNorms) is no unit group
+        return find_unit_groups(model, example)
+
+
+def _mask(model, groups, removed: dict[str, list[int]]):
+    """Zeroes the listed units of the listed groups in place."""
+    keep = {g.name: torch.ones(g.size).index_fill_(0, torch.tensor(removed[g.name], dtype=torch.int64), 0.0) for g in groups if g.name in removed}
+    params = dict(model.named_parameters())
+    with torch.no_grad():
+        for name, mask in unit_keep_masks(groups, keep, params).items():
+            params[name].mul_(mask)
+    return model
+
+
+def test_gpt_heads_are_one_group_per_block_and_the_projections_no_other():
+    model, example = _gpt()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        groups = find_unit_groups(model, example)
+    assert [(g.name, g.size) for g in groups] == [
+        ("blocks.0.attn.q_proj.weight", 4), ("blocks.0.mlp.fc.weight", 64),
+        ("blocks.1.attn.q_proj.weight", 4), ("blocks.1.mlp.fc.weight", 64),
+    ]  # fmt: skip
+    # what is still left dense is the residual stream (named after the first layer writing to it), not the heads
+    messages = " ".join(str(w.message) for w in caught)
+    assert "q_proj" not in messages and "v_proj" not in messages
+    head = groups[0]
+    where = {(s.param, s.dim) for s in head.slices}
+    assert where == {(f"blocks.0.attn.{p}_proj.{w}", 0) for p in "qkv" for w in ("weight", "bias")} | {("blocks.0.attn.out_proj.weight", 1)}
+    for s in head.slices:  # head h = positions [4h, 4h + 4) of each of them
+        assert torch.equal(s.index, torch.arange(16)) and torch.equal(s.unit, torch.arange(16) // 4)
+
+
+def test_one_head_is_no_group():
+    torch.manual_seed(0)
+    model = build_model("gpt", (1,), VOCAB, n_layer=1, n_head=1, n_embd=8, block_size=4).eval()
+    names = [g.name for g in _groups(model, torch.randint(0, VOCAB, (1, 4)))]
+    assert names == ["blocks.0.mlp.fc.weight"]
+
+
+@pytest.mark.parametrize("heads", [[0], [1, 3], [0, 2, 3], [0, 1, 2], [1, 2, 3]])
+def test_cutting_heads_computes_what_masking_them_computes(heads):
+    model, example = _gpt(dtype=torch.float64)
+    groups = _groups(model, example)
+    removed = {"blocks.0.attn.q_proj.weight": heads, "blocks.1.attn.q_proj.weight": [3 - h for h in heads]}
+    _mask(model, groups, removed)
+    assert {k: v.tolist() for k, v in removed_units(groups, dict(model.named_parameters())).items()} == {k: sorted(v) for k, v in removed.items()}
+    compact = compact_model(model, example, {k: torch.tensor(v) for k, v in removed.items()}, groups=groups)
+    attention = compact.blocks[0].attn
+    assert attention.n_head == 4 - len(heads)
+    assert attention.q_proj.weight.shape == attention.k_proj.weight.shape == attention.v_proj.weight.shape == (4 * (4 - len(heads)), 16)
+    assert attention.q_proj.bias.shape == (4 * (4 - len(heads)),) and attention.out_proj.weight.shape == (16, 4 * (4 - len(heads)))
+    x = torch.randint(0, VOCAB, (3, 8), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        torch.testing.assert_close(compact(x), model(x), rtol=1e-12, atol=1e-12)
+    assert compact.blocks[0].mlp.fc.out_features == 64 and model.blocks[0].attn.n_head == 4  # the model is left as it was
+
+
+def test_a_module_keeps_one_head_when_all_are_removed():
+    model, example = _gpt(dtype=torch.float64)
+    groups = _groups(model, example)
+    _mask(model, groups, {"blocks.1.attn.q_proj.weight": [0, 1, 2, 3]})
+    removed = removed_units(groups, dict(model.named_parameters()))
+    assert removed["blocks.1.attn.q_proj.weight"].tolist() == [0, 1, 2, 3]
+    with pytest.warns(UserWarning, match="one is kept"):
+        assert resolve_removed(groups, removed)["blocks.1.attn.q_proj.weight"].tolist() == [1, 2, 3]
+    with pytest.warns(UserWarning, match="one is kept"):
+        compact = compact_model(model, example, removed, groups=groups)
+    assert compact.blocks[1].attn.n_head == 1 and compact.blocks[1].attn.q_proj.out_features == 4
+    x = torch.randint(0, VOCAB, (2, 8), generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        torch.testing.assert_close(compact(x), model(x), rtol=1e-12, atol=1e-12)
+
+
+def _old_attention_forward(self, x):
+    """CausalSelfAttention.forward before heads were units: the head size read from the input width."""
+    b, t, e = x.shape
+    heads = [p(x).view(b, t, self.n_head, e // self.n_head).transpose(1, 2) for p in (self.q_proj, self.k_proj, self.v_proj)]
+    y = F.scaled_dot_product_attention(*heads, dropout_p=self.dropout if self.training else 0.0, is_causal=True)
+    return self.resid_dropout(self.out_proj(y.transpose(1, 2).reshape(b, t, e)))
+
+
+def test_an_unpruned_gpt_computes_bit_for_bit_what_it_did():
+    model, _ = _gpt(seed=3)
+    old = copy.deepcopy(model)
+    for block in old.blocks:
+        block.attn.forward = _old_attention_forward.__get__(block.attn)
+    x = torch.randint(0, VOCAB, (4, 8), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert torch.equal(model(x), old(x))
+
+
+def test_compact_export_round_trip_and_torch_export(tmp_path):
+    model, example = _gpt(seed=1)
+    groups = _groups(model, example)
+    _mask(model, groups, {"blocks.0.attn.q_proj.weight": [1, 2], "blocks.1.attn.q_proj.weight": [0, 1, 3], "blocks.0.mlp.fc.weight": list(range(0, 64, 3))})
+    path = tmp_path / "model_compact.pt"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        export_compact(model, example, path, architecture=ARCHITECTURE)
+        loaded = load_compact(path)
+    blob = torch.load(path, weights_only=True)
+    assert blob["groups"]["blocks.0.attn.q_proj.weight"] == 4
+    assert blob["removed"]["blocks.1.attn.q_proj.weight"].tolist() == [0, 1, 3]
+    assert (loaded.blocks[0].attn.n_head, loaded.blocks[1].attn.n_head) == (2, 1)
+    assert loaded.blocks[1].attn.v_proj.out_features == 4 and loaded.blocks[0].mlp.fc.out_features == 64 - 22
+    x = torch.randint(0, VOCAB, (3, 8), generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), model(x), rtol=1e-5, atol=1e-6)
+    program = torch.export.export(loaded, (x,))
+    with torch.no_grad():
+        torch.testing.assert_close(program.module()(x), loaded(x))
+
+
+def _train(model, pruning, steps: int):
+    generator = torch.Generator().manual_seed(0)
+    data = torch.randint(0, VOCAB, (16, 9), generator=generator)
+    optimizer = pruning.wrap(torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9))
+    model.train()
+    for t in range(steps):
+        batch = data[4 * (t % 4) : 4 * (t % 4) + 4]
+        optimizer.zero_grad()
+        logits = model(batch[:, :-1])
+        F.cross_entropy(logits.reshape(-1, VOCAB), batch[:, 1:].reshape(-1)).backward()
+        optimizer.step()
+    return model.eval()
+
+
+def test_dpf_at_unit_granularity_removes_heads_and_the_export_matches(tmp_path):
+    model, example = _gpt(seed=2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        pruning = DPFPruning(model, target_sparsity=0.5, total_steps=12, end_fraction=0.5, update_every=2, scope="layer", granularity="unit", example_inputs=example)
+    _train(model, pruning, 12)
+    units = pruning.unit_counts()
+    assert units["units_total"] == {"blocks.0.attn.q_proj.weight": 4, "blocks.0.mlp.fc.weight": 64, "blocks.1.attn.q_proj.weight": 4, "blocks.1.mlp.fc.weight": 64}
+    assert units["units_kept"] == {"blocks.0.attn.q_proj.weight": 2, "blocks.0.mlp.fc.weight": 32, "blocks.1.attn.q_proj.weight": 2, "blocks.1.mlp.fc.weight": 32}
+    path = tmp_path / "model_compact.pt"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        export_compact(model, example, path, architecture=ARCHITECTURE)
+        loaded = load_compact(path)
+    assert [b.attn.n_head for b in loaded.blocks] == [2, 2] and [b.attn.out_proj.in_features for b in loaded.blocks] == [8, 8]
+    x = torch.randint(0, VOCAB, (3, 8), generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), model(x), rtol=1e-5, atol=1e-6)
+
+
+def test_snr_auto_keeps_a_head_per_block():
+    model, example = _gpt(seed=4)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        pruning = SNRAutoPruning(model, window_steps=4, update_every=2, scope="layer", granularity="unit", example_inputs=example)
+    _train(model, pruning, 4)
+    assert "blocks.1.attn.q_proj.weight" in pruning.unit_counts()["units_total"]
+    for unit in pruning.density:
+        pruning.density[unit] = 0.0
+    pruning.update_masks()
+    kept = pruning.unit_counts()["units_kept"]
+    assert kept["blocks.0.attn.q_proj.weight"] == kept["blocks.1.attn.q_proj.weight"] == 1
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        compact = compact_model(model, example, removed_units(pruning.groups, dict(model.named_parameters())))
+    assert [b.attn.n_head for b in compact.blocks] == [1, 1]
+    x = torch.randint(0, VOCAB, (2, 8), generator=torch.Generator().manual_seed(6))
+    with torch.no_grad():
+        torch.testing.assert_close(compact(x), model(x), rtol=1e-5, atol=1e-6)
+
+
+# --------------------------------------------------------------------------- Hugging Face BERT
+
+
+def test_bert_heads_are_units_and_cut_like_the_masked_model(tmp_path):
+    transformers = pytest.importorskip("transformers")
+    config = transformers.BertConfig(
+        vocab_size=VOCAB, hidden_size=16, num_hidden_layers=2, num_attention_heads=4, intermediate_size=32,
+        max_position_embeddings=8, num_labels=3, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
+    )  # fmt: skip
+
+    def make():
+        torch.manual_seed(0)
+        return transformers.BertForSequenceClassification(config).double().eval()
+
+    model = make()
+    example = {"input_ids": torch.randint(0, VOCAB, (2, 8), generator=torch.Generator().manual_seed(0))}
+    groups = _groups(model, example)
+    heads = [g for g in groups if g.name.endswith("attention.self.query.weight")]
+    assert [(g.name, g.size) for g in heads] == [(f"bert.encoder.layer.{i}.attention.self.query.weight", 4) for i in range(2)]
+    assert ("bert.encoder.layer.0.attention.output.dense.weight", 1) in {(s.param, s.dim) for s in heads[0].slices}
+    assert not any(g.name.endswith(("key.weight", "value.weight")) for g in groups)
+    _mask(model, groups, {heads[0].name: [0, 2], heads[1].name: [1, 2, 3]})
+    path = tmp_path / "bert_compact.pt"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        export_compact(model, example, path)
+        loaded = load_compact(path, make(), example)
+    attention = loaded.bert.encoder.layer[1].attention
+    assert attention.self.num_attention_heads == 1 and attention.self.query.out_features == 4 and attention.output.dense.in_features == 4
+    x = torch.randint(0, VOCAB, (3, 8), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(input_ids=x).logits, model(input_ids=x).logits, rtol=1e-10, atol=1e-12)
