@@ -124,7 +124,6 @@ class _HeadKind:
     set. Head h is rows [h*d, (h+1)*d) of the query, key and value weights and biases and columns
     [h*d, (h+1)*d) of the output weight, d = query outputs / heads; the output bias stays."""
 
-    label: str
     matches: Callable[[nn.Module], bool]
     projections: tuple[str, str, str, str]
     count: Callable[[nn.Module], int]
@@ -157,11 +156,11 @@ def _set_bert_heads(module: nn.Module, heads: int) -> None:
 #: One entry per attention module type whose heads are units, tried in order (the first match wins).
 _HEAD_KINDS: tuple[_HeadKind, ...] = (
     _HeadKind(
-        "gpt's CausalSelfAttention", _is_gpt_attention, ("q_proj", "k_proj", "v_proj", "out_proj"),
+        _is_gpt_attention, ("q_proj", "k_proj", "v_proj", "out_proj"),
         lambda m: m.n_head, lambda m, n: setattr(m, "n_head", n),
     ),
     _HeadKind(
-        "Hugging Face BertAttention", _is_bert_self_attention, ("self.query", "self.key", "self.value", "output.dense"),
+        _is_bert_self_attention, ("self.query", "self.key", "self.value", "output.dense"),
         lambda m: m.self.num_attention_heads, _set_bert_heads,
     ),
 )  # fmt: skip
@@ -342,14 +341,14 @@ def _candidate_groups(model: nn.Module, example_inputs: Any, ignored: Iterable[n
         for g in DG.get_all_groups(ignored_layers=ignored_twin + head_roots, root_module_types=(nn.Linear, nn.modules.conv._ConvNd))
     ]
     head_axes = {(s.param, s.dim) for g in heads for s in g.slices}
-    overlapping = [g for g in traced if any((s.param, s.dim) in head_axes for s in g.slices)]
+    overlapping = [g for g in traced if any((s.param, s.dim) in head_axes for s in g.slices)]  # none on gpt or BERT
     if overlapping:  # cut along a head axis by the graph too: the two cuts would not agree
         warnings.warn(
             "these coupled groups cut the same axes as attention heads and are left dense: "
             + ", ".join(f"{g.name} ({g.size} units)" for g in overlapping),
             stacklevel=3,
         )
-    groups = heads + [g for g in traced if g not in overlapping]
+    groups = heads + [g for g in traced if not any(g is o for o in overlapping)]
     return sorted(groups, key=lambda g: order[g.name])
 
 
