@@ -16,6 +16,7 @@ speedup of the compact model over the masked one as the median (and quartiles) o
 Before timing, the compact model's outputs are checked against the masked model's on random inputs.
 
     python benchmarks/structured.py                      # lenet300, lenet5, resnet20, gpt at 50/25/10% of units
+    python benchmarks/structured.py --models gpt --keep 0.5 --heads-only   # half of gpt's heads, nothing else
     python benchmarks/structured.py --run runs/my-run    # a trained run's own units
 
 Time it on an otherwise idle machine; say which one.
@@ -51,12 +52,20 @@ def quartiles(values: list[float]) -> tuple[float, float, float]:
     return q[0], statistics.median(values), q[2]
 
 
-def random_units(model: torch.nn.Module, example: torch.Tensor, keep: float, seed: int = 0):
-    """The groups of ``model`` and, per group, a random ``keep`` fraction of its units to keep (at least one)."""
+def is_heads(group) -> bool:
+    """Whether a group is the heads of one of gpt's attention modules (such groups are named after its query weight)."""
+    return group.name.endswith(".attn.q_proj.weight")
+
+
+def random_units(model: torch.nn.Module, example: torch.Tensor, keep: float, seed: int = 0, heads_only: bool = False):
+    """The groups of ``model`` and, per group, a random ``keep`` fraction of its units to keep (at least one);
+    with ``heads_only`` only the attention heads' groups lose units."""
     groups = find_unit_groups(model, example)
     generator = torch.Generator().manual_seed(seed)
     masks = {}
     for g in groups:
+        if heads_only and not is_heads(g):
+            continue
         kept = max(1, round(keep * g.size))
         masks[g.name] = torch.zeros(g.size).index_fill_(0, torch.randperm(g.size, generator=generator)[:kept], 1.0)
     return groups, masks
@@ -115,6 +124,7 @@ def main() -> int:
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS), help="synthetic cases (default: all)")
     parser.add_argument("--keep", nargs="+", type=float, default=[0.5, 0.25, 0.1], help="fractions of each group's units kept")
     parser.add_argument("--run", action="append", default=[], help="a finished run folder (repeatable); replaces --models")
+    parser.add_argument("--heads-only", action="store_true", help="remove attention heads only (gpt), keep every other unit")
     parser.add_argument("--batches", nargs="+", type=int, default=[1, 256])
     parser.add_argument("--rounds", type=int, default=31, help="interleaved rounds per batch size")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
@@ -143,17 +153,18 @@ def main() -> int:
                 try:
                     with warnings.catch_warnings(record=True) as caught:
                         warnings.simplefilter("always")
-                        groups, masks = random_units(masked, make(1), keep)
+                        groups, masks = random_units(masked, make(1), keep, heads_only=args.heads_only)
                 except UnsupportedModelError as error:
                     notes.append(f"- `{name}`: refused: {error}")
                     print(notes[-1], flush=True)
                     break
                 for w in caught:
                     notes.append(f"- `{name}`: {w.message}")
-                if not groups:
-                    notes.append(f"- `{name}`: no unit groups, nothing to cut")
+                if not groups or (args.heads_only and not any(is_heads(g) for g in groups)):
+                    notes.append(f"- `{name}`: no {'attention heads' if args.heads_only else 'unit groups'}, nothing to cut")
                     break
-                rows += measure(f"{name}, {100 * keep:g}% of units", mask_model(masked, groups, masks), dense, make, args.batches, args.rounds)
+                what = "heads" if args.heads_only else "units"
+                rows += measure(f"{name}, {100 * keep:g}% of {what}", mask_model(masked, groups, masks), dense, make, args.batches, args.rounds)
     header = [
         f"Measured with `python {' '.join(sys.argv)}` (torch {torch.__version__}, {args.threads} thread(s), "
         f"{platform.processor() or platform.machine()}). Times: ms per forward pass, median (interquartile range) of "
