@@ -62,19 +62,32 @@ def _feed(pruning, steps):
         pruning.observe_gradients()
 
 
-def test_a_sample_of_every_kept_weight_draws_the_band_as_without():
-    """Fewer kept weights than band_sample: the sample is every kept weight, the band today's (m = n)."""
+def test_a_sample_that_would_hold_every_weight_draws_the_band_as_without():
+    """band_sample over the density at least the weights (228 of 324 kept, band_sample 300: 427 would be
+    drawn): no sample, every class sum kept, the band and the mean z bit for bit today's."""
     steps = _gradients(small_mlp(), 40)
     results = []
     for band_sample in (None, 300):
         pruning = SNRAutoPruning(small_mlp(), window_steps=40, band_sample=band_sample)
-        pruning.keep["2.weight"][:, ::2] = False  # 96 weights pruned: 228 kept, fewer than 300
+        pruning.keep["2.weight"][:, ::2] = False  # 96 weights pruned: 228 kept
         _feed(pruning, steps)
-        if band_sample:
-            assert set(pruning.sample) == set(pruning.weights) and sum(i.numel() for i in pruning.sample.values()) == WEIGHTS - 96
+        assert pruning.sample == {}
         results.append((pruning.evidence("*"), pruning.window_band["*"], pruning.window_snr["*"]))
-    assert results[0][:2] == results[1][:2]  # the band bit for bit
-    assert results[0][2] == pytest.approx(results[1][2], rel=1e-6)  # mean z from the sum of g_t instead of its classes
+    assert results[0] == results[1]
+
+
+def test_the_sample_is_drawn_among_all_weights_so_that_about_band_sample_are_kept():
+    """A sample of the kept weights at the window's start would miss the weights the masks take in
+    during the window; the sample is drawn among all weights instead: band_sample / density of them."""
+    pruning = SNRAutoPruning(small_mlp(), window_steps=40, band_sample=100)
+    pruning.keep["2.weight"][:, ::2] = False  # 228 of 324 kept: ceil(100 * 324 / 228) = 143 drawn
+    _feed(pruning, _gradients(small_mlp(), 40))
+    drawn = {(name, i) for name, index in pruning.sample.items() for i in index.tolist()}
+    assert len(drawn) == 143
+    pruned = [(name, i) for name, i in drawn if not pruning.keep[name].reshape(-1)[i]]
+    assert pruned and all(name == "2.weight" for name, _ in pruned)  # pruned weights are drawn too
+    pruning.keep["2.weight"][:] = True  # masks recomputed within the window: every weight kept at the decision
+    pruning.evidence("*")  # the band reads the sample's weights kept now, the pruned ones of the start included
 
 
 def test_the_sampled_band_is_unbiased(monkeypatch):
@@ -92,7 +105,7 @@ def test_the_sampled_band_is_unbiased(monkeypatch):
         monkeypatch.setattr(snr_auto, "SAMPLE_SEED", seed)
         sampled = SNRAutoPruning(nn.Sequential(nn.Linear(40, 50)), window_steps=steps, band_sample=100)
         sampled.load_state_dict(state)  # the window's class sums gathered for this seed's sample
-        assert sampled.sample["0.weight"].numel() == 100 and (sampled.sample["0.weight"] >= 400).all()  # rows 0-9 pruned
+        assert sampled.sample["0.weight"].numel() == 125  # 1,600 of 2,000 kept (rows 0-9 pruned): 100 * 2000 / 1600 drawn
         sampled.evidence("*")
         centres.append(sampled.window_band["*"][0])
         variances.append(sampled.window_band["*"][1] ** 2)
@@ -110,32 +123,29 @@ def test_band_variance_of_every_weight_is_the_mean_s_variance():
     assert band_variance(3.0 / 10, 3.0, 10, 1000) == pytest.approx(3.0 / 1000)
 
 
-def test_the_draw_is_uniform_among_the_kept_weights_and_fixed_by_the_window_start():
+def test_the_draw_is_uniform_among_all_weights_and_fixed_by_the_window_start():
     pruning = SNRAutoPruning(small_mlp(), window_steps=8, band_sample=50)
-    pruning.keep["0.weight"][:8] = False
+    pruning.keep["0.weight"][:8] = False  # 48 pruned, 276 kept: ceil(50 * 324 / 276) = 59 drawn
     pruning.step_count = 16
     sample = pruning.draw_band_sample()
     indices = [(name, i) for name, index in sample.items() for i in index.tolist()]
-    assert len(indices) == len(set(indices)) == 50
+    assert len(indices) == len(set(indices)) == 59
     assert all(torch.equal(index, index.sort().values) for index in sample.values())
-    assert all(pruning.keep[name].reshape(-1)[i] for name, i in indices)
     other = SNRAutoPruning(small_mlp(1), window_steps=8, band_sample=50)  # another rank, or a resumed run
     other.keep["0.weight"][:8] = False
     other.step_count, other.window_count = 19, 3  # the same window, three steps in
     assert all(torch.equal(sample[name], index) for name, index in other.draw_band_sample().items())
     pruning.step_count = 24
     assert any(not torch.equal(sample[name], index) for name, index in pruning.draw_band_sample().items())
-    # uniform: every kept weight about equally often over many windows
+    # uniform: every weight, kept or pruned, about equally often over many windows
     hits = torch.zeros(WEIGHTS)
     for step in range(400):
         pruning.step_count = step
         hits += torch.cat([torch.zeros(pruning.weights[name].numel()).index_fill_(0, index, 1) for name, index in pruning.draw_band_sample().items()])
-    kept = torch.cat([pruning.keep[name].reshape(-1) > 0 for name in pruning.weights])
-    assert hits[~kept].sum() == 0
-    assert hits.sum() == 400 * 50
-    p = 50 / int(kept.sum())  # 276 kept: each drawn with probability p in each window
+    assert hits.sum() == 400 * 59
+    p = 59 / WEIGHTS
     spread = 5 * (400 * p * (1 - p)) ** 0.5
-    assert float(hits[kept].min()) > 400 * p - spread and float(hits[kept].max()) < 400 * p + spread
+    assert float(hits.min()) > 400 * p - spread and float(hits.max()) < 400 * p + spread
 
 
 @pytest.mark.parametrize("nested", [False, True])

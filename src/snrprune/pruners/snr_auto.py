@@ -26,7 +26,7 @@ SIGN_CLASSES = 16
 #: How many sign patterns draw the noise band.
 NULL_DRAWS = 32
 
-#: The proposed ``band_sample`` (not yet the default): the noise band estimated from at most this many
+#: The proposed ``band_sample`` (not yet the default): the noise band estimated from about this many
 #: kept weights per controller, so the window holds 8 bytes per weight instead of 68
 #: (``benchmarks/prototypes/snr-auto-memory.md``, ``benchmarks/results/band_sample.md``).
 BAND_SAMPLE = 1 << 16
@@ -128,12 +128,13 @@ class SNRAutoPruning(Pruning):
     every rank decides the same.
 
     ``band_sample=m`` (a positive integer; None, the default, or 0: every weight) keeps the class sums
-    for a random sample of at most m kept weights per controller only, drawn at each window's start
-    (the same on every rank and in a resumed run), and per weight only the window's sum of g_t and of
-    its squares: 2 float32 numbers per prunable weight (4 with ``nested``) instead of 17 (18). The mean z
-    stays exact; the band's centre and its spread, which the kept weights' correlation makes, are
-    estimated from the sample without bias (:func:`band_variance`). A controller of at most m weights
-    keeps every class sum and decides exactly as without a sample (:data:`BAND_SAMPLE`: the proposed m).
+    for a random sample of the controller's weights only, drawn at each window's start among all of
+    them, pruned or not, so that about m are kept (the same on every rank and in a resumed run), and per
+    weight only the window's sum of g_t and of its squares: 2 float32 numbers per prunable weight (4 with
+    ``nested``) instead of 17 (18). The mean z stays exact; the band's centre and its spread, which the
+    kept weights' correlation makes, are estimated from the sample's kept weights without bias
+    (:func:`band_variance`). A controller whose sample would hold all its weights keeps every class sum
+    and decides exactly as without a sample (:data:`BAND_SAMPLE`: the proposed m).
 
     ``scope="global"`` (the default): one controller for the whole network (key :data:`GLOBAL` of
     ``density``, ``step``, ``direction``), fed by the mean window SNR of all kept weights, and masks
@@ -276,21 +277,27 @@ class SNRAutoPruning(Pruning):
     def draw_band_sample(self) -> dict[str, Tensor]:
         """The band samples of the window that starts at step ``step_count - window_count``: per layer, flat indices.
 
-        Each controller of more than ``band_sample`` weights draws ``band_sample`` of its kept weights
-        uniformly without replacement (all of them when fewer are kept); a controller of at most
-        ``band_sample`` weights draws none (its window keeps every class sum). The draw depends on the
-        window's first step and the masks alone, so every rank and a resumed run draw the same. It gives
-        each kept weight a uniform key and keeps the ``band_sample`` smallest, in slices of :attr:`CHUNK`
-        weights, so its temporaries stay O(band_sample + CHUNK). Layers that no controller reads (unit
-        granularity, layer scope: the groups' other layers) get an empty sample.
+        The sample is drawn among *all* the controller's weights, pruned or kept, uniformly without
+        replacement: ``band_sample / density`` of them (the density at the window's start), so that about
+        ``band_sample`` are kept. It must not depend on the masks: they are recomputed every
+        ``update_every`` steps within the window, and a sample of the weights kept at its start would
+        miss those that joined later (on LeNet-300-100, 16% of the kept set in one window:
+        ``benchmarks/results/band_sample.md``); a sample independent of the masks meets the kept set at
+        the decision in a uniform sample of it. A controller whose sample would hold every weight draws
+        none (its window keeps every class sum: today's exact band). The draw depends on the window's
+        first step and the densities alone, so every rank and a resumed run draw the same. It gives each
+        weight a uniform key and keeps the smallest, in slices of :attr:`CHUNK` weights, so its
+        temporaries stay O(sample + CHUNK). Layers that no controller reads (unit granularity, layer
+        scope: the groups' other layers) get an empty sample.
         """
-        m = self.band_sample
-        if not m:
+        if not self.band_sample:
             return {}
         generator = torch.Generator().manual_seed(SAMPLE_SEED + self.step_count - self.window_count)
         sample = {name: torch.zeros(0, dtype=torch.int64, device=w.device) for name, w in self.weights.items()}
         for names in self.units.values():
             sizes = [self.weights[name].numel() for name in names]
+            kept = sum(count(self.keep[name]) for name in names)  # the masks' own count (cheap: once a window)
+            m = sum(sizes) if kept == 0 else math.ceil(self.band_sample * sum(sizes) / kept)  # about band_sample of them kept
             if sum(sizes) <= m:
                 for name in names:
                     del sample[name]
@@ -298,14 +305,13 @@ class SNRAutoPruning(Pruning):
             keys, ids = torch.zeros(0, dtype=torch.float64), torch.zeros(0, dtype=torch.int64)  # ids: offsets over the controller
             offset = 0
             for name, size in zip(names, sizes):
-                keep = self.keep[name].reshape(-1)
                 for start in range(0, size, self.CHUNK):
-                    kept = (keep[start : start + self.CHUNK] > 0).nonzero().squeeze(1).cpu() + (offset + start)
-                    new = torch.rand(kept.numel(), dtype=torch.float64, generator=generator)
+                    chunk = torch.arange(offset + start, offset + min(size, start + self.CHUNK))  # every weight, kept or not
+                    new = torch.rand(chunk.numel(), dtype=torch.float64, generator=generator)
                     if keys.numel() == m:  # only keys below the m-th smallest so far can enter
                         below = new < keys.max()
-                        kept, new = kept[below], new[below]
-                    keys, ids = torch.cat([keys, new]), torch.cat([ids, kept])
+                        chunk, new = chunk[below], new[below]
+                    keys, ids = torch.cat([keys, new]), torch.cat([ids, chunk])
                     if keys.numel() > m:
                         keys, order = keys.topk(m, largest=False)
                         ids = ids[order]
