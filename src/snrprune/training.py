@@ -55,7 +55,7 @@ from .errors import InputError
 from .masks import COMBINE_MODES, GRANULARITIES, SCOPES
 from .models import MODELS, build_model, model_names, model_task
 from .pruners import PRUNING_METHODS, SNR_HISTOGRAM_EDGES, DPFPruning, NoPruning, Pruning, SNRAutoPruning, SNRPruning
-from .pruners.snr_auto import DEFAULT_WINDOW_EPOCHS, epoch_window_steps
+from .pruners.snr_auto import BAND_SAMPLE, DEFAULT_WINDOW_EPOCHS, epoch_window_steps
 from .tasks import Task, evaluate, make_task
 
 __all__ = [
@@ -214,7 +214,7 @@ class TrainConfig:
     auto_lr_scale: bool = True  # snr-auto: moves scaled by the learning rate over the largest seen
     auto_hysteresis: bool = True  # snr-auto: drift right after a prune holds the density instead of regrowing
     auto_nested: bool = False  # snr-auto: a decision at each half of the window too, the whole window a second witness
-    auto_band_sample: int | None = None  # snr-auto: the noise band from at most this many kept weights per controller (None: all)
+    auto_band_sample: int | None = BAND_SAMPLE  # snr-auto: the noise band from about this many kept weights per controller (0 or None: all)
     # scale-out
     accumulate: int = 1  # micro-batches (backward calls) per optimizer step
     amp: str | None = None  # mixed precision: None, "bf16" or "fp16"
@@ -984,7 +984,8 @@ def _print_header(config: TrainConfig, data: str, counts: dict[str, Any], steps_
         method += (
             f" (scope {config.scope}, window {config.window_epochs:g} epochs{' in nested halves' if config.auto_nested else ''}, "
             f"step {config.auto_step:g}, threshold {config.threshold:g}"
-            + (f", band from {config.auto_band_sample} sampled weights" if config.auto_band_sample else "")
+            + (f", band from {config.auto_band_sample:,} sampled weights above that size" if config.auto_band_sample != BAND_SAMPLE and config.auto_band_sample else "")
+            + (", exact band" if not config.auto_band_sample else "")
             + "".join(f", no {name}" for name in off)
             + "; no target)"
         )

@@ -26,10 +26,13 @@ SIGN_CLASSES = 16
 #: How many sign patterns draw the noise band.
 NULL_DRAWS = 32
 
-#: The proposed ``band_sample`` (not yet the default): the noise band estimated from about this many
-#: kept weights per controller, so the window holds 8 bytes per weight instead of 68
-#: (``benchmarks/prototypes/snr-auto-memory.md``, ``benchmarks/results/band_sample.md``).
-BAND_SAMPLE = 1 << 16
+#: The default ``band_sample``: a controller of more weights estimates its noise band from the class
+#: sums of about this many kept weights, so that its window holds 8 bytes a weight instead of 68
+#: (GPT-2-small's 123.5M prunable weights: 1.0 GB instead of 8.4 GB). A controller of fewer weights,
+#: every model of the suite among them, keeps every class sum and decides exactly as without a sample.
+#: A sample of 65,536 already changed no decision on letter and LeNet-5/MNIST and only borderline
+#: ones on LeNet-300-100 (``benchmarks/results/band_sample.md``); this one is 16 times larger.
+BAND_SAMPLE = 1 << 20
 
 #: The seed of the band's weight sample is this plus the step at which the window starts.
 SAMPLE_SEED = 0x5B5A_0000
@@ -127,7 +130,7 @@ class SNRAutoPruning(Pruning):
     DDP the gradients it reads are the all-reduced ones and the signs depend on the step alone, so
     every rank decides the same.
 
-    ``band_sample=m`` (a positive integer; None, the default, or 0: every weight) keeps the class sums
+    ``band_sample=m`` (:data:`BAND_SAMPLE` by default; None or 0: every weight) keeps the class sums
     for a random sample of the controller's weights only, drawn at each window's start among all of
     them, pruned or not, so that about m are kept (the same on every rank and in a resumed run), and per
     weight only the window's sum of g_t and of its squares: 2 float32 numbers per prunable weight (4 with
@@ -173,7 +176,7 @@ class SNRAutoPruning(Pruning):
         exclude: NameFilter = None,
         granularity: str = "weight",
         example_inputs: Any = None,
-        band_sample: int | None = None,
+        band_sample: int | None = BAND_SAMPLE,
     ):
         super().__init__(model, scope=scope, include=include, exclude=exclude, granularity=granularity, example_inputs=example_inputs)
         for flag, value in (("lr_scaled", lr_scaled), ("hysteresis", hysteresis), ("nested", nested)):
@@ -183,7 +186,7 @@ class SNRAutoPruning(Pruning):
         # ablations); nested off by default (issue 19's candidate, measured in the suite's nested group)
         self.lr_scaled, self.hysteresis, self.nested = lr_scaled, hysteresis, nested
         self.window_steps = _check_int("window_steps", window_steps, 1)
-        # the noise band from a sample of at most band_sample kept weights per controller (None: every weight)
+        # the noise band from a sample of about band_sample kept weights per controller (None: every weight)
         self.band_sample = None if band_sample is None else (_check_int("band_sample", band_sample, 0) or None)
         # nested: the window's two halves are summed apart (the first into the first half of the sign
         # classes, the second into the other half), so a decision at the half reads the first half alone
