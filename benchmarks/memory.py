@@ -48,19 +48,20 @@ VARIANTS = {
     "dense": lambda m, steps: snrprune.NoPruning(m),
     # a global magnitude mask on every step, so that the mask update's temporaries count
     "dpf (masks every step)": lambda m, steps: snrprune.DPFPruning(m, target_sparsity=0.9, total_steps=steps, update_every=1),
-    # the window sums only: no decision, no mask update in the run
+    # the window sums only: no decision, no mask update in the run (the default: the noise band from a
+    # sample of about BAND_SAMPLE kept weights, the sum of g_t and of its squares per weight)
     "snr-auto (window sums)": lambda m, steps: snrprune.SNRAutoPruning(m, window_steps=10**9),
     # a window of exactly the run's steps: the decision (the noise band's draws) and a global mask update at the end
     "snr-auto (decision)": lambda m, steps: snrprune.SNRAutoPruning(m, window_steps=steps),
-    # the same two with the noise band from a sample of BAND_SAMPLE kept weights: S and Q per weight
-    "snr-auto, band sample (window sums)": lambda m, steps: snrprune.SNRAutoPruning(m, window_steps=10**9, band_sample=BAND_SAMPLE),
-    "snr-auto, band sample (decision)": lambda m, steps: snrprune.SNRAutoPruning(m, window_steps=steps, band_sample=BAND_SAMPLE),
+    # the same two with the exact band: every weight's 16 sign-class sums (band_sample=None)
+    "snr-auto, exact band (window sums)": lambda m, steps: snrprune.SNRAutoPruning(m, window_steps=10**9, band_sample=None),
+    "snr-auto, exact band (decision)": lambda m, steps: snrprune.SNRAutoPruning(m, window_steps=steps, band_sample=None),
     # per-sample statistics every step, masks every step (the paper's setting)
     "snr (per-sample stats)": lambda m, steps: snrprune.SNRPruning(m, burn_in_steps=0),
 }
 
 #: Variants that need more steps than the others (a decision reads at least MIN_WINDOW_STEPS steps).
-MIN_STEPS = {"snr-auto (decision)": MIN_WINDOW_STEPS, "snr-auto, band sample (decision)": MIN_WINDOW_STEPS}
+MIN_STEPS = {"snr-auto (decision)": MIN_WINDOW_STEPS, "snr-auto, exact band (decision)": MIN_WINDOW_STEPS}
 
 
 def held_tensors(pruning: snrprune.Pruning, model: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, int]:
@@ -230,11 +231,12 @@ def report(results: list[dict], baselines: dict[int, dict], args: argparse.Names
     sample = SIGN_CLASSES * 4 * BAND_SAMPLE + 8 * BAND_SAMPLE  # class sums and flat indices of the sample
     lines += [
         "",
-        f"snr-auto's window sums are {SIGN_CLASSES} sign-class sums and one sum of squares in float32: "
-        f"{(SIGN_CLASSES + 1) * 4} bytes per prunable weight, {(SIGN_CLASSES + 1) * 4 * n / gib:.2f} GiB here. "
-        f"With `band_sample={BAND_SAMPLE}` the noise band is estimated from the class sums of at most {BAND_SAMPLE:,} kept "
-        "weights, drawn at each window's start; every weight keeps its sum and its sum of squares of g_t (8 bytes), so "
-        f"the window is {8 * n / gib:.2f} GiB here plus {sample / 2**20:.1f} MiB for the sample, whatever the model's size.",
+        f"snr-auto's exact window is {SIGN_CLASSES} sign-class sums and one sum of squares per weight in float32: "
+        f"{(SIGN_CLASSES + 1) * 4} bytes per prunable weight, {(SIGN_CLASSES + 1) * 4 * n / gib:.2f} GiB here. By default "
+        f"(`band_sample={BAND_SAMPLE}`) a network of more weights estimates its noise band from the class sums of about "
+        f"{BAND_SAMPLE:,} of its kept weights, drawn at each window's start; every weight keeps its sum and its sum of squares "
+        f"of g_t (8 bytes), so the window is {8 * n / gib:.2f} GiB here plus {sample / 2**20:.0f} MiB for the sample, whatever "
+        "the model's size.",
     ]
     return "\n".join(lines) + "\n"
 
