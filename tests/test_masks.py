@@ -1,11 +1,41 @@
 """Mask rules on hand-made tensors: exact selection, ties, scopes, the four combine modes."""
 
+import contextlib
+from unittest import mock
+
 import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from snrprune import masks
 from snrprune.masks import combine, kth_smallest, magnitude_keep_masks, smallest_k_mask, sparsity
+
+#: Settings of the global selection's paths, for small inputs: today's flat copy; the sampled bracket
+#: (in chunks that split layers, with and without the fused counting kernel); a sample too small
+#: for its margin, so that brackets miss and are widened; no retry and no room for the bracket's
+#: interior (the flat copy as the last resort).
+GLOBAL_PATHS = {
+    "flat": {},
+    "sampled": {"SAMPLED_SELECT_MIN": 0, "_CHUNK": 5},
+    "sampled, eager counts": {"SAMPLED_SELECT_MIN": 1, "_CHUNK": 7, "kernels": None},
+    "sampled, misses": {"SAMPLED_SELECT_MIN": 0, "_CHUNK": 3, "_SAMPLE": 16, "_MARGIN": 0.05},
+    "sampled, one sample": {"SAMPLED_SELECT_MIN": 0, "_SAMPLE": 1},
+    "sampled, gives up": {"SAMPLED_SELECT_MIN": 0, "_ATTEMPTS": 1, "_MARGIN": 0.0, "_INTERIOR_MIN_CAP": 0, "_INTERIOR_CAP_FACTOR": 0},
+}
+
+
+@contextlib.contextmanager
+def global_path(name: str):
+    """A context in which the global selection takes the path ``name`` of GLOBAL_PATHS."""
+    settings_ = dict(GLOBAL_PATHS[name])
+    with contextlib.ExitStack() as stack:
+        if "kernels" in settings_:
+            kernels = settings_.pop("kernels")
+            stack.enter_context(mock.patch.object(masks.fused, "kernels", lambda: kernels))
+        for key, value in settings_.items():
+            stack.enter_context(mock.patch.object(masks, key, value))
+        yield
 
 
 def oracle_smallest_k(values: torch.Tensor, k: int) -> torch.Tensor:
@@ -98,25 +128,67 @@ def test_sparsity_counts_pruned_entries():
     assert sparsity({"a": torch.tensor([True, False]), "b": torch.tensor([False, False])}) == 0.75
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=400, deadline=None)
 @given(
     st.lists(st.tuples(st.integers(1, 5), st.integers(1, 6)), min_size=1, max_size=4),
     st.booleans(),
     st.booleans(),
+    st.sampled_from(sorted(GLOBAL_PATHS)),
     st.data(),
 )
-def test_global_masks_equal_one_selection_over_the_concatenated_magnitudes(shapes, ties, mixed, data):
+def test_global_masks_equal_one_selection_over_the_concatenated_magnitudes(shapes, ties, mixed, path, data):
     """The global scope selects layer by layer with little scratch memory; the oracle is the plain
-    selection over one concatenated vector (ties pruned from the lowest index in the layers' order)."""
+    selection over one concatenated vector (ties pruned from the lowest index in the layers' order).
+    Every path of the selection (GLOBAL_PATHS) gives the same masks."""
     g = torch.Generator().manual_seed(data.draw(st.integers(0, 2**16)))
     weights = {}
     for i, shape in enumerate(shapes):
         w = torch.randint(-3, 4, shape, generator=g).float() if ties else torch.randn(shape, generator=g)
         weights[f"w{i}"] = w.bfloat16() if mixed and i % 2 else w
     n = sum(w.numel() for w in weights.values())
-    n_prune = data.draw(st.integers(-1, n + 1))
+    n_prune = data.draw(st.one_of(st.sampled_from([-1, 0, 1, n - 1, n, n + 1]), st.integers(-1, n + 1)))
     flat = torch.cat([w.abs().reshape(-1) for w in weights.values()])
     expected = smallest_k_mask(flat, n_prune) == 0 if 0 < n_prune < n else torch.full((n,), n_prune <= 0)
-    got = magnitude_keep_masks(weights, n_prune, "global")
+    with global_path(path):
+        got = magnitude_keep_masks(weights, n_prune, "global")
     assert torch.equal(torch.cat([m.reshape(-1) for m in got.values()]), expected)
     assert all(m.shape == w.shape and m.dtype == torch.bool for m, w in zip(got.values(), weights.values()))
+
+
+def test_sampled_global_threshold_is_exact_and_widens_a_missed_bracket():
+    """The sampled bracket's threshold is the k-th smallest of the concatenated magnitudes; with a
+    margin too small for its sample the first bracket misses, and the widened ones find it."""
+    g = torch.Generator().manual_seed(3)
+    weights = {"a": torch.randn(60, 70, generator=g), "b": torch.randn(3000, generator=g).bfloat16(), "c": torch.randn(500, generator=g) * 1e-3}
+    flat = torch.cat([w.abs().reshape(-1).float() for w in weights.values()])
+    n = flat.numel()
+    retried = 0
+    for k in (1, 2, 17, 500, n // 4, n // 2, 3 * n // 4, n - 100, n - 1):
+        expected = kth_smallest(flat, k)
+        with mock.patch.multiple(masks, _CHUNK=999):
+            assert masks._sampled_threshold(weights, n, k, torch.float32) == expected
+        found = []
+        for attempts in (1, 6):
+            with mock.patch.multiple(masks, _CHUNK=999, _SAMPLE=256, _MARGIN=0.05, _ATTEMPTS=attempts):
+                found.append(masks._sampled_threshold(weights, n, k, torch.float32))
+        assert found[1] == expected
+        retried += found[0] is None
+    assert retried >= 2  # some first brackets missed: the retries are exercised
+
+
+def test_sampled_global_masks_on_heavy_ties_nan_and_inf():
+    """Ties on most weights (zeros, as after pruning), infinities (keep_units' guards) and NaNs: the
+    sampled path gives today's masks, or hands over to today's code (a NaN k-th smallest)."""
+    g = torch.Generator().manual_seed(5)
+    a = torch.randint(-2, 3, (4000,), generator=g).float() * (torch.rand(4000, generator=g) < 0.2)
+    b = torch.randn(300, generator=g)
+    b[::37] = torch.inf
+    c = torch.tensor([float("nan"), 1.0, 0.0, -torch.inf, float("nan")])
+    weights = {"a": a, "b": b, "c": c}
+    n = 4305
+    for k in (1, 10, 3000, 3199, 3200, 3201, 4000, 4290, n - 3, n - 2, n - 1):
+        expected = magnitude_keep_masks(weights, k, "global")
+        for path in ("sampled", "sampled, misses", "sampled, eager counts"):
+            with global_path(path):
+                got = magnitude_keep_masks(weights, k, "global")
+            assert all(torch.equal(got[name], expected[name]) for name in weights), (k, path)

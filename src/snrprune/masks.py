@@ -11,13 +11,31 @@ threshold broken towards the lower flat index (in global scope: the layer order,
 from __future__ import annotations
 
 import functools
+import math
 
 import numpy as np
 import torch
 from torch import Tensor
 
+from snrprune import fused
+
 COMBINE_MODES = ("agree", "either", "snr", "magnitude")
 SCOPES = ("layer", "global")
+#: From this many weights on (all layers together), the global scope finds its threshold by a sampled
+#: bracket (:func:`_sampled_threshold`) instead of partitioning a copy of every magnitude (4 bytes a
+#: weight: 0.46 GiB at GPT-2-small scale, ``benchmarks/global_select_memory.py``). Same masks either way.
+SAMPLED_SELECT_MIN = 1 << 24
+#: Entries of a layer handled at once by the sampled path (its temporaries are a few of these).
+_CHUNK = 1 << 22
+#: Sample size of the sampled path, and how many sample standard deviations of the k-th smallest's
+#: sample rank the bracket spans on each side on the first try (4x more on each retry).
+_SAMPLE = 1 << 17
+_MARGIN = 5.0
+_ATTEMPTS = 3
+#: The sampled path gives up (and copies every magnitude) if the bracket's interior holds more than
+#: this many entries, or more than 4x what the sample predicts, whichever is larger.
+_INTERIOR_MIN_CAP = 1 << 20
+_INTERIOR_CAP_FACTOR = 4
 #: What one mask entry decides: a single weight, or a whole unit (a neuron, a channel: :mod:`snrprune.units`).
 GRANULARITIES = ("weight", "unit")
 
@@ -105,7 +123,10 @@ def _global_keep_largest(weights: dict[str, Tensor], n_prune: int) -> dict[str, 
     """:func:`keep_largest` over the magnitudes of all tensors at once (ties pruned from the lowest
     index in the layers' order), with one float per weight of scratch instead of three: the magnitudes
     are gathered once and partitioned in place for the threshold, and each mask is then compared from
-    its own layer (``benchmarks/memory.py``: the global update's temporaries were most of DPF's memory)."""
+    its own layer (``benchmarks/memory.py``: the global update's temporaries were most of DPF's memory).
+    From ``SAMPLED_SELECT_MIN`` weights on, the threshold is found by a sampled bracket instead and the
+    masks are written in chunks (:func:`_sampled_threshold`): a few chunks and the bracket's entries
+    of scratch instead of a float per weight; the masks are the same."""
     if not weights:
         return {}
     first = next(iter(weights.values()))
@@ -114,6 +135,10 @@ def _global_keep_largest(weights: dict[str, Tensor], n_prune: int) -> dict[str, 
     n = sum(w.numel() for w in weights.values())
     if n_prune <= 0 or n_prune >= n:
         return {name: torch.full(w.shape, n_prune <= 0, dtype=torch.bool, device=w.device) for name, w in weights.items()}
+    if n >= SAMPLED_SELECT_MIN:
+        threshold = _sampled_threshold(weights, n, n_prune, dtype)
+        if threshold is not None:
+            return _chunked_global_masks(weights, n, n_prune, dtype, threshold)
     flat = torch.empty(n, dtype=dtype, device=first.device)
     start = 0
     for w in weights.values():
@@ -132,6 +157,117 @@ def _global_keep_largest(weights: dict[str, Tensor], n_prune: int) -> dict[str, 
         take = min(excess, ties.numel())
         out[name].view(-1)[ties[ties.numel() - take :]] = True
         excess -= take
+    return out
+
+
+def _magnitudes(flat: Tensor, dtype: torch.dtype) -> Tensor:
+    """|flat| in the selection's dtype (a fresh tensor: the caller may reuse it)."""
+    magnitude = flat.abs()
+    return magnitude if magnitude.dtype == dtype else magnitude.to(dtype)
+
+
+def _chunks(numel: int) -> range:
+    return range(0, numel, _CHUNK)
+
+
+def _sampled_threshold(weights: dict[str, Tensor], n: int, k: int, dtype: torch.dtype) -> Tensor | None:
+    """The exact k-th smallest |w| over all layers (as :func:`kth_smallest` of their concatenation
+    would give it), found with O(sample + bracket) memory instead of a copy of every magnitude.
+
+    A random sample of the magnitudes (its generator seeded by n and k: the same inputs draw the same
+    sample, though only the time taken depends on it) brackets the k-th smallest between two of its
+    order statistics, ``_MARGIN`` sample standard deviations of its rank either side. One pass over
+    the layers, ``_CHUNK`` entries at a time, counts the entries below and equal to each end and
+    gathers those strictly inside; the k-th smallest is then an end, or selected exactly among the
+    gathered ones. A bracket that misses is widened (4x) from the side the counts point to, up to
+    ``_ATTEMPTS`` passes; None (the caller then copies every magnitude) if all missed, if the interior
+    holds far more entries than the sample predicts, or if the k-th smallest is NaN."""
+    layers = [w.detach().reshape(-1) for w in weights.values()]
+    generator = torch.Generator().manual_seed((n * 0x9E3779B1 + k) % (1 << 62))
+    size = min(_SAMPLE, n)
+    index = torch.randint(n, (size,), generator=generator).sort().values
+    parts, start = [], 0
+    for flat in layers:
+        lo, hi = torch.searchsorted(index, torch.tensor([start, start + flat.numel()])).tolist()
+        if hi > lo:
+            parts.append(_magnitudes(flat[(index[lo:hi] - start).to(flat.device)], dtype).cpu())
+        start += flat.numel()
+    sample = torch.cat(parts).sort().values  # NaNs last
+    del parts, index
+    q = k / n
+    rank = q * size - 1  # 0-based position of the k-th smallest's quantile in the sorted sample
+    spread = math.sqrt(size * q * (1.0 - q))
+    kernels = fused.kernels() if dtype == torch.float32 else None
+    below_bound, above_bound = -math.inf, math.inf  # what earlier misses proved: bound < k-th < bound
+    for attempt in range(_ATTEMPTS):
+        margin = _MARGIN * 4**attempt * spread + 1.0
+        lo_at, hi_at = math.floor(rank - margin), math.ceil(rank + margin)
+        lo = float(sample[lo_at]) if lo_at >= 0 else -math.inf
+        hi = float(sample[hi_at]) if hi_at < size else math.inf
+        lo, hi = max(lo, below_bound), min(hi, above_bound)
+        if math.isnan(lo) or math.isnan(hi) or lo > hi:
+            return None
+        cap = max(_INTERIOR_MIN_CAP, _INTERIOR_CAP_FACTOR * (min(hi_at, size) - max(lo_at, -1) + 1) * n // size)
+        lo_t, hi_t = torch.tensor(lo, dtype=dtype), torch.tensor(hi, dtype=dtype)
+        less_lo = equal_lo = less_hi = equal_hi = inside_count = 0
+        inside = []
+        for flat in layers:
+            for s in _chunks(flat.numel()):
+                magnitude = _magnitudes(flat[s : s + _CHUNK], dtype)
+                if kernels is not None and magnitude.device.type == "cpu":
+                    below, equal = kernels.count_around(magnitude, lo, False)
+                    less_lo, equal_lo = less_lo + below, equal_lo + equal
+                    below, equal = kernels.count_around(magnitude, hi, False)
+                    less_hi, equal_hi = less_hi + below, equal_hi + equal
+                else:
+                    less_lo += int(torch.count_nonzero(magnitude < lo_t))
+                    equal_lo += int(torch.count_nonzero(magnitude == lo_t))
+                    less_hi += int(torch.count_nonzero(magnitude < hi_t))
+                    equal_hi += int(torch.count_nonzero(magnitude == hi_t))
+                if lo < hi:
+                    inside.append(magnitude[(magnitude > lo_t) & (magnitude < hi_t)])
+                    inside_count += inside[-1].numel()
+                    if inside_count > cap:
+                        return None
+                del magnitude
+        if k <= less_lo:  # below the bracket
+            above_bound = lo
+        elif k <= less_lo + equal_lo:
+            return lo_t
+        elif k <= less_hi:
+            values = torch.cat(inside) if len(inside) != 1 else inside[0]
+            del inside
+            return kth_smallest(values, k - less_lo - equal_lo, scratch=True).to(dtype).cpu()
+        elif k <= less_hi + equal_hi:
+            return hi_t
+        elif hi == math.inf:  # nothing above the bracket but NaNs: the k-th smallest is NaN
+            return None
+        else:  # above the bracket
+            below_bound = hi
+    return None
+
+
+def _chunked_global_masks(weights: dict[str, Tensor], n: int, n_prune: int, dtype: torch.dtype, threshold: Tensor) -> dict[str, Tensor]:
+    """The global keep-masks at ``threshold`` (itself pruned, then the last ties kept until exactly
+    ``n_prune`` are pruned), as :func:`_global_keep_largest` writes them, ``_CHUNK`` entries at a time."""
+    out, kept = {}, 0
+    for name, w in weights.items():
+        flat = w.detach().reshape(-1)
+        out[name] = torch.empty(w.shape, dtype=torch.bool, device=w.device)
+        mask = out[name].view(-1)
+        for s in _chunks(flat.numel()):
+            torch.gt(_magnitudes(flat[s : s + _CHUNK], dtype), threshold, out=mask[s : s + _CHUNK])
+        kept += count(out[name])
+    excess = n - kept - n_prune  # ties pruned beyond n_prune: keep the last `excess` entries equal to the threshold
+    for name, w in reversed(weights.items()):
+        flat, mask = w.detach().reshape(-1), out[name].view(-1)
+        for s in reversed(_chunks(flat.numel())):
+            if excess <= 0:
+                return out
+            ties = (_magnitudes(flat[s : s + _CHUNK], dtype) == threshold).nonzero().squeeze(1)
+            take = min(excess, ties.numel())
+            mask[s : s + _CHUNK][ties[ties.numel() - take :]] = True
+            excess -= take
     return out
 
 
