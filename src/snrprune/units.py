@@ -35,7 +35,7 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
-from torch.utils._pytree import tree_flatten
+from torch.utils._pytree import tree_flatten, tree_map
 
 from .errors import InputError
 
@@ -51,8 +51,9 @@ __all__ = [
 ]
 
 #: Tolerance of the check that a group's cut model equals its masked model, relative to the output's
-#: largest entry: float32 round-off is ~1e-6 of it, a wrong coupling changes outputs by far more.
-_VERIFY_RTOL = 1e-4
+#: largest entry. The check runs in float64, whose round-off is ~1e-15 of it, so that a wrong coupling
+#: shows however small the outputs are (an absolute floor in float32 let one pass on outputs of 0.01).
+_VERIFY_RTOL = 1e-9
 
 
 class UnsupportedModelError(InputError):
@@ -418,7 +419,8 @@ def _cut(model: nn.Module, example_inputs: Any, removed: Mapping[str, Tensor]) -
 
 def _check_groups(model: nn.Module, example_inputs: Any, groups: Sequence[UnitGroup], seed: int = 0) -> str | None:
     """None when cutting a random half of every group's units reproduces the masked model, else why not."""
-    twin = copy.deepcopy(model).eval()
+    twin = copy.deepcopy(model).double().eval()
+    example_inputs = tree_map(lambda x: x.double() if isinstance(x, Tensor) and x.is_floating_point() else x, example_inputs)
     generator = torch.Generator().manual_seed(seed)
     keep, removed = {}, {}
     for g in groups:
@@ -444,7 +446,7 @@ def _check_groups(model: nn.Module, example_inputs: Any, groups: Sequence[UnitGr
             return f"cutting changes the output's shape from {tuple(e.shape)} to {tuple(g.shape)} (an output layer)"
         scale = e.abs().max().item() if e.numel() else 0.0
         error = (e - g).abs().max().item() if e.numel() else 0.0
-        if error > _VERIFY_RTOL * max(scale, 1.0):
+        if error > _VERIFY_RTOL * scale:
             return f"the cut model's outputs differ from the masked model's by {error:.3g} (of {scale:.3g})"
     return None
 
