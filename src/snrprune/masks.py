@@ -166,8 +166,30 @@ def _magnitudes(flat: Tensor, dtype: torch.dtype) -> Tensor:
     return magnitude if magnitude.dtype == dtype else magnitude.to(dtype)
 
 
-def _chunks(numel: int) -> range:
-    return range(0, numel, _CHUNK)
+def _magnitude_chunks(layers: list[Tensor], dtype: torch.dtype, reverse: bool = False):
+    """Yields (layer, start, |chunk| in ``dtype``, two bool buffers of its size) for the flattened
+    layers ``_CHUNK`` entries at a time, in order (or from the end). The three buffers are allocated
+    once and reused: chunk temporaries allocated and freed between the masks' allocations would
+    fragment the heap, and freed holes stay resident (seen as 1.5 bytes a weight of peak RSS)."""
+    size = min(_CHUNK, max(flat.numel() for flat in layers))
+    buffers: dict[torch.device, tuple[Tensor, Tensor, Tensor]] = {}
+    for i in reversed(range(len(layers))) if reverse else range(len(layers)):
+        flat = layers[i]
+        if flat.device not in buffers:
+            buffers[flat.device] = (
+                torch.empty(size, dtype=dtype, device=flat.device),
+                torch.empty(size, dtype=torch.bool, device=flat.device),
+                torch.empty(size, dtype=torch.bool, device=flat.device),
+            )
+        starts = range(0, flat.numel(), _CHUNK)
+        for s in reversed(starts) if reverse else starts:
+            chunk = flat[s : s + _CHUNK]
+            magnitude, first, second = (buffer[: chunk.numel()] for buffer in buffers[flat.device])
+            if chunk.dtype == dtype:
+                torch.abs(chunk, out=magnitude)
+            else:
+                magnitude.copy_(chunk).abs_()
+            yield i, s, magnitude, first, second
 
 
 def _sampled_threshold(weights: dict[str, Tensor], n: int, k: int, dtype: torch.dtype) -> Tensor | None:
@@ -211,25 +233,24 @@ def _sampled_threshold(weights: dict[str, Tensor], n: int, k: int, dtype: torch.
         lo_t, hi_t = torch.tensor(lo, dtype=dtype), torch.tensor(hi, dtype=dtype)
         less_lo = equal_lo = less_hi = equal_hi = inside_count = 0
         inside = []
-        for flat in layers:
-            for s in _chunks(flat.numel()):
-                magnitude = _magnitudes(flat[s : s + _CHUNK], dtype)
-                if kernels is not None and magnitude.device.type == "cpu":
-                    below, equal = kernels.count_around(magnitude, lo, False)
-                    less_lo, equal_lo = less_lo + below, equal_lo + equal
-                    below, equal = kernels.count_around(magnitude, hi, False)
-                    less_hi, equal_hi = less_hi + below, equal_hi + equal
-                else:
-                    less_lo += int(torch.count_nonzero(magnitude < lo_t))
-                    equal_lo += int(torch.count_nonzero(magnitude == lo_t))
-                    less_hi += int(torch.count_nonzero(magnitude < hi_t))
-                    equal_hi += int(torch.count_nonzero(magnitude == hi_t))
-                if lo < hi:
-                    inside.append(magnitude[(magnitude > lo_t) & (magnitude < hi_t)])
-                    inside_count += inside[-1].numel()
-                    if inside_count > cap:
-                        return None
-                del magnitude
+        for _, _, magnitude, first, second in _magnitude_chunks(layers, dtype):
+            if kernels is not None and magnitude.device.type == "cpu":
+                below, equal = kernels.count_around(magnitude, lo, False)
+                less_lo, equal_lo = less_lo + below, equal_lo + equal
+                below, equal = kernels.count_around(magnitude, hi, False)
+                less_hi, equal_hi = less_hi + below, equal_hi + equal
+            else:
+                less_lo += int(torch.count_nonzero(torch.lt(magnitude, lo_t, out=first)))
+                equal_lo += int(torch.count_nonzero(torch.eq(magnitude, lo_t, out=first)))
+                less_hi += int(torch.count_nonzero(torch.lt(magnitude, hi_t, out=first)))
+                equal_hi += int(torch.count_nonzero(torch.eq(magnitude, hi_t, out=first)))
+            if lo < hi:
+                torch.gt(magnitude, lo_t, out=first)
+                first.logical_and_(torch.lt(magnitude, hi_t, out=second))
+                inside.append(magnitude[first])
+                inside_count += inside[-1].numel()
+                if inside_count > cap:
+                    return None
         if k <= less_lo:  # below the bracket
             above_bound = lo
         elif k <= less_lo + equal_lo:
@@ -250,24 +271,23 @@ def _sampled_threshold(weights: dict[str, Tensor], n: int, k: int, dtype: torch.
 def _chunked_global_masks(weights: dict[str, Tensor], n: int, n_prune: int, dtype: torch.dtype, threshold: Tensor) -> dict[str, Tensor]:
     """The global keep-masks at ``threshold`` (itself pruned, then the last ties kept until exactly
     ``n_prune`` are pruned), as :func:`_global_keep_largest` writes them, ``_CHUNK`` entries at a time."""
-    out, kept = {}, 0
-    for name, w in weights.items():
-        flat = w.detach().reshape(-1)
-        out[name] = torch.empty(w.shape, dtype=torch.bool, device=w.device)
-        mask = out[name].view(-1)
-        for s in _chunks(flat.numel()):
-            torch.gt(_magnitudes(flat[s : s + _CHUNK], dtype), threshold, out=mask[s : s + _CHUNK])
-        kept += count(out[name])
-    excess = n - kept - n_prune  # ties pruned beyond n_prune: keep the last `excess` entries equal to the threshold
-    for name, w in reversed(weights.items()):
-        flat, mask = w.detach().reshape(-1), out[name].view(-1)
-        for s in reversed(_chunks(flat.numel())):
+    layers = [w.detach().reshape(-1) for w in weights.values()]
+    out = {name: torch.empty(w.shape, dtype=torch.bool, device=w.device) for name, w in weights.items()}  # before the scratch
+    masks = [m.view(-1) for m in out.values()]
+    for i, s, magnitude, _, _ in _magnitude_chunks(layers, dtype):
+        torch.gt(magnitude, threshold, out=masks[i][s : s + _CHUNK])
+    excess = n - sum(count(m) for m in masks) - n_prune  # ties pruned beyond n_prune: keep the last `excess` entries equal to the threshold
+    if excess > 0:
+        for i, s, magnitude, first, _ in _magnitude_chunks(layers, dtype, reverse=True):
+            ties = torch.eq(magnitude, threshold, out=first)
+            n_ties = count(ties)
+            if n_ties <= excess:  # all of this chunk's ties
+                masks[i][s : s + _CHUNK].logical_or_(ties)
+            else:  # its last `excess`
+                masks[i][s : s + _CHUNK][ties.nonzero().squeeze(1)[n_ties - excess :]] = True
+            excess -= n_ties
             if excess <= 0:
-                return out
-            ties = (_magnitudes(flat[s : s + _CHUNK], dtype) == threshold).nonzero().squeeze(1)
-            take = min(excess, ties.numel())
-            mask[s : s + _CHUNK][ties[ties.numel() - take :]] = True
-            excess -= take
+                break
     return out
 
 
