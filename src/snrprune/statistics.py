@@ -14,8 +14,9 @@ inf/NaN gradients) never leak into the next step's sums.
 from __future__ import annotations
 
 import functools
+import math
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -112,6 +113,21 @@ class GradientStats:
     so collecting nothing costs nothing. ``snr`` cannot replay some modules exactly (an RNN with
     dropout between layers): the constructor refuses them, naming the weights and the methods that
     can prune them.
+
+    ``sum_from_grad=True`` (what :class:`~snrprune.SNRPruning` uses without torch.distributed) keeps
+    no S1 buffer: S1 is the gradient autograd accumulates into ``weight.grad`` anyway, so
+    :meth:`moments` reads it from there (4 bytes less per weight). During backward a small *witness*
+    per weight is kept instead (its gradient's values at a few fixed entries, among them the largest
+    and the smallest of the step's first gradient, and the sum of all its entries): if the gradient
+    still matches it when the moments are read, S1 is ``weight.grad`` itself; if it was rescaled
+    uniformly since (``clip_grad_norm_``, ``GradScaler.unscale_``), S1 is ``weight.grad`` divided by the
+    factor, computed one weight at a time when that weight's moments are read. Any other change
+    (``clip_grad_value_``, a gradient edited or set to None before ``optimizer.step()``) is a warning:
+    that step's statistics are dropped (:meth:`moments` is empty) and S1 is kept in its own buffer
+    from the next backward on. Weights that are not float32/float64, or whose gradient is sparse, keep
+    their S1 buffer. Not with :meth:`all_reduce`: DDP replaces the local gradient by the processes'
+    mean, so under torch.distributed S1 keeps its buffer (an ``all_reduce`` on statistics without it
+    drops that step's statistics with a warning and stores S1 from then on).
     """
 
     def __init__(
@@ -123,6 +139,7 @@ class GradientStats:
         process_group: Any = None,
         *,
         layers: list[PrunableLayer] | None = None,
+        sum_from_grad: bool = False,
     ) -> None:
         # ``layers``: a selection already made (a pruner's), instead of selecting again
         self.layers: list[PrunableLayer] = find_prunable_layers(model, include, exclude) if layers is None else list(layers)
@@ -151,6 +168,11 @@ class GradientStats:
         self._flat_counts: Tensor | None = None
         self._s1: dict[str, Tensor] = {}
         self._s2: dict[str, Tensor] = {}
+        # weights whose S1 is read from weight.grad (sum_from_grad), checked against a witness per step
+        self._from_grad: set[str] = {layer.name for layer in self.layers if _grad_is_sum(layer)} if sum_from_grad else set()
+        self._witness: dict[str, _Witness] = {}
+        self._dropped = False  # this step's statistics were dropped (the gradient changed non-uniformly)
+        self._flat_s1 = False  # whether the flat buffer holds S1 of every layer
         self._scratch: dict[str, Tensor] = {}
         # the step's sums: per weight the samples with per-sample terms, S1 arrived; the step's samples
         self._count: dict[str, int] = {}
@@ -357,15 +379,25 @@ class GradientStats:
         # S1 = sum_i g_i is this backward call's gradient of the weight: no extra work needed.
         self._begin()
         with torch.no_grad():
+            name = layer.name
+            if name in self._from_grad and grad.is_sparse:
+                self._fall_back(name, "its gradient is sparse")
             if grad.is_sparse:
                 grad = grad.to_dense()
-            out = self._buffer(self._s1, layer)
-            name = layer.name
-            if name in self._has_s1:
-                out.add_(grad)
+            if name in self._from_grad:  # S1 is weight.grad itself: keep only its witness
+                witness = self._witness.get(name)
+                if name in self._has_s1 and witness is not None:
+                    witness.add(grad)
+                else:
+                    self._witness[name] = _Witness(grad)
+                    self._has_s1.add(name)
             else:
-                out.copy_(grad)
-                self._has_s1.add(name)
+                out = self._buffer(self._s1, layer)
+                if name in self._has_s1:
+                    out.add_(grad)
+                else:
+                    out.copy_(grad)
+                    self._has_s1.add(name)
             self._bw_grad.add(name)
             if name not in self._verified:
                 previous = self._verify_grad.get(name)
@@ -428,11 +460,14 @@ class GradientStats:
         if len(kinds) != 1:
             return  # mixed devices or dtypes: per-layer buffers, packed for the all-reduce
         device, dtype = kinds.pop()
+        with_s1 = [layer for layer in self.layers if layer.name not in self._from_grad]  # the others read weight.grad
+        n1 = sum(layer.weight.numel() for layer in with_s1)
         n = sum(layer.weight.numel() for layer in self.layers)
-        self._flat = torch.zeros(2 * n + len(self.layers), dtype=dtype, device=device)
+        self._flat = torch.zeros(n1 + n + len(self.layers), dtype=dtype, device=device)
+        self._flat_s1 = len(with_s1) == len(self.layers)
         offset = 0
-        for buffers in (self._s1, self._s2):
-            for layer in self.layers:
+        for buffers, layers in ((self._s1, with_s1), (self._s2, self.layers)):
+            for layer in layers:
                 size = layer.weight.numel()
                 buffers[layer.name] = self._flat[offset : offset + size].view(layer.weight.shape)
                 offset += size
@@ -461,7 +496,8 @@ class GradientStats:
             own = self._count.get(name, 0)
             counts[name] = own + self._samples - self._seen_samples.get(name, 0)
             if own == 0:
-                self._buffer(self._s1, layer).zero_()
+                if name not in self._from_grad:  # from the gradient: S1 is the zeroed S2 (see _LazyMoments)
+                    self._buffer(self._s1, layer).zero_()
                 self._buffer(self._s2, layer).zero_()
                 if warn and counts[name] and name not in self._warned_missing:
                     self._warned_missing.add(name)
@@ -473,12 +509,15 @@ class GradientStats:
                     )
         return counts
 
-    def moments(self) -> dict[str, Moments]:
+    def moments(self) -> Mapping[str, Moments]:
         """The raw sums per parameter name, S1, S2 and B, accumulated since the last reset.
 
         Every selected weight has an entry: one that got no statistics in some backward call has a
         zero gradient for that call's samples (see the class docstring). The tensors are the
-        collector's buffers, overwritten after the next reset: clone to keep.
+        collector's buffers, overwritten after the next reset: clone to keep. With ``sum_from_grad``,
+        S1 is ``weight.grad`` itself (do not modify it), or, where the gradient was rescaled since the
+        backward, a fresh tensor made when that entry is read; the mapping is empty when this step's
+        statistics were dropped (the gradient changed otherwise; see the class docstring).
         """
         if not self.count:
             raise RuntimeError(
@@ -488,7 +527,52 @@ class GradientStats:
         if missing:
             raise RuntimeError(f"no weight gradient reached {missing}: compute the statistics with loss.backward()")
         counts = self._counts(warn=True)
-        return {name: Moments(self._s1[name], self._s2[name], count) for name, count in counts.items()}
+        factors = self._grad_factors()
+        if factors is None:
+            return _LazyMoments({}, {}, {}, {})
+        sums = {name: self._s1[name] for name in counts if name not in self._from_grad}
+        grads = {name: self._by_name[name].weight.grad for name in factors}
+        return _LazyMoments(counts, {name: self._s2[name] for name in counts}, sums, grads, factors)
+
+    def _grad_factors(self) -> dict[str, float | None] | None:
+        """Per weight whose S1 is read from its gradient: None if the gradient is the backward's sum as
+        it came, else the uniform factor it was rescaled by since; None for all if the step is dropped."""
+        if self._dropped:
+            return None
+        factors: dict[str, float | None] = {}
+        for name in [layer.name for layer in self.layers if layer.name in self._from_grad]:
+            if self._count.get(name, 0) == 0:
+                factors[name] = 0.0  # no statistics on this step: S1 = 0 (the zeroed S2 buffer)
+                continue
+            witness, grad = self._witness.get(name), self._by_name[name].weight.grad
+            if witness is None or grad is None:
+                reason = "its gradient is None (cleared before optimizer.step())" if grad is None else "it has no witness"
+                self._fall_back(name, reason)
+                return None
+            factor, reason = witness.factor(grad)
+            if reason is not None:
+                self._fall_back(name, reason)
+                return None
+            factors[name] = factor
+        return factors
+
+    def _fall_back(self, name: str, reason: str) -> None:
+        """S1 cannot be read from the gradients: drop this step's statistics, store S1 from now on."""
+        warnings.warn(
+            f"snr reads S1 from the gradient; it was changed non-uniformly between backward and optimizer.step() "
+            f"({name}: {reason}): statistics of this step dropped, S1 kept in its own buffer from now on",
+            stacklevel=3,
+        )
+        self._from_grad = set()
+        self._witness = {}
+        self._dropped = True
+
+    def _free_s2(self, name: str) -> Tensor | None:
+        """The S2 buffer of a weight while the statistics hold no sums (between a reset and the next
+        backward; the next backward overwrites it), else None: a scratch buffer for the caller."""
+        if self.count or self._has_s1 or self._count or self._stash or self._task is not None:
+            return None
+        return self._s2.get(name)
 
     def snr(self, out: dict[str, Tensor] | None = None) -> dict[str, Tensor]:
         """Per-weight mini-batch gradient SNR, ``{parameter name: tensor of the weight's shape}``.
@@ -510,6 +594,8 @@ class GradientStats:
         self._has_s1 = set()
         self._samples = 0
         self._seen_samples = {}
+        self._witness = {}
+        self._dropped = False
 
     def all_reduce(self, group: Any = None) -> None:
         """Sums S1, S2 and B over the processes of ``group`` (default: ``process_group``) in one call.
@@ -521,12 +607,15 @@ class GradientStats:
         import torch.distributed as dist
 
         group = self.process_group if group is None else group
+        if self._from_grad:  # S1 summed over processes needs its own buffer: DDP replaces weight.grad by the mean
+            self._fall_back(", ".join(sorted(self._from_grad)), "the statistics are summed over processes (all_reduce)")
+            self.reset()  # every rank drops the step alike: the collective below sums zeros
         if self._flat is None and not self._s1:
             self._allocate_flat()
         with torch.no_grad():
             local = self._counts(warn=False)  # zero-fills the weights without statistics
             counts = [float(local[layer.name]) for layer in self.layers]
-            if self._flat is not None:
+            if self._flat is not None and self._flat_s1:
                 self._flat_counts.copy_(torch.tensor(counts, dtype=self._flat.dtype))
                 dist.all_reduce(self._flat, group=group)
                 counts = self._flat_counts.tolist()
@@ -550,6 +639,112 @@ class GradientStats:
             t.copy_(flat[offset : offset + t.numel()].view(t.shape))
             offset += t.numel()
         return flat[offset:].tolist()
+
+
+#: Entries of a gradient its witness keeps, evenly spaced (plus its largest and smallest entry).
+WITNESS_ENTRIES = 64
+#: Relative agreement of a rescaled gradient with its witness (the factor, the sum of all entries).
+WITNESS_RTOL = 1e-5
+
+
+def _grad_is_sum(layer: PrunableLayer) -> bool:
+    """Whether the weight's .grad holds exactly what S1 would: a dense gradient in S1's own dtype."""
+    weight = layer.weight
+    sparse = any(getattr(use.module, "sparse", False) is True for use in layer.uses)
+    return weight.numel() > 0 and weight.dtype in (torch.float32, torch.float64) and not sparse
+
+
+class _Witness:
+    """What a weight's gradient was at the end of the step's backward calls, to recognise it later: its
+    values at fixed entries (summed over the calls as autograd sums the gradient, so bit for bit equal),
+    the sum of all its entries and of their magnitudes (0-dim tensors: no device sync in backward)."""
+
+    def __init__(self, grad: Tensor) -> None:
+        flat = grad.detach().reshape(-1)
+        n = flat.numel()
+        k = min(WITNESS_ENTRIES, n)
+        even = torch.arange(k, device=flat.device) * n // k
+        self.index = torch.cat([even, torch.max(flat, 0).indices.view(1), torch.min(flat, 0).indices.view(1)])
+        self.values = torch.take(flat, self.index)
+        # float32 sums accumulated in float64 (a float64 sum of the gradient would copy it to float64)
+        self.total = flat.sum().to(torch.float64)
+        self.magnitude = torch.linalg.vector_norm(flat, 1).to(torch.float64)
+        self.calls = 1
+
+    def add(self, grad: Tensor) -> None:
+        self.values += torch.take(grad.detach(), self.index)
+        self.total += grad.sum()
+        self.magnitude += torch.linalg.vector_norm(grad, 1)
+        self.calls += 1
+
+    def factor(self, grad: Tensor) -> tuple[float | None, str | None]:
+        """(None, None): ``grad`` is the backward's sum unchanged; (f, None): ``grad`` = f * that sum,
+        uniformly; (None, reason): changed otherwise, or the change cannot be determined."""
+        with torch.no_grad():
+            if grad.is_sparse:
+                return None, "its gradient is sparse"
+            now = torch.take(grad, self.index)
+            total, magnitude = float(grad.sum()), float(torch.linalg.vector_norm(grad, 1))
+        was_total, was_magnitude = float(self.total), float(self.magnitude)
+        if now.dtype != self.values.dtype:
+            return None, "its gradient changed dtype"
+        if torch.equal(now, self.values):
+            factor = 1.0
+        else:
+            values = self.values.double()
+            j = int(values.abs().argmax())
+            if float(values[j]) == 0.0:
+                return None, "the change cannot be determined (the gradient was zero at all the entries checked)"
+            factor = float(now[j]) / float(values[j])
+            if not (math.isfinite(factor) and factor > 0.0):
+                return None, f"its entries were scaled by {factor:.3g}"
+            if not torch.all((now.double() - factor * values).abs() <= WITNESS_RTOL * factor * values.abs()):
+                return None, "its entries were not all scaled by the same factor"
+        tol = WITNESS_RTOL * factor * was_magnitude
+        if not math.isfinite(total) or abs(total - factor * was_total) > tol:
+            return None, "the sum of its entries does not match"
+        if self.calls == 1 and abs(magnitude - factor * was_magnitude) > tol:  # |g| sums only add up without accumulation
+            return None, "the sum of its entries' magnitudes does not match"
+        return (None if factor == 1.0 else factor), None
+
+
+class _LazyMoments(Mapping):
+    """The moments of :meth:`GradientStats.moments`: S1 from the stored buffer or from ``weight.grad``,
+    divided by its rescaling factor only when the entry is read (one weight's temporary at a time)."""
+
+    def __init__(
+        self,
+        counts: dict[str, int],
+        sums_sq: dict[str, Tensor],
+        sums: dict[str, Tensor],
+        grads: dict[str, Tensor],
+        factors: dict[str, float | None] | None = None,
+    ) -> None:
+        self._counts, self._sums_sq, self._sums, self._grads, self._factors = counts, sums_sq, sums, grads, factors or {}
+
+    def __len__(self) -> int:
+        return len(self._counts)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._counts)
+
+    def tensors(self, name: str) -> tuple[Tensor, Tensor]:
+        """The tensors behind an entry, without computing it: (S1's buffer or the gradient, S2)."""
+        if name in self._sums:
+            return self._sums[name], self._sums_sq[name]
+        if self._factors.get(name) == 0.0:
+            return self._sums_sq[name], self._sums_sq[name]
+        return self._grads[name], self._sums_sq[name]
+
+    def __getitem__(self, name: str) -> Moments:
+        count, s2 = self._counts[name], self._sums_sq[name]
+        if name in self._sums:
+            return Moments(self._sums[name], s2, count)
+        factor = self._factors[name]
+        if factor == 0.0:  # no statistics on this step: S1 = S2 = 0
+            return Moments(s2, s2, count)
+        grad = self._grads[name]
+        return Moments(grad if factor is None else torch.div(grad, factor), s2, count)
 
 
 @dataclass

@@ -12,7 +12,7 @@ from .. import fused
 from ..layers import NameFilter
 from ..masks import COMBINE_MODES, check_choice, combine, count, kth_smallest, magnitude_keep_masks
 from ..statistics import GradientStats
-from .base import SNR_HISTOGRAM_EDGES, SNR_ROUNDOFF, Pruning, _check_float, _check_int, register_method
+from .base import SNR_HISTOGRAM_EDGES, SNR_ROUNDOFF, Pruning, _check_float, _check_int, _distributed, register_method
 
 
 @register_method("snr")
@@ -35,6 +35,15 @@ class SNRPruning(Pruning):
     ``snr-auto``): here when the module type says so (an RNN with dropout between its layers), else from
     ``backward()`` (a weight used outside its module's forward, an output broadcast over the batch).
     A weight without statistics on a step has a zero gradient there, SNR 0.
+
+    Memory: without torch.distributed (no ``process_group``, no initialised process group of more
+    than one process when it is built) the statistics keep no S1 buffer: S1 is read from the
+    weights' ``.grad`` at ``optimizer.step()`` (``GradientStats(sum_from_grad=True)``; a gradient
+    rescaled uniformly since the backward, by ``clip_grad_norm_`` or ``GradScaler``, is divided back;
+    any other change is a warning, drops that step's statistics and keeps S1 in a buffer from then
+    on). Under DDP S1 keeps its buffer, since DDP replaces the local gradient by the processes' mean.
+    The magnitudes of the mask update use the layer's S2 buffer as scratch (free between the step's
+    statistics and the next backward).
 
     ``granularity`` is ``"weight"`` only. The rule is per weight: each weight's SNR comes from the
     per-sample spread of its own gradient, and the magnitude criterion it combines with ranks single
@@ -74,7 +83,11 @@ class SNRPruning(Pruning):
         self._not_above_step = -1  # ... for the mask update of this step
         self._buffers: dict[str, Tensor] = {}  # per device and dtype: |theta| of one layer at a time for the selection, reused
         # the same weights as the pruning's; refuses those whose exact per-sample statistics it cannot compute
-        self.stats = GradientStats(model, enabled=self.stats_due(0), process_group=process_group, layers=self.layers)
+        # S1 read from weight.grad (4 bytes less per weight) unless the statistics are summed over processes
+        from_grad = process_group is None and not _distributed()
+        self.stats = GradientStats(
+            model, enabled=self.stats_due(0), process_group=process_group, layers=self.layers, sum_from_grad=from_grad
+        )
 
     @property
     def cut(self) -> float:
@@ -85,19 +98,23 @@ class SNRPruning(Pruning):
         return step % self.stats_every == 0
 
     def observe_stats(self, stats: GradientStats) -> None:
-        self.fresh = True
         moments = stats.moments()
-        if not all(fused.usable(m.sum, m.sum_sq) for m in moments.values()):
+        if not moments:  # the step's statistics were dropped (S1 read from a gradient changed non-uniformly)
+            return
+        self.fresh = True
+        if not all(fused.usable(*moments.tensors(name)) for name in moments):
             super().observe_stats(stats)
             return
         kernels = fused.kernels()
         self._not_above_step = self.step_count + 1  # valid for this step's mask update only
-        for name, m in moments.items():  # SNR and moving average in one pass per layer
+        for name in moments:  # SNR and moving average in one pass per layer
+            m = moments[name]  # S1 divided by a gradient's rescaling factor: one layer's temporary at a time
             avg = self.snr_ema.get(name)
             first = avg is None
             if first:
                 avg = self.snr_ema[name] = torch.empty_like(m.sum)
             self._not_above[name] = kernels.snr_average(m.sum, m.sum_sq, avg, m.count, 1.0 - self.ema, first, self.cut)
+            del m
 
     def observe(self, snr: dict[str, Tensor]) -> None:
         for name, value in snr.items():
@@ -148,9 +165,13 @@ class SNRPruning(Pruning):
         return True
 
     def _scratch(self, name: str) -> Tensor:
-        """A buffer of the layer's shape for its magnitudes: one allocation, the size of the largest layer,
-        shared by the layers (they are selected one after another)."""
+        """A buffer of the layer's shape for its magnitudes: the layer's S2 buffer while the statistics hold
+        no sums, else one allocation, the size of the largest layer, shared by the layers (they are
+        selected one after another)."""
         dense = self.dense[name]
+        free = self.stats._free_s2(name) if self.stats is not None else None
+        if free is not None and (free.device, free.dtype) == (dense.device, dense.dtype) and free.is_contiguous():
+            return free  # the statistics hold no sums now; the next backward overwrites S2
         key = f"{dense.device}:{dense.dtype}"
         buffer = self._buffers.get(key)
         if buffer is None:
