@@ -12,6 +12,13 @@ from snrprune import GradientStats, SNRPruning
 from snrprune.statistics import _LazyMoments
 from test_pruners import make_batches as batches
 from test_pruners import small_mlp as mlp
+from snrprune.pruners import snr as snr_module
+
+
+@pytest.fixture(autouse=True)
+def from_grad_on_small_models(monkeypatch):
+    """snr reads S1 from the gradient from SUM_FROM_GRAD_MIN weights on: on every model here."""
+    monkeypatch.setattr(snr_module, "SUM_FROM_GRAD_MIN", 0)
 
 
 def stored(pruning, model):
@@ -223,3 +230,14 @@ def test_no_sum_from_grad_under_a_process_group():
     pruning = SNRPruning(mlp(), burn_in_steps=1, process_group=object())
     assert pruning.stats._from_grad == set()
     assert GradientStats(mlp())._from_grad == set()  # the public default: S1 stored
+
+
+def test_small_networks_keep_s1_in_a_buffer(monkeypatch):
+    """Below SUM_FROM_GRAD_MIN weights the copy is cheap and the check's passes are not: S1 is stored."""
+    monkeypatch.setattr(snr_module, "SUM_FROM_GRAD_MIN", WEIGHTS_OF_MLP + 1)
+    assert SNRPruning(mlp(), burn_in_steps=1).stats._from_grad == set()
+    monkeypatch.setattr(snr_module, "SUM_FROM_GRAD_MIN", WEIGHTS_OF_MLP)
+    assert SNRPruning(mlp(), burn_in_steps=1).stats._from_grad != set()
+
+
+WEIGHTS_OF_MLP = sum(m.weight.numel() for m in mlp() if hasattr(m, "weight"))

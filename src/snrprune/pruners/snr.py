@@ -15,6 +15,15 @@ from ..statistics import GradientStats
 from .base import SNR_HISTOGRAM_EDGES, SNR_ROUNDOFF, Pruning, _check_float, _check_int, _distributed, register_method
 
 
+#: From this many prunable weights on, ``snr`` reads the per-sample sum S1 from ``weight.grad`` instead
+#: of keeping a copy (4 bytes a weight less; ``benchmarks/results/memory.md``). The check that the
+#: gradient is still that sum costs a few small passes per layer and step: on LeNet-300-100 it made a
+#: step with statistics 2.22x a plain one instead of 1.57x, on LeNet-5 1.73x instead of 1.55x
+#: (``benchmarks/stats_overhead.py``), where the copy costs a few megabytes; at 16.8M weights the copy
+#: is 64 MB and the check's passes are small against the backward.
+SUM_FROM_GRAD_MIN = 1 << 24
+
+
 @register_method("snr")
 class SNRPruning(Pruning):
     """SNR-guided dynamic pruning (SPEC section 3): prune only weights whose gradient is no longer reliable.
@@ -36,8 +45,9 @@ class SNRPruning(Pruning):
     ``backward()`` (a weight used outside its module's forward, an output broadcast over the batch).
     A weight without statistics on a step has a zero gradient there, SNR 0.
 
-    Memory: without torch.distributed (no ``process_group``, no initialised process group of more
-    than one process when it is built) the statistics keep no S1 buffer: S1 is read from the
+    Memory: on a network of at least :data:`SUM_FROM_GRAD_MIN` prunable weights and without
+    torch.distributed (no ``process_group``, no initialised process group of more than one process
+    when it is built) the statistics keep no S1 buffer: S1 is read from the
     weights' ``.grad`` at ``optimizer.step()`` (``GradientStats(sum_from_grad=True)``; a gradient
     rescaled uniformly since the backward, by ``clip_grad_norm_`` or ``GradScaler``, is divided back;
     any other change is a warning, drops that step's statistics and keeps S1 in a buffer from then
@@ -83,8 +93,10 @@ class SNRPruning(Pruning):
         self._not_above_step = -1  # ... for the mask update of this step
         self._buffers: dict[str, Tensor] = {}  # per device and dtype: |theta| of one layer at a time for the selection, reused
         # the same weights as the pruning's; refuses those whose exact per-sample statistics it cannot compute
-        # S1 read from weight.grad (4 bytes less per weight) unless the statistics are summed over processes
-        from_grad = process_group is None and not _distributed()
+        # S1 read from weight.grad (4 bytes less per weight) on large networks, unless the statistics are
+        # summed over processes
+        total = sum(layer.weight.numel() for layer in self.layers)
+        from_grad = process_group is None and not _distributed() and total >= SUM_FROM_GRAD_MIN
         self.stats = GradientStats(
             model, enabled=self.stats_due(0), process_group=process_group, layers=self.layers, sum_from_grad=from_grad
         )
