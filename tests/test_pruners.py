@@ -519,3 +519,19 @@ def test_distributed_ranks_share_global_batch_statistics(float64_default):
         torch.testing.assert_close(ema0[ddp_name], pruning.snr_ema[name], rtol=1e-6, atol=1e-9)
         assert torch.equal(masks0[ddp_name], pruning.masks[name])
     assert pruning.sparsity() > 0
+
+
+def test_a_loaded_state_is_copied_not_shared():
+    """The masks are written in place (fused kernels, the regrowth record): loading a state must copy its tensors."""
+    model = small_mlp()
+    pruning = DPFPruning(model, target_sparsity=0.5, total_steps=4, update_every=1)
+    optimizer = pruning.wrap(torch.optim.SGD(model.parameters(), lr=0.1))
+    train(model, optimizer, make_batches(4))
+    state = pruning.state_dict()
+    saved = {name: mask.clone() for name, mask in state["masks"].items()}
+    other = DPFPruning(small_mlp(), target_sparsity=0.5, total_steps=4, update_every=1)
+    other.load_state_dict(state)
+    assert all(other.keep[name].data_ptr() != state["masks"][name].data_ptr() for name in saved)
+    assert all(other.ever_regrown[name].data_ptr() != state["ever_regrown"][name].data_ptr() for name in saved)
+    other.keep[next(iter(saved))].fill_(False)
+    assert all(torch.equal(state["masks"][name], mask) for name, mask in saved.items())

@@ -490,10 +490,11 @@ class Pruning:
                     w.copy_(state["dense"][name])
                     continue
                 self.dense[name].copy_(state["dense"][name])
-                self.keep[name] = state["masks"][name].to(device=w.device).bool()  # bool in every version's states
+                # bool in every version's states; a copy: the fused kernels write the masks in place
+                self.keep[name] = state["masks"][name].to(device=w.device, dtype=torch.bool, copy=True)
                 self.kept[name] = count(self.keep[name])
                 ever = state.get("ever_regrown", {}).get(name)  # absent in states of older versions
-                self.ever_regrown[name] = torch.zeros_like(self.keep[name]) if ever is None else ever.to(device=w.device).bool()
+                self.ever_regrown[name] = torch.zeros_like(self.keep[name]) if ever is None else ever.to(device=w.device, dtype=torch.bool, copy=True)
         if self.granularity == "unit":
             self._load_unit_state(state)
         if self.prunes:
