@@ -22,13 +22,7 @@ pytest.importorskip("torch_pruning")
 MNIST = (1, 28, 28)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One intra-op thread: many small forward passes, which threads only slow down on a shared machine."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
 
 
 def _unit_mask(model: nn.Module, example, fraction: float = 0.6, seed: int = 0) -> dict[str, int]:

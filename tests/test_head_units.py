@@ -24,12 +24,7 @@ OPTIONS = {"n_layer": 2, "n_head": 4, "n_embd": 16, "block_size": 8}
 ARCHITECTURE = {"model": "gpt", "input_shape": [1], "num_classes": VOCAB, "model_options": OPTIONS}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
 
 
 def _gpt(seed: int = 0, dtype: torch.dtype = torch.float32):
