@@ -306,6 +306,19 @@ def test_non_empty_out_dir_is_refused(tmp_path):
     assert (tmp_path / "summary.json").is_file()
 
 
+def test_another_processs_write_probe_does_not_make_the_folder_non_empty(tmp_path):
+    # every rank of a torchrun launch checks the run folder; rank 1's probe (an empty folder made
+    # and removed at once) can be there while rank 0 looks: it must not count as the user's files
+    from snrprune.checkpoint import WRITE_PROBE_PREFIX
+    from snrprune.training import check_output_dir
+
+    (tmp_path / f"{WRITE_PROBE_PREFIX}x1y2").mkdir()
+    check_output_dir(tmp_path, overwrite=False)
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(OutputDirError, match="not empty"):
+        check_output_dir(tmp_path, overwrite=False)
+
+
 def test_batch_larger_than_training_set_is_bad_input(tmp_path):
     from snrprune.errors import InputError
 

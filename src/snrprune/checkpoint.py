@@ -144,6 +144,12 @@ def safe_torch_load(path: str | os.PathLike, what: str, map_location: str | torc
         ) from exc
 
 
+#: Name prefix of the empty folder :func:`writable_folder_problem` creates and removes. Another
+#: process's probe can be in a folder for an instant (every rank of a torchrun launch checks the
+#: run folder), so a folder holding only probes counts as empty.
+WRITE_PROBE_PREFIX = ".snrprune-write-test-"
+
+
 def writable_folder_problem(folder: str | os.PathLike) -> str | None:
     """Why files cannot be written into ``folder`` (created with its parents if missing), or None.
 
@@ -156,7 +162,7 @@ def writable_folder_problem(folder: str | os.PathLike) -> str | None:
     if not os.path.isdir(ancestor):
         return f"{ancestor} is a file, not a folder"
     try:
-        probe = tempfile.mkdtemp(prefix=".snrprune-write-test-", dir=ancestor)
+        probe = tempfile.mkdtemp(prefix=WRITE_PROBE_PREFIX, dir=ancestor)
     except OSError as exc:
         return f"cannot create anything in {ancestor} ({exc.strerror or type(exc).__name__})"
     os.rmdir(probe)

@@ -49,7 +49,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from . import reporting
-from .checkpoint import CheckpointError, atomic_torch_save, load_checkpoint, save_checkpoint, writable_folder_problem
+from .checkpoint import WRITE_PROBE_PREFIX, CheckpointError, atomic_torch_save, load_checkpoint, save_checkpoint, writable_folder_problem
 from .data import dataset_names, dataset_task, load_dataset
 from .errors import InputError
 from .masks import COMBINE_MODES, GRANULARITIES, SCOPES
@@ -516,7 +516,7 @@ def check_output_dir(out: Path, overwrite: bool) -> None:
     """Refuses a folder that already holds files, unless ``overwrite`` (then only run files go)."""
     if out.exists() and not out.is_dir():
         raise OutputDirError(f"{out} exists and is not a folder")
-    if out.is_dir() and any(out.iterdir()) and not overwrite:
+    if out.is_dir() and any(not p.name.startswith(WRITE_PROBE_PREFIX) for p in out.iterdir()) and not overwrite:
         raise OutputDirError(
             f"{out} exists and is not empty; choose another --out, continue the run in it with "
             f"--resume {out}, or pass --overwrite to replace its run files"
