@@ -160,6 +160,52 @@ def test_snr_auto_hysteresis_holds_the_window_after_a_prune(hysteresis):
     assert _decide(pruning, drift=True) == pytest.approx(0.5 / 0.75**2)  # after a regrowth drift is not held
 
 
+def _feed(pruning, deviations, monkeypatch):
+    """Decisions on windows whose deviation from the band centre (in band stds) is each of ``deviations``."""
+    stream = iter(deviations)
+
+    def evidence(unit, parts=None):
+        d = pruning.deviation[unit] = next(stream)
+        return -1 if d < -2 else (1 if d > 2 else 0)
+
+    monkeypatch.setattr(pruning, "evidence", evidence)
+    pruning.window_count = 10
+    out = []
+    for _ in deviations:
+        pruning.decide()
+        pruning.window_count = 10
+        out.append(pruning.density["*"])
+    return out
+
+
+def test_snr_auto_pooled_windows_add_up_weak_evidence(monkeypatch):
+    # each window alone is inside the band (|d| < 2); pooled, two at -1.5 read -3 / sqrt(2) = -2.12: prune
+    plain = SNRAutoPruning(small_mlp(), window_steps=4, step=0.5)
+    assert _feed(plain, [-1.5, -1.5, -1.5], monkeypatch) == [1.0, 1.0, 1.0]
+    pooled = SNRAutoPruning(small_mlp(), window_steps=4, step=0.5, pooled=True)
+    assert _feed(pooled, [-1.5, -1.5], monkeypatch) == [1.0, 0.5]
+    assert pooled.pool == {"*": (0.0, 0)}  # fired: the next windows pool afresh
+    # the window right after the prune is not pooled (its drift is the adaptation); then the pool restarts
+    assert _feed(pooled, [1.9, 1.9, 0.8], monkeypatch) == [0.5, 0.5, 0.5]
+    assert pooled.pool["*"] == pytest.approx((2.7, 2))  # 2.7 / sqrt(2) = 1.91: hold (with the first 1.9 it would regrow)
+    assert _feed(pooled, [1.5], monkeypatch) == [pytest.approx(0.5 / 0.75)]  # 4.2 / sqrt(3) = 2.42: drift that persists regrows
+    # readings of either sign cancel: no move however long they go on
+    pooled = SNRAutoPruning(small_mlp(), window_steps=4, step=0.5, pooled=True)
+    assert _feed(pooled, [-1.9, 1.9] * 5, monkeypatch)[-1] == 1.0
+    # the pool sums deviations, so it survives a resume
+    state = pooled.state_dict()
+    again = SNRAutoPruning(small_mlp(), window_steps=4, step=0.5, pooled=True)
+    again.load_state_dict(state)
+    assert again.pool == pooled.pool and again.deviation == pooled.deviation
+
+
+def test_snr_auto_pooled_and_nested_are_refused_together():
+    with pytest.raises(ValueError, match="pooled and nested.*choose one"):
+        SNRAutoPruning(small_mlp(), window_steps=4, pooled=True, nested=True)
+    with pytest.raises(ValueError, match="pooled must be True or False"):
+        SNRAutoPruning(small_mlp(), window_steps=4, pooled=1)
+
+
 def test_snr_auto_moves_scale_with_the_learning_rate():
     model = nn.Sequential(nn.Linear(6, 16), nn.ReLU(), nn.Linear(16, 3))
     pruning = SNRAutoPruning(model, window_steps=4, step=0.5)
@@ -253,11 +299,13 @@ def test_snr_auto_short_windows_are_calibrated_and_extended():
     assert pruning.density == {"*": 0.5} and pruning.window_count == 5 and pruning.window
 
 
-@pytest.mark.parametrize("nested, window, band_sample", [(False, 3, None), (True, 14, None), (False, 8, 40), (True, 14, 40)])
-def test_snr_auto_resume_is_bit_exact(nested, window, band_sample):
+@pytest.mark.parametrize(
+    "nested, window, band_sample, pooled", [(False, 3, None, False), (True, 14, None, False), (False, 8, 40, False), (True, 14, 40, False), (False, 3, None, True)]
+)
+def test_snr_auto_resume_is_bit_exact(nested, window, band_sample, pooled):
     def setup(seed=0):
         model = small_mlp(seed)
-        pruning = SNRAutoPruning(model, window_steps=window, update_every=2, nested=nested, band_sample=band_sample)
+        pruning = SNRAutoPruning(model, window_steps=window, update_every=2, nested=nested, band_sample=band_sample, pooled=pooled)
         optimizer = pruning.wrap(torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9))
         return model, pruning, optimizer
 
@@ -280,6 +328,7 @@ def test_snr_auto_resume_is_bit_exact(nested, window, band_sample):
     assert pruning_a.step == pruning_c.step and pruning_a.direction == pruning_c.direction
     assert pruning_a.adapting == pruning_c.adapting and pruning_a.lr_max == pruning_c.lr_max == 0.1
     assert pruning_a.window_band == pruning_c.window_band and pruning_a.window_snr == pruning_c.window_snr
+    assert pruning_a.pool == pruning_c.pool and pruning_a.deviation == pruning_c.deviation
     assert pruning_a.sample.keys() == pruning_c.sample.keys() and all(torch.equal(i, pruning_c.sample[n]) for n, i in pruning_a.sample.items())
     for name in pruning_a.masks:
         assert torch.equal(pruning_a.masks[name], pruning_c.masks[name])

@@ -102,6 +102,16 @@ AUTO_NESTED = [
     Method("dpf-matched-auto-nested", {"method": "dpf"}, matched_to="snr-auto-nested"),
 ]
 
+# issue 19's second candidate: each window's deviation from the noise band pooled (Stouffer) with the
+# windows' since the evidence last fired, so that a weak but steady reading adds up; one-epoch windows
+# and a smaller first move (step 0.25), the best of six settings on optdigits, satimage, pendigits and
+# letter (seed 0, outside the suite; benchmarks/prototypes/snr-auto-variants.md, session 8)
+_POOLED = {"method": "snr-auto", "window_epochs": 1.0, "auto_pooled": True, "auto_step": 0.25}
+AUTO_POOLED = [
+    Method("snr-auto-pooled", _POOLED),
+    Method("dpf-matched-auto-pooled", {"method": "dpf"}, matched_to="snr-auto-pooled"),
+]
+
 # issue 18's memory question: the noise band from a random sample of 4,096 kept weights (the window
 # holds 8 bytes a weight instead of 68); the same decisions, sparsity and error as snr-auto's? Measured
 # with the first draw (commit 30f82be: the sample drawn among the weights kept at the window's start,
@@ -216,6 +226,7 @@ SUITE = Suite(
             [c for c in IMAGE if c is not RESNET20_FMNIST] + TABULAR + [RESNET20_FMNIST_3],
             AUTO_NESTED,
         ),
+        Group("Issue 19's pooled windows: one-epoch windows, evidence pooled over windows, first move 0.25, 3 seeds", [DIGITS] + TABULAR + [MNIST1D_MLP, MNIST1D_CONV], AUTO_POOLED),
         Group("Issue 18's memory: the noise band from a sample of 4,096 kept weights (first draw, commit 30f82be), 3 seeds", [LENET300, LETTER, LENET5_MNIST], AUTO_BAND_4096),
         Group("DPF's lossless frontier: DPF at a ladder of targets, 3 seeds", FRONTIER_CELLS_3, FRONTIER),
         Group("DPF's lossless frontier on the cells that cost minutes a run, 1 seed", FRONTIER_CELLS_1, FRONTIER),

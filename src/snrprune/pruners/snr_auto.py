@@ -172,6 +172,7 @@ class SNRAutoPruning(Pruning):
         lr_scaled: bool = True,
         hysteresis: bool = True,
         nested: bool = False,
+        pooled: bool = False,
         include: NameFilter = None,
         exclude: NameFilter = None,
         granularity: str = "weight",
@@ -179,9 +180,12 @@ class SNRAutoPruning(Pruning):
         band_sample: int | None = BAND_SAMPLE,
     ):
         super().__init__(model, scope=scope, include=include, exclude=exclude, granularity=granularity, example_inputs=example_inputs)
-        for flag, value in (("lr_scaled", lr_scaled), ("hysteresis", hysteresis), ("nested", nested)):
+        for flag, value in (("lr_scaled", lr_scaled), ("hysteresis", hysteresis), ("nested", nested), ("pooled", pooled)):
             if not isinstance(value, bool):
                 raise ValueError(f"{flag} must be True or False, got {value!r}")
+        if pooled and nested:
+            raise ValueError("pooled and nested are two ways to read more than one window's evidence: choose one")
+        self.pooled = pooled
         # lr_scaled and hysteresis on by default, off only to measure what each is worth (the suite's
         # ablations); nested off by default (issue 19's candidate, measured in the suite's nested group)
         self.lr_scaled, self.hysteresis, self.nested = lr_scaled, hysteresis, nested
@@ -226,6 +230,9 @@ class SNRAutoPruning(Pruning):
         self.window_count = 0  # T: the steps summed
         self.window_snr: dict[str, float] = {}  # the last decision's mean window SNR of the kept weights
         self.window_band: dict[str, tuple[float, float]] = {}  # the last decision's noise band: mean, std of the draws
+        self.deviation: dict[str, float] = {}  # the last window's (mean z / threshold - band mean) / band std
+        # pooled: the deviations of the windows since the controller's evidence last fired, summed, and their count
+        self.pool: dict[str, tuple[float, int]] = {unit: (0.0, 0) for unit in self.units}
 
     def _controller_groups(self) -> dict[str, list[str]]:
         """Unit granularity: the unit groups each controller sets the density of."""
@@ -386,6 +393,7 @@ class SNRAutoPruning(Pruning):
         else:
             z_total, n, draws_total = self._moments(unit, parts, read, steps, signs)
             m, var_total = n, 0.0  # the band's weights are the kept weights
+        self.deviation.pop(unit, None)
         if n == 0:
             return 0  # a dead layer must not be pruned further
         mean_z = self.window_snr[unit] = z_total / n
@@ -398,6 +406,8 @@ class SNRAutoPruning(Pruning):
         else:
             null_std = math.sqrt(max(band_variance(float(null.var()), var_total / m, m, n), 0.0))
         self.window_band[unit] = (null_mean, null_std)
+        if null_std > 0:
+            self.deviation[unit] = (mean_z / self.threshold - null_mean) / null_std
         if mean_z < self.threshold * (null_mean - 2.0 * null_std):
             return -1
         if mean_z > self.threshold * (null_mean + 2.0 * null_std):
@@ -487,6 +497,9 @@ class SNRAutoPruning(Pruning):
         second = self.nested and self.part_counts()[1] >= MIN_WINDOW_STEPS
         moves = {}
         for unit in self.units:
+            if self.pooled:
+                moves[unit] = self._pooled_evidence(unit)
+                continue
             # the second half, read first (the whole window's numbers are the ones logged); the whole
             # window only if the half's decision did not move: its first half was acted on already
             witnesses = ([range(1, 2)] if second else []) + ([None] if not self.moved_at_half[unit] else [])
@@ -496,6 +509,25 @@ class SNRAutoPruning(Pruning):
         self.sample = {}
         self.window_count = 0
         self.moved_at_half = {unit: False for unit in self.units}
+
+    def _pooled_evidence(self, unit: str) -> int:
+        """``pooled``: this window's deviation joins those of the windows since the evidence last fired,
+        and the pool decides (Stouffer's sum over k windows, over sqrt(k), against the same two standard
+        deviations): a weak but steady reading adds up over windows, so a small data set's short windows
+        decide as a long one would, and a large one's decide after one window as before. The window
+        right after a prune may prune again on its own evidence, but is not pooled: its drift is the
+        network adapting to the prune (hysteresis)."""
+        single = self.evidence(unit)
+        d = self.deviation.get(unit)
+        if d is None:
+            return 0  # no gradient, or no spread in the band: hold, and the pool waits
+        if self.adapting[unit] and self.hysteresis:
+            return min(0, single)
+        total, k = self.pool[unit]
+        total, k = total + d, k + 1
+        self.pool[unit] = (total, k)
+        pooled = total / math.sqrt(k)
+        return -1 if pooled < -2.0 else (1 if pooled > 2.0 else 0)
 
     def decide_half(self) -> None:
         """Nested windows, at the half: converged weights in the first half alone prune; drift there only
@@ -508,6 +540,8 @@ class SNRAutoPruning(Pruning):
         """Each unit's density moves by its evidence (-1 prune, +1 regrow, 0 hold), scaled by the learning rate."""
         scale = self.lr_scale()
         for unit, move in moves.items():
+            if move != 0:
+                self.pool[unit] = (0.0, 0)  # the evidence fired: the next windows pool afresh
             adapting, self.adapting[unit] = self.adapting[unit], False
             if move == 0 or (move > 0 and adapting):  # drift right after a prune: the network adapting
                 continue
@@ -551,6 +585,8 @@ class SNRAutoPruning(Pruning):
             "density": dict(self.density),
             "window_snr": dict(self.window_snr),
             "window_band": {unit: list(band) for unit, band in self.window_band.items()},  # mean, std of the draws
+            "deviation": dict(self.deviation),
+            **({"pool": {unit: list(pool) for unit, pool in self.pool.items()}} if self.pooled else {}),
             "step": dict(self.step),
             "lr_scale": self.lr_scale(),
         }
@@ -569,6 +605,9 @@ class SNRAutoPruning(Pruning):
             band_sample=self.band_sample,
             sample={name: index.clone() for name, index in self.sample.items()},
             nested=self.nested,
+            pooled=self.pooled,
+            pool={unit: list(pool) for unit, pool in self.pool.items()},
+            deviation=dict(self.deviation),
             window_snr=dict(self.window_snr),
             window_band={unit: list(band) for unit, band in self.window_band.items()},
         )
@@ -617,6 +656,8 @@ class SNRAutoPruning(Pruning):
         self.window_count = int(state["window_count"])
         if self.band_sample and self.window_count:  # a window with every class sum, into an object with a band sample
             self._sample_window()
+        self.pool = {unit: (float(state.get("pool", {}).get(unit, (0.0, 0))[0]), int(state.get("pool", {}).get(unit, (0.0, 0))[1])) for unit in self.units}
+        self.deviation = {unit: float(d) for unit, d in state.get("deviation", {}).items()}
         self.window_snr = dict(state.get("window_snr", {}))
         self.window_band = {unit: (float(band[0]), float(band[1])) for unit, band in state.get("window_band", {}).items()}
 
