@@ -73,7 +73,30 @@ def test_a_cell_where_no_target_is_lossless_is_listed_below_the_ladder(layout, t
             _summary(layout, method, seed, 0.2, ladder[method])
     assert lossless_frontier(Results(SUITE, layout), CELL, ladder) == (None, True)
     text = write_report(SUITE, layout, tmp_path / "R.md", "snrprune bench").read_text()
-    assert "| digits-mlp | 10.20 ± 0.20 | < 50 (no target lossless) |" in text
+    # snr-auto chose 70%: the frontier is below 50%, so it kept less than (1 - 0.7) / (1 - 0.5) = 0.6 times what it needed
+    assert "| digits-mlp | 10.20 ± 0.20 | < 50 (no target lossless) | 70.0 ± 0.0 / < 0.60 |" in text
+    assert "`snr-auto`: kept ratio at most 1.5 on 1 of 1 cells with a complete ladder (1 of the 1 below the ladder)." in text
+
+
+def test_dpf_at_a_fraction_of_units_and_other_cells_ladders_are_not_this_cells_rungs(layout, tmp_path):
+    # the report used to take DPF at 50% of units for a rung of every cell's ladder; no cell ran it,
+    # so no ladder was ever complete and the cells below the ladder were left out of the table
+    other = Cell("optdigits", "mlp", epochs=2, seeds=1)
+    suite = Suite(
+        "frontier-test",
+        [
+            *SUITE.groups,
+            Group("units", [CELL], [Method("dpf-unit-50", {"method": "dpf", "target_sparsity": 0.5, "granularity": "unit"})]),
+            Group("other", [other], [Method("dpf-60", {"method": "dpf", "target_sparsity": 0.6})]),
+        ],
+    )
+    assert frontier_ladder(suite) == {"dpf-50": 0.5, "dpf-80": 0.8, "dpf-90": 0.9, "dpf-95": 0.95, "dpf-60": 0.6}
+    assert frontier_ladder(suite, CELL) == frontier_ladder(SUITE)
+    for method, target in frontier_ladder(SUITE).items():
+        for seed in range(3):
+            _summary(layout, method, seed, 0.2, target)
+    text = write_report(suite, layout, tmp_path / "R.md", "snrprune bench").read_text()
+    assert "| digits-mlp | 10.20 ± 0.20 | < 50 (no target lossless) | 70.0 ± 0.0 / < 0.60 |" in text
 
 
 def test_report_has_the_frontier_table_ratio_and_plot(layout, tmp_path):

@@ -184,13 +184,18 @@ FRONTIER_METHODS = ("snr", "snr-auto", "snr-auto-window-1", "snr-auto-nested", "
 LOSSLESS_MARGIN = 0.001
 
 
-def frontier_ladder(suite: Suite) -> dict[str, float]:
-    """DPF's ladder in the suite: each method that is plain DPF at a fixed target, by name."""
+def frontier_ladder(suite: Suite, cell: Cell | None = None) -> dict[str, float]:
+    """DPF's ladder in the suite: each method that is plain DPF at a fixed target of weights, by name
+    (not DPF at a fraction of units: ``granularity="unit"``); with ``cell``, only those its groups run."""
     return {
         m.name: float(m.options["target_sparsity"])
         for g in suite.groups
+        if cell is None or any(c.key == cell.key for c in g.cells)
         for m in g.methods
-        if m.matched_to is None and m.options.get("method") == "dpf" and "target_sparsity" in m.options
+        if m.matched_to is None
+        and m.options.get("method") == "dpf"
+        and "target_sparsity" in m.options
+        and m.options.get("granularity", "weight") == "weight"
     }
 
 
@@ -210,8 +215,11 @@ def lossless_frontier(results: Results, cell: Cell, ladder: dict[str, float]) ->
     return frontier, complete
 
 
-def _frontier_rows(results: Results, cells: Sequence[Cell], ladder: dict[str, float], methods: Sequence[str]) -> tuple[list[str], dict[str, dict[str, float]], dict[str, float]]:
-    """The table of the lossless frontier per cell, each method's chosen sparsity and kept-weight ratio."""
+def _frontier_rows(
+    results: Results, cells: Sequence[Cell], ladders: dict[str, dict[str, float]], methods: Sequence[str]
+) -> tuple[list[str], dict[str, dict[str, float]], dict[str, float], dict[str, dict[str, float]]]:
+    """The table of the lossless frontier per cell, each method's chosen sparsity and kept-weight ratio;
+    also, per method, the upper bounds of the ratio on the cells where no target of the ladder is lossless."""
     headlines = [results.headline(c) for c in cells]
     mixed = len({h.label for h in headlines}) > 1
     lines = [
@@ -222,11 +230,20 @@ def _frontier_rows(results: Results, cells: Sequence[Cell], ladder: dict[str, fl
     ]
     chosen: dict[str, dict[str, float]] = {m: {} for m in methods}
     frontiers: dict[str, float] = {}  # the cells whose ladder is complete
+    below: dict[str, dict[str, float]] = {m: {} for m in methods}  # below the ladder: the ratio's upper bound
     for cell in cells:
+        ladder = ladders[cell.key]
         frontier, complete = lossless_frontier(results, cell, ladder)
         if frontier is None:
             if complete and results.error(cell, DENSE):  # every target lost accuracy: below the ladder
-                lines.append(f"| {cell.key} | {_pm(results.error(cell, DENSE))} | < {100 * min(ladder.values()):g} (no target lossless) |" + " - |" * len(methods))
+                lowest = min(ladder.values())
+                row = [f"| {cell.key} | {_value(results.headline(cell), results.error(cell, DENSE), mixed)} | < {100 * lowest:g} (no target lossless) |"]
+                for m in methods:
+                    values = results.values(cell, m, "sparsity")
+                    if values:  # the frontier is below the lowest target: the ratio is below this
+                        below[m][cell.key] = (1 - statistics.fmean(values)) / (1 - lowest)
+                    row.append(f" {_pm(values, digits=1)} / < {below[m][cell.key]:.2f} |" if values else " - |")
+                lines.append("".join(row))
             continue
         if complete:
             frontiers[cell.key] = frontier
@@ -241,37 +258,43 @@ def _frontier_rows(results: Results, cells: Sequence[Cell], ladder: dict[str, fl
             ratio = (1 - statistics.fmean(values)) / (1 - frontier)
             row.append(f" {_pm(values, digits=1)} / {ratio:.2f} |")
         lines.append("".join(row))
-    return lines, chosen, frontiers
+    return lines, chosen, frontiers, below
 
 
 def _frontier_section(results: Results, suite: Suite, plots: Path) -> tuple[list[str], Path | None]:
-    ladder = frontier_ladder(suite)
+    ladders = {c.key: frontier_ladder(suite, c) for c in suite.cells()}
     methods = [m for m in FRONTIER_METHODS if any(m == x.name for g in suite.groups for x in g.methods)]
-    cells = [c for c in suite.cells() if any(results.seeds(c, name) for name in ladder)]
-    if not (ladder and cells):
+    cells = [c for c in suite.cells() if any(results.seeds(c, name) for name in ladders[c.key])]
+    if not cells:
         return [], None
-    table, chosen, frontiers = _frontier_rows(results, cells, ladder, methods)
+    lowest = min(t for c in cells for t in ladders[c.key].values())
+    table, chosen, frontiers, below = _frontier_rows(results, cells, ladders, methods)
     units = sorted({h.unit.strip() for h in map(results.headline, cells) if not h.percent})
     other_units = f" ({LOSSLESS_MARGIN:g} {' or '.join(units)} where the headline is not an error in %)" if units else ""
     lines = [
         "## How close each method comes to DPF's lossless frontier",
         "",
-        f"The frontier of a cell is the largest target of DPF's ladder ({', '.join(f'{100 * t:g}' for t in sorted(set(ladder.values())))}%: "
+        f"The frontier of a cell is the largest target of DPF's ladder ({', '.join(f'{100 * t:g}' for t in sorted({t for c in cells for t in ladders[c.key].values()}))}%: "
         f"global scope, the cell's recipe) whose mean test error is at most dense's mean plus dense's standard deviation "
         f"or {100 * LOSSLESS_MARGIN:g} points{other_units}, whichever is larger. The kept ratio is (1 − chosen) / (1 − frontier): 1 means "
         "the method found the frontier by itself, 3 that it kept three times the weights it needed (below 1: it pruned past it). "
         "Where a target above the frontier is still pending, the frontier is a lower bound (≥) and the ratio an upper bound; "
-        "the counts below and the plot take only the cells whose ladder is complete.",
+        "the counts below and the plot take only the cells whose ladder is complete. Where no target is lossless, the frontier "
+        f"is below the lowest ({100 * lowest:g}%) and the ratio below (1 − chosen) / (1 − {lowest:g}): the counts take such a cell "
+        "as at most 1.5 only when that bound is, and the plot leaves it out.",
         "",
         *table,
         "",
     ]
     for m in methods:
         ratios = [(1 - chosen[m][k]) / (1 - frontiers[k]) for k in chosen[m] if k in frontiers]
-        if ratios:
+        bounds = list(below[m].values())
+        if ratios or bounds:
+            under = f" ({sum(b <= 1.5 for b in bounds)} of the {len(bounds)} below the ladder)" if bounds else ""
+            median = f"; median {statistics.median(ratios):.2f} over the cells with a frontier" if ratios else ""
             lines.append(
-                f"- `{m}`: kept ratio at most 1.5 on {sum(r <= 1.5 for r in ratios)} of {len(ratios)} cells with a complete ladder; "
-                f"median {statistics.median(ratios):.2f}."
+                f"- `{m}`: kept ratio at most 1.5 on {sum(r <= 1.5 for r in ratios) + sum(b <= 1.5 for b in bounds)} of "
+                f"{len(ratios) + len(bounds)} cells with a complete ladder{under}{median}."
             )
     lines.append("")
     path = _plot_frontier(chosen, frontiers, plots / "frontier.png") if frontiers else None
