@@ -199,11 +199,73 @@ def test_snr_auto_pooled_windows_add_up_weak_evidence(monkeypatch):
     assert again.pool == pooled.pool and again.deviation == pooled.deviation
 
 
-def test_snr_auto_pooled_and_nested_are_refused_together():
-    with pytest.raises(ValueError, match="pooled and nested.*choose one"):
-        SNRAutoPruning(small_mlp(), window_steps=4, pooled=True, nested=True)
+@pytest.mark.parametrize("rules", [("nested", "pooled"), ("nested", "pruned_witness"), ("pooled", "pruned_witness")])
+def test_snr_auto_candidate_rules_are_refused_together(rules):
+    with pytest.raises(ValueError, match=f"{rules[0]} and {rules[1]} are different decision rules.*choose one"):
+        SNRAutoPruning(small_mlp(), window_steps=4, **{rule: True for rule in rules})
     with pytest.raises(ValueError, match="pooled must be True or False"):
         SNRAutoPruning(small_mlp(), window_steps=4, pooled=1)
+
+
+def _two_sets(pruning, kept_kind, pruned_kind, n=400, seed=0):
+    """A window whose kept weights are of ``kept_kind`` and pruned weights of ``pruned_kind``
+    ("converged": each step undoes the last one's noise; "noise": a random walk; "drift")."""
+    g = torch.Generator().manual_seed(seed)
+    for name, w in pruning.dense.items():
+        noise = torch.randn((n + 1, *w.shape), generator=g)
+        kinds = {"converged": noise[1:] - noise[:-1], "noise": noise[1:], "drift": noise[1:] + 0.5}
+        _window(pruning, name, torch.where(pruning.keep[name].bool(), kinds[kept_kind], kinds[pruned_kind]))
+
+
+def _half_pruned(pruning):
+    """Masks that keep the first half of every layer's weights, at density 0.5."""
+    pruning._set_masks({name: (torch.arange(w.numel()) < w.numel() // 2).reshape(w.shape) for name, w in pruning.dense.items()})
+    pruning.density["*"] = 0.5
+
+
+@pytest.mark.parametrize(
+    "kept, pruned, density",
+    [
+        ("noise", "converged", 0.25),  # the pruned weights are not wanted back: prune on
+        ("converged", "noise", 0.25),  # the kept weights converged: prune, as without the witness
+        ("noise", "drift", 1.0),  # the masked network keeps pushing the pruned weights one way: regrow
+        ("drift", "noise", 0.5),  # still learning with what it has, not asking for more: hold
+        ("noise", "noise", 0.5),
+    ],
+)
+def test_snr_auto_pruned_witness_decides_by_both_sets(kept, pruned, density):
+    pruning = SNRAutoPruning(small_mlp(), window_steps=4, step=0.5, pruned_witness=True)
+    _half_pruned(pruning)
+    _two_sets(pruning, kept, pruned)
+    pruning.decide()
+    assert pruning.density["*"] == pytest.approx(density)
+    z = pruning.pruned_snr["*"]
+    mean, std = pruning.pruned_band["*"]
+    assert (z < mean - 2 * std) == (pruned == "converged") and (z > mean + 2 * std) == (pruned == "drift")
+    if (kept, pruned) == ("drift", "noise"):  # without the witness, the kept weights' drift regrows
+        plain = SNRAutoPruning(small_mlp(), window_steps=4, step=0.5)
+        _half_pruned(plain)
+        _two_sets(plain, kept, pruned)
+        plain.decide()
+        assert plain.density["*"] == pytest.approx(1.0)
+
+
+def test_snr_auto_pruned_witness_before_anything_is_pruned():
+    pruning = SNRAutoPruning(small_mlp(), window_steps=4, step=0.5, pruned_witness=True)
+    _two_sets(pruning, "converged", "drift")  # every weight is kept: only the kept set has evidence
+    pruning.decide()
+    assert pruning.density["*"] == 0.5 and "*" not in pruning.pruned_snr
+
+
+@pytest.mark.parametrize("growth", [False, True])
+def test_snr_auto_step_growth(growth):
+    pruning = SNRAutoPruning(small_mlp(), window_steps=4, step=0.5, hysteresis=False, step_growth=growth)
+    steps = []
+    for move in (-1, 1, 1, 1, -1, -1):
+        pruning._move({"*": move})
+        steps.append(pruning.step["*"])
+    # reversals halve the step; with growth, a move the same way as the last doubles it, up to the initial 0.5
+    assert steps == ([0.5, 0.25, 0.5, 0.5, 0.25, 0.5] if growth else [0.5, 0.25, 0.25, 0.25, 0.125, 0.125])
 
 
 def test_snr_auto_moves_scale_with_the_learning_rate():
@@ -300,12 +362,14 @@ def test_snr_auto_short_windows_are_calibrated_and_extended():
 
 
 @pytest.mark.parametrize(
-    "nested, window, band_sample, pooled", [(False, 3, None, False), (True, 14, None, False), (False, 8, 40, False), (True, 14, 40, False), (False, 3, None, True)]
+    "nested, window, band_sample, rule",
+    [(False, 3, None, {}), (True, 14, None, {}), (False, 8, 40, {}), (True, 14, 40, {}), (False, 3, None, {"pooled": True}),
+     (False, 3, None, {"pruned_witness": True, "step_growth": True}), (False, 8, 40, {"pruned_witness": True})],
 )
-def test_snr_auto_resume_is_bit_exact(nested, window, band_sample, pooled):
+def test_snr_auto_resume_is_bit_exact(nested, window, band_sample, rule):
     def setup(seed=0):
         model = small_mlp(seed)
-        pruning = SNRAutoPruning(model, window_steps=window, update_every=2, nested=nested, band_sample=band_sample, pooled=pooled)
+        pruning = SNRAutoPruning(model, window_steps=window, update_every=2, nested=nested, band_sample=band_sample, **rule)
         optimizer = pruning.wrap(torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9))
         return model, pruning, optimizer
 
@@ -329,6 +393,7 @@ def test_snr_auto_resume_is_bit_exact(nested, window, band_sample, pooled):
     assert pruning_a.adapting == pruning_c.adapting and pruning_a.lr_max == pruning_c.lr_max == 0.1
     assert pruning_a.window_band == pruning_c.window_band and pruning_a.window_snr == pruning_c.window_snr
     assert pruning_a.pool == pruning_c.pool and pruning_a.deviation == pruning_c.deviation
+    assert pruning_a.pruned_snr == pruning_c.pruned_snr and pruning_a.pruned_band == pruning_c.pruned_band
     assert pruning_a.sample.keys() == pruning_c.sample.keys() and all(torch.equal(i, pruning_c.sample[n]) for n, i in pruning_a.sample.items())
     for name in pruning_a.masks:
         assert torch.equal(pruning_a.masks[name], pruning_c.masks[name])

@@ -112,6 +112,17 @@ AUTO_POOLED = [
     Method("dpf-matched-auto-pooled", {"method": "dpf"}, matched_to="snr-auto-pooled"),
 ]
 
+# issue 19's third candidate: the pruned weights as a second witness (converged if the kept or the
+# pruned weights read converged; regrow only if the pruned weights drift, i.e. the masked network keeps
+# pushing them one way) and a step that grows back after a reversal; one-epoch windows. Seed 0 outside
+# the suite: optdigits 51.7%, satimage 61.5, pendigits 69.5, letter 85.2, LeNet-300-100 89.6 (95.3 with
+# half-epoch windows) (benchmarks/prototypes/snr-auto-variants.md, session 8)
+_WITNESS = {"method": "snr-auto", "window_epochs": 1.0, "auto_pruned_witness": True, "auto_step_growth": True}
+AUTO_WITNESS = [
+    Method("snr-auto-witness", _WITNESS),
+    Method("dpf-matched-auto-witness", {"method": "dpf"}, matched_to="snr-auto-witness"),
+]
+
 # issue 18's memory question: the noise band from a random sample of 4,096 kept weights (the window
 # holds 8 bytes a weight instead of 68); the same decisions, sparsity and error as snr-auto's? Measured
 # with the first draw (commit 30f82be: the sample drawn among the weights kept at the window's start,
@@ -227,6 +238,11 @@ SUITE = Suite(
             AUTO_NESTED,
         ),
         Group("Issue 19's pooled windows: one-epoch windows, evidence pooled over windows, first move 0.25, 3 seeds", [DIGITS] + TABULAR + [MNIST1D_MLP, MNIST1D_CONV], AUTO_POOLED),
+        Group(
+            "Issue 19's third candidate: the pruned weights a second witness, the step growing back, one-epoch windows, 3 seeds",
+            [DIGITS] + TABULAR + [MNIST1D_MLP, MNIST1D_CONV, LENET300],
+            AUTO_WITNESS,
+        ),
         Group("Issue 18's memory: the noise band from a sample of 4,096 kept weights (first draw, commit 30f82be), 3 seeds", [LENET300, LETTER, LENET5_MNIST], AUTO_BAND_4096),
         Group("DPF's lossless frontier: DPF at a ladder of targets, 3 seeds", FRONTIER_CELLS_3, FRONTIER),
         Group("DPF's lossless frontier on the cells that cost minutes a run, 1 seed", FRONTIER_CELLS_1, FRONTIER),

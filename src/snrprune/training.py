@@ -93,6 +93,8 @@ METHOD_OPTIONS: dict[str, tuple[str, ...]] = {
     "auto_hysteresis": ("snr-auto",),
     "auto_nested": ("snr-auto",),
     "auto_pooled": ("snr-auto",),
+    "auto_pruned_witness": ("snr-auto",),
+    "auto_step_growth": ("snr-auto",),
     "auto_band_sample": ("snr-auto",),
 }
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
@@ -216,6 +218,8 @@ class TrainConfig:
     auto_hysteresis: bool = True  # snr-auto: drift right after a prune holds the density instead of regrowing
     auto_nested: bool = False  # snr-auto: a decision at each half of the window too, the whole window a second witness
     auto_pooled: bool = False  # snr-auto: each window's evidence pooled with the windows' since the evidence last fired
+    auto_pruned_witness: bool = False  # snr-auto: the pruned weights' window SNR a second witness (they drift: regrow)
+    auto_step_growth: bool = False  # snr-auto: a move the same way as the last doubles the step back up to auto_step
     auto_band_sample: int | None = BAND_SAMPLE  # snr-auto: the noise band from about this many kept weights per controller (0 or None: all)
     # scale-out
     accumulate: int = 1  # micro-batches (backward calls) per optimizer step
@@ -330,7 +334,7 @@ class TrainConfig:
         _check(_is_int(self.stats_every) and self.stats_every >= 1, f"stats_every must be a positive integer, got {self.stats_every!r}")
         _check(_is_number(self.window_epochs) and self.window_epochs > 0, f"window_epochs must be > 0, got {self.window_epochs!r}")
         _check(_is_number(self.auto_step) and 0 < self.auto_step < 1, f"auto_step must be in (0, 1), got {self.auto_step!r}")
-        for flag in ("auto_lr_scale", "auto_hysteresis", "auto_nested", "auto_pooled"):
+        for flag in ("auto_lr_scale", "auto_hysteresis", "auto_nested", "auto_pooled", "auto_pruned_witness", "auto_step_growth"):
             _check(isinstance(getattr(self, flag), bool), f"{flag} must be true or false, got {getattr(self, flag)!r}")
         _check(
             self.auto_band_sample is None or (_is_int(self.auto_band_sample) and self.auto_band_sample >= 0),
@@ -436,6 +440,8 @@ def make_pruning(config: TrainConfig, model: nn.Module, steps_per_epoch: int, ex
             hysteresis=config.auto_hysteresis,
             nested=config.auto_nested,
             pooled=config.auto_pooled,
+            pruned_witness=config.auto_pruned_witness,
+            step_growth=config.auto_step_growth,
             band_sample=config.auto_band_sample,
             **layers,
         )

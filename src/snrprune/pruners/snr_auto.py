@@ -173,6 +173,8 @@ class SNRAutoPruning(Pruning):
         hysteresis: bool = True,
         nested: bool = False,
         pooled: bool = False,
+        pruned_witness: bool = False,
+        step_growth: bool = False,
         include: NameFilter = None,
         exclude: NameFilter = None,
         granularity: str = "weight",
@@ -180,12 +182,14 @@ class SNRAutoPruning(Pruning):
         band_sample: int | None = BAND_SAMPLE,
     ):
         super().__init__(model, scope=scope, include=include, exclude=exclude, granularity=granularity, example_inputs=example_inputs)
-        for flag, value in (("lr_scaled", lr_scaled), ("hysteresis", hysteresis), ("nested", nested), ("pooled", pooled)):
+        flags = {"lr_scaled": lr_scaled, "hysteresis": hysteresis, "nested": nested, "pooled": pooled, "pruned_witness": pruned_witness, "step_growth": step_growth}
+        for flag, value in flags.items():
             if not isinstance(value, bool):
                 raise ValueError(f"{flag} must be True or False, got {value!r}")
-        if pooled and nested:
-            raise ValueError("pooled and nested are two ways to read more than one window's evidence: choose one")
-        self.pooled = pooled
+        rules = [name for name in ("nested", "pooled", "pruned_witness") if flags[name]]
+        if len(rules) > 1:
+            raise ValueError(f"{' and '.join(rules)} are different decision rules (issue 19's candidates): choose one")
+        self.pooled, self.pruned_witness, self.step_growth = pooled, pruned_witness, step_growth
         # lr_scaled and hysteresis on by default, off only to measure what each is worth (the suite's
         # ablations); nested off by default (issue 19's candidate, measured in the suite's nested group)
         self.lr_scaled, self.hysteresis, self.nested = lr_scaled, hysteresis, nested
@@ -231,6 +235,9 @@ class SNRAutoPruning(Pruning):
         self.window_snr: dict[str, float] = {}  # the last decision's mean window SNR of the kept weights
         self.window_band: dict[str, tuple[float, float]] = {}  # the last decision's noise band: mean, std of the draws
         self.deviation: dict[str, float] = {}  # the last window's (mean z / threshold - band mean) / band std
+        # pruned_witness: the last decision's mean window SNR of the pruned weights and their band (mean, std)
+        self.pruned_snr: dict[str, float] = {}
+        self.pruned_band: dict[str, tuple[float, float]] = {}
         # pooled: the deviations of the windows since the controller's evidence last fired, summed, and their count
         self.pool: dict[str, tuple[float, int]] = {unit: (0.0, 0) for unit in self.units}
 
@@ -363,11 +370,13 @@ class SNRAutoPruning(Pruning):
         generator = torch.Generator().manual_seed(0x5D7A_0000 + self.step_count)
         return torch.randint(0, 2, (NULL_DRAWS, SIGN_CLASSES), generator=generator).mul_(2).sub_(1)
 
-    def evidence(self, unit: str, parts: range | None = None) -> int:
+    def evidence(self, unit: str, parts: range | None = None, pruned: bool = False) -> int:
         """-1: the unit's kept weights converged; +1: they drift; 0: within the noise, or no gradient (hold).
 
         ``parts``: the parts of the window read (all by default; nested windows: ``range(0, 1)`` is the
-        first half, ``range(1, 2)`` the second).
+        first half, ``range(1, 2)`` the second). ``pruned``: the same test on the pruned weights (their
+        gradients are those of the masked network, which the DPF feedback applies to their dense copies),
+        logged apart (``pruned_snr``, ``pruned_band``).
 
         The band is a sign-flip randomisation test. Under the null (a random walk: independent,
         zero-mean gradients from step to step) the sums of the interleaved step classes are
@@ -389,14 +398,16 @@ class SNRAutoPruning(Pruning):
         steps = sum(self.part_counts()[parts.start : parts.stop])
         signs = self.null_signs()[:, read]
         if any(name in self.sample for name in self.units[unit]):
-            z_total, n, draws_total, m, var_total = self._sampled_moments(unit, parts, read, steps, signs)
+            z_total, n, draws_total, m, var_total = self._sampled_moments(unit, parts, read, steps, signs, pruned)
         else:
-            z_total, n, draws_total = self._moments(unit, parts, read, steps, signs)
+            z_total, n, draws_total = self._moments(unit, parts, read, steps, signs, pruned)
             m, var_total = n, 0.0  # the band's weights are the kept weights
-        self.deviation.pop(unit, None)
+        if not pruned:
+            self.deviation.pop(unit, None)
         if n == 0:
-            return 0  # a dead layer must not be pruned further
-        mean_z = self.window_snr[unit] = z_total / n
+            return 0  # a dead layer must not be pruned further (pruned: nothing pruned yet, no evidence)
+        mean_z = z_total / n
+        (self.pruned_snr if pruned else self.window_snr)[unit] = mean_z
         if m == 0:
             return 0  # no weight of the band's sample is kept with gradient: no band, hold
         null = draws_total / m
@@ -405,8 +416,8 @@ class SNRAutoPruning(Pruning):
             null_std = float(null.std())
         else:
             null_std = math.sqrt(max(band_variance(float(null.var()), var_total / m, m, n), 0.0))
-        self.window_band[unit] = (null_mean, null_std)
-        if null_std > 0:
+        (self.pruned_band if pruned else self.window_band)[unit] = (null_mean, null_std)
+        if null_std > 0 and self.threshold > 0 and not pruned:  # threshold 0: no band to deviate from (never prunes)
             self.deviation[unit] = (mean_z / self.threshold - null_mean) / null_std
         if mean_z < self.threshold * (null_mean - 2.0 * null_std):
             return -1
@@ -414,15 +425,17 @@ class SNRAutoPruning(Pruning):
             return 1
         return 0
 
-    def _moments(self, unit: str, parts: range, read: slice, steps: int, signs: Tensor) -> tuple[float, int, Tensor]:
-        """The unit's kept weights with gradient: their z summed, their count, and each draw's z summed (every class sum held)."""
+    def _moments(self, unit: str, parts: range, read: slice, steps: int, signs: Tensor, pruned: bool = False) -> tuple[float, int, Tensor]:
+        """The unit's kept weights with gradient: their z summed, their count, and each draw's z summed (every class sum held).
+        ``pruned``: its pruned weights with gradient instead (nothing is logged per layer)."""
         z_total, n = 0.0, 0  # the kept weights' z, summed over the unit's layers, and their count
         draws_total = torch.zeros(NULL_DRAWS, dtype=torch.float64)  # each draw's z, summed the same way
         for name in self.units[unit]:
             classes, s2 = self.window[name]
             classes = classes[read].reshape(read.stop - read.start, -1)
             s2 = (s2[parts.start] if len(parts) == 1 else s2[parts.start : parts.stop].sum(dim=0)).reshape(-1)
-            index = ((s2 > 0) & (self.keep[name].reshape(-1) > 0)).nonzero().squeeze(1)  # kept weights that received any gradient
+            chosen = self.keep[name].reshape(-1) > 0
+            index = ((s2 > 0) & (~chosen if pruned else chosen)).nonzero().squeeze(1)  # kept (pruned) weights that received any gradient
             if not index.numel():
                 continue
             z_layer = 0.0
@@ -436,19 +449,25 @@ class SNRAutoPruning(Pruning):
                 # summed in the weights' dtype within a slice (a float64 sum of the slice costs 25x as much
                 # on the CPU, for a relative difference of 1e-7), in float64 across slices and layers
                 draws_total += draws.sum(dim=1).to(device="cpu", dtype=torch.float64)
-            self.window_snr[name] = z_layer / index.numel()
+            if not pruned:
+                self.window_snr[name] = z_layer / index.numel()
             z_total, n = z_total + z_layer, n + index.numel()
         return z_total, n, draws_total
 
-    def _sampled_moments(self, unit: str, parts: range, read: slice, steps: int, signs: Tensor) -> tuple[float, int, Tensor, int, float]:
+    def _sampled_moments(
+        self, unit: str, parts: range, read: slice, steps: int, signs: Tensor, pruned: bool = False
+    ) -> tuple[float, int, Tensor, int, float]:
         """With a band sample: the z of every kept weight with gradient summed and their count (n), as
         :meth:`_moments`; each draw's z summed over the sample's kept weights with gradient (the set K),
-        their count m, and each one's unbiased variance over the draws, summed."""
+        their count m, and each one's unbiased variance over the draws, summed. ``pruned``: the pruned
+        weights instead."""
         z_total, n, m, var_total = 0.0, 0, 0, 0.0
         draws_total = torch.zeros(NULL_DRAWS, dtype=torch.float64)
         for name in self.units[unit]:
             window = self.window[name]
             keep = self.keep[name].reshape(-1) > 0
+            if pruned:
+                keep = ~keep
             if len(window) == 3:
                 sums, s2, classes = (t.reshape(t.shape[0], -1) for t in window)
                 sums, index = sums[parts.start : parts.stop], self.sample[name]
@@ -469,7 +488,8 @@ class SNRAutoPruning(Pruning):
                     n_layer += count
             if not n_layer:
                 continue
-            self.window_snr[name] = z_layer / n_layer
+            if not pruned:
+                self.window_snr[name] = z_layer / n_layer
             z_total, n = z_total + z_layer, n + n_layer
             # the band: the sample's kept weights with gradient
             s2_sample = s2.sum(dim=0) if index is None else s2[:, index].sum(dim=0)
@@ -500,6 +520,9 @@ class SNRAutoPruning(Pruning):
             if self.pooled:
                 moves[unit] = self._pooled_evidence(unit)
                 continue
+            if self.pruned_witness:
+                moves[unit] = self._two_sets_evidence(unit)
+                continue
             # the second half, read first (the whole window's numbers are the ones logged); the whole
             # window only if the half's decision did not move: its first half was acted on already
             witnesses = ([range(1, 2)] if second else []) + ([None] if not self.moved_at_half[unit] else [])
@@ -529,6 +552,16 @@ class SNRAutoPruning(Pruning):
         pooled = total / math.sqrt(k)
         return -1 if pooled < -2.0 else (1 if pooled > 2.0 else 0)
 
+    def _two_sets_evidence(self, unit: str) -> int:
+        """``pruned_witness``: the kept and the pruned weights are two witnesses. Converged if either set
+        reads converged; drift (regrow) only if the pruned weights drift: the masked network's gradient
+        keeps pushing them the same way, so it wants them back. The kept weights drifting alone holds:
+        the network is still learning with what it has. Before anything is pruned the kept weights
+        decide alone (the pruned set is empty: no evidence)."""
+        kept = self.evidence(unit)
+        pruned = self.evidence(unit, pruned=True)
+        return -1 if kept < 0 or pruned < 0 else (1 if pruned > 0 else 0)
+
     def decide_half(self) -> None:
         """Nested windows, at the half: converged weights in the first half alone prune; drift there only
         holds (regrowth needs the whole window's witness too); the window goes on."""
@@ -547,6 +580,8 @@ class SNRAutoPruning(Pruning):
                 continue
             if move == -self.direction[unit]:
                 self.step[unit] /= 2  # reversed: settle at the boundary
+            elif move == self.direction[unit] and self.step_growth:  # the same way again: the step grows back
+                self.step[unit] = min(self.initial_step, 2 * self.step[unit])
             factor = 1.0 - self.step[unit] * scale
             density = self.density[unit] * factor if move < 0 else self.density[unit] / factor
             density = min(1.0, max(self.min_density[unit], density))
@@ -587,6 +622,7 @@ class SNRAutoPruning(Pruning):
             "window_band": {unit: list(band) for unit, band in self.window_band.items()},  # mean, std of the draws
             "deviation": dict(self.deviation),
             **({"pool": {unit: list(pool) for unit, pool in self.pool.items()}} if self.pooled else {}),
+            **({"pruned_snr": dict(self.pruned_snr), "pruned_band": {u: list(b) for u, b in self.pruned_band.items()}} if self.pruned_witness else {}),
             "step": dict(self.step),
             "lr_scale": self.lr_scale(),
         }
@@ -607,6 +643,8 @@ class SNRAutoPruning(Pruning):
             nested=self.nested,
             pooled=self.pooled,
             pool={unit: list(pool) for unit, pool in self.pool.items()},
+            pruned_snr=dict(self.pruned_snr),
+            pruned_band={unit: list(band) for unit, band in self.pruned_band.items()},
             deviation=dict(self.deviation),
             window_snr=dict(self.window_snr),
             window_band={unit: list(band) for unit, band in self.window_band.items()},
@@ -658,6 +696,8 @@ class SNRAutoPruning(Pruning):
             self._sample_window()
         self.pool = {unit: (float(state.get("pool", {}).get(unit, (0.0, 0))[0]), int(state.get("pool", {}).get(unit, (0.0, 0))[1])) for unit in self.units}
         self.deviation = {unit: float(d) for unit, d in state.get("deviation", {}).items()}
+        self.pruned_snr = {unit: float(z) for unit, z in state.get("pruned_snr", {}).items()}
+        self.pruned_band = {unit: (float(band[0]), float(band[1])) for unit, band in state.get("pruned_band", {}).items()}
         self.window_snr = dict(state.get("window_snr", {}))
         self.window_band = {unit: (float(band[0]), float(band[1])) for unit, band in state.get("window_band", {}).items()}
 
