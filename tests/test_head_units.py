@@ -240,3 +240,90 @@ def test_bert_heads_are_units_and_cut_like_the_masked_model(tmp_path):
     x = torch.randint(0, VOCAB, (3, 8), generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         torch.testing.assert_close(loaded(input_ids=x).logits, model(input_ids=x).logits, rtol=1e-10, atol=1e-12)
+
+
+# --------------------------------------------------------------------------- Hugging Face GPT-2 (Conv1D)
+
+
+def _gpt2(transformers, seed: int = 0, head: str = "GPT2LMHeadModel"):
+    config = transformers.GPT2Config(
+        vocab_size=VOCAB, n_positions=8, n_embd=16, n_layer=2, n_head=4, n_inner=24, bos_token_id=0, eos_token_id=0,
+        use_cache=False, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, num_labels=3, pad_token_id=0,
+    )  # fmt: skip
+    torch.manual_seed(seed)
+    model = getattr(transformers, head)(config).double().eval()
+    with torch.no_grad():  # nonzero biases, so that a unit's bias entries matter
+        for p in model.parameters():
+            if p.dim() == 1:
+                p.add_(0.1 * torch.randn_like(p))
+    return model
+
+
+def test_gpt2_heads_and_mlp_units_are_groups_and_cut_like_the_masked_model(tmp_path):
+    transformers = pytest.importorskip("transformers")
+    model = _gpt2(transformers)
+    example = {"input_ids": torch.randint(0, VOCAB, (2, 8), generator=torch.Generator().manual_seed(0))}
+    groups = _groups(model, example)
+    assert [(g.name, g.size) for g in groups] == [
+        ("transformer.h.0.attn.c_attn.weight", 4), ("transformer.h.0.mlp.c_fc.weight", 24),
+        ("transformer.h.1.attn.c_attn.weight", 4), ("transformer.h.1.mlp.c_fc.weight", 24),
+    ]  # fmt: skip
+    # head 1 of 4 (head size 4) is c_attn's columns 4..7 (query), 20..23 (key), 36..39 (value), c_proj's rows 4..7
+    heads = groups[0]
+    in_c_attn = heads.slices[0]
+    assert (in_c_attn.param, in_c_attn.dim) == ("transformer.h.0.attn.c_attn.weight", 1)
+    assert sorted(in_c_attn.index[in_c_attn.unit == 1].tolist()) == [4, 5, 6, 7, 20, 21, 22, 23, 36, 37, 38, 39]
+    assert ("transformer.h.0.attn.c_proj.weight", 0) in {(s.param, s.dim) for s in heads.slices}
+    _mask(model, groups, {groups[0].name: [0, 2], groups[1].name: list(range(0, 24, 3)), groups[2].name: [1, 2, 3]})
+    path = tmp_path / "gpt2_compact.pt"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        export_compact(model, example, path)
+        loaded = load_compact(path, _gpt2(transformers), example)
+    attention, mlp = loaded.transformer.h[1].attn, loaded.transformer.h[0].mlp
+    assert attention.num_heads == 1 and attention.split_size == 4 and tuple(attention.c_attn.weight.shape) == (16, 12)
+    assert tuple(mlp.c_fc.weight.shape) == (16, 16) and tuple(mlp.c_proj.weight.shape) == (16, 16) and mlp.c_fc.nf == 16
+    assert sum(p.numel() for p in loaded.parameters()) < sum(p.numel() for p in model.parameters())
+    x = torch.randint(0, VOCAB, (3, 8), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(input_ids=x).logits, model(input_ids=x).logits, rtol=1e-10, atol=1e-12)
+
+
+def test_dpf_at_unit_granularity_prunes_gpt2_and_the_compact_model_matches():
+    transformers = pytest.importorskip("transformers")
+    model = _gpt2(transformers, seed=3).float()
+    example = {"input_ids": torch.randint(0, VOCAB, (2, 8), generator=torch.Generator().manual_seed(0))}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        pruning = DPFPruning(model, target_sparsity=0.5, total_steps=8, end_fraction=0.5, update_every=2, scope="layer", granularity="unit", example_inputs=example)
+    data = torch.randint(0, VOCAB, (16, 9), generator=torch.Generator().manual_seed(2))
+    optimizer = pruning.wrap(torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9))
+    model.train()
+    for t in range(8):
+        batch = data[4 * (t % 4) : 4 * (t % 4) + 4]
+        optimizer.zero_grad()
+        model(input_ids=batch[:, :-1], labels=batch[:, :-1]).loss.backward()
+        optimizer.step()
+    model.eval()
+    assert pruning.unit_counts()["units_kept"] == {
+        "transformer.h.0.attn.c_attn.weight": 2, "transformer.h.0.mlp.c_fc.weight": 12,
+        "transformer.h.1.attn.c_attn.weight": 2, "transformer.h.1.mlp.c_fc.weight": 12,
+    }  # fmt: skip
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        compact = compact_model(model, example, removed_units(pruning.groups, dict(model.named_parameters())))
+    assert [b.attn.num_heads for b in compact.transformer.h] == [2, 2]
+    x = torch.randint(0, VOCAB, (2, 8), generator=torch.Generator().manual_seed(6))
+    with torch.no_grad():
+        torch.testing.assert_close(compact(input_ids=x).logits, model(input_ids=x).logits, rtol=1e-5, atol=1e-6)
+
+
+def test_gpt2_with_another_linear_to_prune_is_refused():
+    transformers = pytest.importorskip("transformers")
+    from snrprune.units import UnsupportedModelError
+
+    model = _gpt2(transformers)
+    model.transformer.h[0].mlp.act = torch.nn.Sequential(torch.nn.GELU(), torch.nn.Linear(24, 24).double())  # a Linear between Conv1Ds
+    example = {"input_ids": torch.randint(0, VOCAB, (2, 8), generator=torch.Generator().manual_seed(0))}
+    with pytest.raises(UnsupportedModelError, match="both Hugging Face Conv1D layers and other Linear"):
+        find_unit_groups(model, example)

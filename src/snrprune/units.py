@@ -20,7 +20,9 @@ follows but cannot cut faithfully: a LayerNorm across the units (removing a zero
 mean and variance), a view into the heads of an attention module the table does not know, a
 residual sum whose shortcut zero-pads channels (ResNet shortcut ``'A'``). Those groups are left out
 with a warning that names them; layers Torch-Pruning cannot trace at all (``nn.MultiheadAttention``,
-recurrent layers, Hugging Face ``Conv1D``, grouped convolutions) are refused with an error.
+recurrent layers, grouped convolutions, Hugging Face ``Conv1D`` outside GPT-2's attention and MLP) are
+refused with an error. GPT-2's Conv1D modules have a table of their own, ``_CONV1D_KINDS`` (the heads of
+its fused ``c_attn``, its MLP's hidden units), cut without Torch-Pruning.
 
 Torch-Pruning is an optional dependency (``pip install "snrprune[structured]"``), imported on first use.
 """
@@ -92,9 +94,13 @@ def _torch_pruning():
 
 
 def _refuse_untraceable(model: nn.Module) -> None:
-    """Raises for layers whose units Torch-Pruning 1.6 cannot trace or cut; says why and what works."""
+    """Raises for layers whose units Torch-Pruning 1.6 cannot trace or cut (and no table of this module
+    covers); says why and what works."""
+    covered = {id(m) for _, module, kind in _conv1d_modules(model) for m in kind.layers(module)}
     for name, module in model.named_modules():
         label = name or "(the model)"
+        if id(module) in covered:
+            continue
         if isinstance(module, nn.MultiheadAttention):
             reason = (
                 "its heads are computed inside F.multi_head_attention_forward, which Torch-Pruning's graph "
@@ -103,7 +109,10 @@ def _refuse_untraceable(model: nn.Module) -> None:
         elif isinstance(module, nn.RNNBase):
             reason = "the hidden units of a recurrent layer are coupled across time steps and its gates, which the graph cannot cut"
         elif type(module).__name__ == "Conv1D" and type(module).__module__.startswith("transformers"):
-            reason = "Torch-Pruning has no pruner for Hugging Face's Conv1D (a transposed Linear)"
+            reason = (
+                "Torch-Pruning has no pruner for Hugging Face's Conv1D (a transposed Linear); snrprune cuts it only "
+                "inside GPT-2's self-attention (heads) and MLP (hidden units)"
+            )
         elif isinstance(module, nn.modules.conv._ConvNd) and module.groups > 1:
             reason = f"it is a grouped convolution (groups={module.groups}), whose channels are tied by group"
         else:
@@ -232,6 +241,135 @@ def _cut_heads(module: nn.Module, kind: _HeadKind, removed: Tensor) -> None:
     kind.set_count(module, len(kept))
 
 
+# --------------------------------------------------------------------------- Hugging Face Conv1D modules
+
+
+def _is_hf_conv1d(module: Any) -> bool:
+    kind = type(module)
+    return kind.__name__ == "Conv1D" and kind.__module__.startswith("transformers")
+
+
+def _slice_conv1d(layer: nn.Module, index: Tensor, dim: int) -> None:
+    """Keeps the outputs (``dim`` 1 of the weight, stored [in, out], with the bias entries) or the inputs
+    (``dim`` 0) ``index`` of a Hugging Face Conv1D, in place."""
+    with torch.no_grad():
+        index = index.to(layer.weight.device)
+        layer.weight = nn.Parameter(layer.weight.index_select(dim, index).clone(), requires_grad=layer.weight.requires_grad)
+        if dim == 1:
+            layer.bias = nn.Parameter(layer.bias[index].clone(), requires_grad=layer.bias.requires_grad)
+            layer.nf = len(index)
+        else:
+            layer.nx = len(index)
+
+
+@dataclass(frozen=True)
+class _Conv1DKind:
+    """A module built of Hugging Face Conv1D layers whose units snrprune finds and cuts itself (Torch-Pruning
+    has no pruner for Conv1D): ``layers`` its Conv1D submodules, ``group`` its units (None: none to remove),
+    ``cut`` removes the units listed, in place."""
+
+    matches: Callable[[nn.Module], bool]
+    layers: Callable[[nn.Module], tuple[nn.Module, ...]]
+    group: Callable[[str, nn.Module], "UnitGroup | None"]
+    cut: Callable[[nn.Module, Tensor], None]
+
+
+def _is_gpt2_module(module: nn.Module, name: str) -> bool:
+    kind = type(module)
+    return kind.__name__ == name and kind.__module__.startswith("transformers.models.gpt2.")
+
+
+def _gpt2_attention_ok(module: nn.Module) -> bool:
+    """GPT-2's self-attention (not cross-attention): ``c_attn`` (queries, keys, values side by side) and
+    ``c_proj``, Conv1D layers of matching widths."""
+    if not _is_gpt2_module(module, "GPT2Attention") or getattr(module, "is_cross_attention", True):
+        return False
+    c_attn, c_proj = getattr(module, "c_attn", None), getattr(module, "c_proj", None)
+    if not (_is_hf_conv1d(c_attn) and _is_hf_conv1d(c_proj)):
+        return False
+    width = module.split_size
+    return module.num_heads >= 1 and width == module.num_heads * module.head_dim and c_attn.nf == 3 * width and c_proj.nx == width
+
+
+def _gpt2_head_positions(module: nn.Module, heads: Tensor) -> tuple[Tensor, Tensor]:
+    """Positions of heads ``heads`` in ``c_proj``'s inputs (q) and in ``c_attn``'s outputs (q, k, v)."""
+    d, width = module.head_dim, module.split_size
+    q = (heads[:, None] * d + torch.arange(d)).flatten()
+    return q, torch.cat([q, width + q, 2 * width + q])
+
+
+def _gpt2_heads(prefix: str, module: nn.Module) -> UnitGroup | None:
+    heads = module.num_heads
+    if heads < 2:
+        return None  # one head can never be removed
+    q, qkv = _gpt2_head_positions(module, torch.arange(heads))
+    units = q // module.head_dim
+    return _conv1d_pair_group(prefix, ("c_attn", "c_proj"), heads, (qkv, units.repeat(3)), (q, units))
+
+
+def _conv1d_pair_group(prefix: str, paths: tuple[str, str], size: int, outs: tuple[Tensor, Tensor], ins: tuple[Tensor, Tensor]) -> UnitGroup:
+    """The units of a pair of Conv1D layers: outputs (positions, units) ``outs`` of the first (weight
+    columns and bias entries) feeding inputs ``ins`` of the second (weight rows); named after the first."""
+    first, second = (_join(prefix, path) for path in paths)
+    return UnitGroup(
+        f"{first}.weight",
+        size,
+        (UnitSlice(f"{first}.weight", 1, *outs), UnitSlice(f"{first}.bias", 0, *outs), UnitSlice(f"{second}.weight", 0, *ins)),
+    )
+
+
+def _kept(size: int, removed: Tensor) -> Tensor:
+    gone = set(int(u) for u in removed)
+    return torch.tensor([u for u in range(size) if u not in gone], dtype=torch.int64)
+
+
+def _cut_gpt2_heads(module: nn.Module, removed: Tensor) -> None:
+    kept = _kept(module.num_heads, removed)
+    q, qkv = _gpt2_head_positions(module, kept)
+    _slice_conv1d(module.c_attn, qkv, 1)
+    _slice_conv1d(module.c_proj, q, 0)
+    module.num_heads = len(kept)
+    module.split_size = len(kept) * module.head_dim  # the forward splits c_attn's output by it and views -1 heads
+
+
+def _gpt2_mlp_ok(module: nn.Module) -> bool:
+    c_fc, c_proj = getattr(module, "c_fc", None), getattr(module, "c_proj", None)
+    return _is_gpt2_module(module, "GPT2MLP") and _is_hf_conv1d(c_fc) and _is_hf_conv1d(c_proj) and c_fc.nf == c_proj.nx
+
+
+def _gpt2_mlp_units(prefix: str, module: nn.Module) -> UnitGroup | None:
+    size = module.c_fc.nf
+    if size < 2:
+        return None
+    positions = torch.arange(size)
+    return _conv1d_pair_group(prefix, ("c_fc", "c_proj"), size, (positions, positions), (positions, positions))
+
+
+def _cut_gpt2_mlp(module: nn.Module, removed: Tensor) -> None:
+    kept = _kept(module.c_fc.nf, removed)
+    _slice_conv1d(module.c_fc, kept, 1)
+    _slice_conv1d(module.c_proj, kept, 0)
+
+
+#: Modules of Hugging Face Conv1D layers whose units are cut by snrprune (the first match wins): GPT-2's
+#: self-attention heads (``c_attn``'s query, key and value columns and ``c_proj``'s rows of a head) and
+#: its MLP's hidden units (``c_fc``'s columns, ``c_proj``'s rows). matched by name: transformers is never
+#: imported here.
+_CONV1D_KINDS: tuple[_Conv1DKind, ...] = (
+    _Conv1DKind(_gpt2_attention_ok, lambda m: (m.c_attn, m.c_proj), _gpt2_heads, _cut_gpt2_heads),
+    _Conv1DKind(_gpt2_mlp_ok, lambda m: (m.c_fc, m.c_proj), _gpt2_mlp_units, _cut_gpt2_mlp),
+)  # fmt: skip
+
+
+def _conv1d_modules(model: nn.Module) -> list[tuple[str, nn.Module, _Conv1DKind]]:
+    found = []
+    for prefix, module in model.named_modules():
+        kind = next((k for k in _CONV1D_KINDS if k.matches(module)), None)
+        if kind is not None:
+            found.append((prefix, module, kind))
+    return found
+
+
 def _call(model: nn.Module, example_inputs: Any) -> Any:
     if isinstance(example_inputs, Mapping):
         return model(**example_inputs)
@@ -334,13 +472,26 @@ def _candidate_groups(model: nn.Module, example_inputs: Any, ignored: Iterable[n
         head_roots += projections[:3]
         if kind.count(module) > 1 and not any(any(p is m for m in ignored_twin) for p in projections):
             heads.append(_head_group(prefix, module, kind))  # one head can never be removed: no group
-    DG = tp.DependencyGraph().build_dependency(twin, example_inputs)
-    names = {m: n for n, m in twin.named_modules()}
+    tabled = []
+    for prefix, module, kind in _conv1d_modules(twin):
+        if not any(any(layer is m for m in ignored_twin) for layer in kind.layers(module)):
+            group = kind.group(prefix, module)
+            tabled += [group] if group is not None else []
     order = {name: i for i, (name, _) in enumerate(model.named_parameters())}
-    traced = [
-        _group_from(g, DG, names, order)
-        for g in DG.get_all_groups(ignored_layers=ignored_twin + head_roots, root_module_types=(nn.Linear, nn.modules.conv._ConvNd))
-    ]
+    roots = (nn.Linear, nn.modules.conv._ConvNd)
+    skip = ignored_twin + head_roots
+    traced = []
+    if any(isinstance(m, roots) and not any(m is k for k in skip) for m in twin.modules()):
+        if _conv1d_modules(twin):  # Torch-Pruning cannot trace through Conv1D: only the tables' groups
+            raise UnsupportedModelError(
+                "cannot find units in a model that has both Hugging Face Conv1D layers and other Linear or convolution "
+                "layers to prune (Torch-Pruning cannot trace through Conv1D); only the output layers may be Linear. "
+                "Train this model with granularity 'weight'"
+            )
+        DG = tp.DependencyGraph().build_dependency(twin, example_inputs)
+        names = {m: n for n, m in twin.named_modules()}
+        traced = [_group_from(g, DG, names, order) for g in DG.get_all_groups(ignored_layers=skip, root_module_types=roots)]
+    heads = heads + tabled
     head_axes = {(s.param, s.dim) for g in heads for s in g.slices}
     overlapping = [g for g in traced if any((s.param, s.dim) in head_axes for s in g.slices)]  # none on gpt or BERT
     if overlapping:  # cut along a head axis by the graph too: the two cuts would not agree
@@ -397,18 +548,25 @@ def removed_units(groups: Sequence[UnitGroup], params: Mapping[str, Tensor]) -> 
 def _cut(model: nn.Module, example_inputs: Any, removed: Mapping[str, Tensor]) -> nn.Module:
     """Physically removes the units (in place): attention heads by slicing their projections, the other
     groups with the dependency graph's pruning (traced after the heads are cut)."""
-    tp = _torch_pruning()
     heads = {_head_group(prefix, module, kind).name: (module, kind) for prefix, module, kind in _head_modules(model)}
+    tabled = {}
+    for prefix, module, kind in _conv1d_modules(model):
+        group = kind.group(prefix, module)
+        if group is not None:
+            tabled[group.name] = (module, kind)
     rest = {}
     for name, units in removed.items():
         if len(units) == 0:
             continue
         if name in heads:
             _cut_heads(*heads[name], units)
+        elif name in tabled:
+            tabled[name][1].cut(tabled[name][0], units)
         else:
             rest[name] = units
     if not rest:
         return model
+    tp = _torch_pruning()
     DG = tp.DependencyGraph().build_dependency(model, example_inputs)
     for name, units in rest.items():
         root = model.get_submodule(name.rsplit(".", 1)[0] if "." in name else "")
