@@ -207,6 +207,12 @@ def test_snr_auto_candidate_rules_are_refused_together(rules):
         SNRAutoPruning(small_mlp(), window_steps=4, pooled=1)
 
 
+def test_snr_auto_pruned_witness_is_refused_on_units():
+    pytest.importorskip("torch_pruning")
+    with pytest.raises(ValueError, match="a removed unit gets none.*granularity 'weight'"):
+        SNRAutoPruning(small_mlp(), window_steps=4, pruned_witness=True, granularity="unit", example_inputs=torch.randn(2, 6))
+
+
 def _two_sets(pruning, kept_kind, pruned_kind, n=400, seed=0):
     """A window whose kept weights are of ``kept_kind`` and pruned weights of ``pruned_kind``
     ("converged": each step undoes the last one's noise; "noise": a random walk; "drift")."""

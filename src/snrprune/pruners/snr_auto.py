@@ -139,6 +139,13 @@ class SNRAutoPruning(Pruning):
     (:func:`band_variance`). A controller whose sample would hold all its weights keeps every class sum
     and decides exactly as without a sample (:data:`BAND_SAMPLE`: the proposed m).
 
+    Candidate rules for one default across data set sizes (issue 19), off by default and measured in
+    the suite (``benchmarks/RESULTS.md``): ``nested`` (a decision at each half of the window too),
+    ``pooled`` (each window's deviation from the band pooled with those since the evidence last
+    fired), ``pruned_witness`` (the pruned weights read by the same test: converged if either set is,
+    regrow only if the pruned weights drift) and ``step_growth`` (a move the same way as the last
+    doubles the step again, up to ``step``). At most one of the first three.
+
     ``scope="global"`` (the default): one controller for the whole network (key :data:`GLOBAL` of
     ``density``, ``step``, ``direction``), fed by the mean window SNR of all kept weights, and masks
     that keep the largest magnitudes over all layers, as DPF's global scope does, so that the layers
@@ -188,7 +195,12 @@ class SNRAutoPruning(Pruning):
                 raise ValueError(f"{flag} must be True or False, got {value!r}")
         rules = [name for name in ("nested", "pooled", "pruned_witness") if flags[name]]
         if len(rules) > 1:
-            raise ValueError(f"{' and '.join(rules)} are different decision rules (issue 19's candidates): choose one")
+            raise ValueError(f"{' and '.join(rules)} are different decision rules: choose one")
+        if pruned_witness and self.granularity == "unit":
+            raise ValueError(
+                "pruned_witness reads the pruned weights' gradients, and a removed unit gets none (its output is zero): "
+                "use it at granularity 'weight'"
+            )
         self.pooled, self.pruned_witness, self.step_growth = pooled, pruned_witness, step_growth
         # lr_scaled and hysteresis on by default, off only to measure what each is worth (the suite's
         # ablations); nested off by default (issue 19's candidate, measured in the suite's nested group)
@@ -536,8 +548,10 @@ class SNRAutoPruning(Pruning):
     def _pooled_evidence(self, unit: str) -> int:
         """``pooled``: this window's deviation joins those of the windows since the evidence last fired,
         and the pool decides (Stouffer's sum over k windows, over sqrt(k), against the same two standard
-        deviations): a weak but steady reading adds up over windows, so a small data set's short windows
-        decide as a long one would, and a large one's decide after one window as before. The window
+        deviations): a weak but steady reading adds up over windows, and a strong one still decides
+        after one window. It does not replace an epoch's cancellation: pooled half-epoch windows found
+        nothing on optdigits, where one-epoch windows read converged (session 8 of
+        ``benchmarks/prototypes/snr-auto-variants.md``). The window
         right after a prune may prune again on its own evidence, but is not pooled: its drift is the
         network adapting to the prune (hysteresis)."""
         single = self.evidence(unit)
