@@ -122,6 +122,30 @@ def test_gpt2_language_model(tmp_path, method, options):
     assert logged(trainer)[-1]["pruning/sparsity"] == pytest.approx(pruning.sparsity())
 
 
+@pytest.mark.parametrize("method, options", [("dpf", {"target_sparsity": 0.5, "update_every": 2}), ("snr-auto", {"update_every": 2, "window_steps": 2})])
+def test_gpt2_at_unit_granularity_prunes_heads_and_mlp_units(tmp_path, method, options):
+    pytest.importorskip("torch_pruning")
+    from snrprune.units import compact_model, removed_units
+
+    callback = PruningCallback(method, granularity="unit", **options)  # example_inputs from the first batch
+    model = gpt2(seed=1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the residual stream is no unit group
+        trainer = make_trainer(model, [callback], tmp_path, lm=True, num_train_epochs=2)
+        trainer.train()
+    pruning = callback.pruning
+    assert set(pruning.unit_counts()["units_total"]) == {f"transformer.h.{i}.{g}.weight" for i in (0, 1) for g in ("attn.c_attn", "mlp.c_fc")}
+    if method == "dpf":
+        assert pruning.unit_counts()["unit_sparsity"] == pytest.approx(0.5, abs=0.01)
+    model = trainer.model.eval()
+    example = {"input_ids": torch.randint(0, VOCAB, (2, LENGTH), generator=torch.Generator().manual_seed(3))}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        compact = compact_model(model, example, removed_units(pruning.groups, dict(model.named_parameters())))
+    with torch.no_grad():
+        torch.testing.assert_close(compact(**example).logits, model(**example).logits, rtol=1e-5, atol=1e-5)
+
+
 class Recorder(transformers.TrainerCallback):
     """Records the gradients the optimizer gets (after the trainer's accumulation and clipping)."""
 

@@ -11,6 +11,10 @@ constructor's arguments but the model, checked when the callback is built. What 
 is filled in when not given: ``total_steps`` (DPF) from ``state.max_steps``, ``burn_in_steps`` (SNR)
 as one epoch of optimizer steps and ``window_steps`` (snr-auto) as ``snrprune train``'s default,
 half an epoch (an epoch is ``ceil(batches / gradient_accumulation_steps)`` steps, as the trainer counts).
+At ``granularity="unit"`` (``dpf``, ``snr-auto``), ``example_inputs`` is the first two samples of the
+trainer's first training batch (the keyword arguments the trainer calls the model with), on the
+model's device: the model is traced on them once to find its units (GPT-2's and BERT's heads and MLP
+units).
 
 The callback hooks the torch optimizer inside the trainer's (accelerate's ``AcceleratedOptimizer``
 wraps it): the pruning runs inside ``optimizer.step()``, so it reads the gradients after gradient
@@ -70,23 +74,40 @@ class PruningCallback(transformers.TrainerCallback):
         self.pruning: Pruning | None = None
         self._logged: tuple[int, dict[str, float]] = (-1, {})
 
-    def _filled_options(self, args: transformers.TrainingArguments, state: transformers.TrainerState, train_dataloader: Any) -> dict[str, Any]:
+    def _filled_options(
+        self, args: transformers.TrainingArguments, state: transformers.TrainerState, train_dataloader: Any, model: torch.nn.Module
+    ) -> dict[str, Any]:
         def epoch_batches() -> float | None:
             try:
                 return len(train_dataloader)
             except TypeError:  # an iterable data set: the trainer runs max_steps, epochs unknown
                 return None
 
-        return fill_options(
+        filled = fill_options(
             self.method, self.options, total_steps=lambda: state.max_steps if state.max_steps > 0 else None,
             epoch_batches=epoch_batches, accumulation=args.gradient_accumulation_steps,
         )  # fmt: skip
+        if filled.get("granularity") == "unit" and filled.get("example_inputs") is None:
+            filled["example_inputs"] = self._example_inputs(model, train_dataloader)
+        return filled
+
+    @staticmethod
+    def _example_inputs(model: torch.nn.Module, train_dataloader: Any) -> dict[str, Any]:
+        """The first two samples of the first training batch, on the model's device (unit granularity traces the model on them)."""
+        try:
+            batch = next(iter(train_dataloader))
+        except (TypeError, StopIteration) as exc:
+            raise ValueError("granularity 'unit' needs example inputs and the trainer has no training batch to take them from; pass example_inputs= to PruningCallback") from exc
+        if not isinstance(batch, dict):
+            raise ValueError(f"granularity 'unit': the training batches are {type(batch).__name__}, not the keyword arguments of the model; pass example_inputs= to PruningCallback")
+        device = next(model.parameters()).device
+        return {k: v[:2].to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
 
     # -- training --------------------------------------------------------------------------------
     def on_train_begin(self, args, state, control, model=None, optimizer=None, train_dataloader=None, **kwargs):
         # Here the optimizer exists and a resumed run has its weights, optimizer state and step back.
         if self.pruning is None or self.pruning.model is not model:
-            self.pruning = self.method_class(model, **self._filled_options(args, state, train_dataloader))
+            self.pruning = self.method_class(model, **self._filled_options(args, state, train_dataloader, model))
         if state.global_step > 0:
             self._resume(args, state)
         self.pruning.wrap(torch_optimizer(optimizer))
