@@ -199,7 +199,7 @@ def test_snr_auto_pooled_windows_add_up_weak_evidence(monkeypatch):
     assert again.pool == pooled.pool and again.deviation == pooled.deviation
 
 
-@pytest.mark.parametrize("rules", [("nested", "pooled"), ("nested", "pruned_witness"), ("pooled", "pruned_witness")])
+@pytest.mark.parametrize("rules", [("pooled", "nested"), ("pooled", "pruned_witness")])
 def test_snr_auto_candidate_rules_are_refused_together(rules):
     with pytest.raises(ValueError, match=f"{rules[0]} and {rules[1]} are different decision rules.*choose one"):
         SNRAutoPruning(small_mlp(), window_steps=4, **{rule: True for rule in rules})
@@ -254,6 +254,32 @@ def test_snr_auto_pruned_witness_decides_by_both_sets(kept, pruned, density):
         _two_sets(plain, kept, pruned)
         plain.decide()
         assert plain.density["*"] == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize(
+    "pruned_first, pruned_second, at_half, at_end",
+    [
+        ("converged", "noise", -1, 0),  # the pruned weights converged in the first half: prune at the half
+        ("drift", "noise", 0, 0),  # drift in the first half only: the second half's witness does not read it
+        ("drift", "drift", 0, 1),  # the pruned weights drift in the second half and the whole window: regrow
+    ],
+)
+def test_snr_auto_nested_windows_read_both_sets_at_each_witness(pruned_first, pruned_second, at_half, at_end):
+    # the kept weights are a random walk throughout: every move comes from the pruned weights
+    pruning = SNRAutoPruning(small_mlp(), window_steps=400, step=0.5, nested=True, pruned_witness=True)
+    _half_pruned(pruning)
+    steps = {}
+    for i, (name, w) in enumerate(pruning.dense.items()):
+        kept, pruned = _halves(w, "noise", "noise", seed=i), _halves(w, pruned_first, pruned_second, seed=10 + i)
+        steps[name] = torch.where(pruning.keep[name].bool(), kept, pruned)
+        _window(pruning, name, steps[name][:200])
+    pruning.decide_half()
+    assert pruning.direction["*"] == at_half
+    for name in steps:
+        _window(pruning, name, steps[name])
+    before = pruning.density["*"]
+    pruning.decide()
+    assert (pruning.density["*"] > before) - (pruning.density["*"] < before) == at_end
 
 
 def test_snr_auto_pruned_witness_before_anything_is_pruned():

@@ -107,7 +107,7 @@ def test_config_json_round_trip():
         (dict(device="tpu"), "use 'cpu' or 'cuda'"),
         (dict(method="snr-auto", auto_lr_scale="no"), "auto_lr_scale must be true or false"),
         (dict(method="snr-auto", auto_hysteresis=0), "auto_hysteresis must be true or false"),
-        (dict(method="snr-auto", auto_nested=True, auto_pruned_witness=True), "--auto-nested and --auto-pruned-witness are different snr-auto decision rules"),
+        (dict(method="snr-auto", auto_pooled=True, auto_pruned_witness=True), "--auto-pooled and --auto-pruned-witness are different snr-auto decision rules"),
         (dict(method="snr-auto", auto_pruned_witness=True, granularity="unit"), "a removed unit gets none: use it with --granularity weight"),
         # one rule for every option of another method: refused, never silently ignored
         (dict(method="dense", scope="global"), "scope only applies to methods 'snr', 'dpf', 'snr-auto' .*'dense'"),

@@ -336,8 +336,8 @@ class TrainConfig:
         _check(_is_number(self.auto_step) and 0 < self.auto_step < 1, f"auto_step must be in (0, 1), got {self.auto_step!r}")
         for flag in ("auto_lr_scale", "auto_hysteresis", "auto_nested", "auto_pooled", "auto_pruned_witness", "auto_step_growth"):
             _check(isinstance(getattr(self, flag), bool), f"{flag} must be true or false, got {getattr(self, flag)!r}")
-        rules = [f"--{flag.replace('_', '-')}" for flag in ("auto_nested", "auto_pooled", "auto_pruned_witness") if getattr(self, flag) is True]
-        _check(len(rules) <= 1, f"{' and '.join(rules)} are different snr-auto decision rules: choose one")
+        rules = [f"--{flag.replace('_', '-')}" for flag in ("auto_pooled", "auto_nested", "auto_pruned_witness") if getattr(self, flag) is True]
+        _check(self.auto_pooled is not True or len(rules) <= 1, f"{' and '.join(rules)} are different snr-auto decision rules: choose one")
         _check(
             not (self.auto_pruned_witness is True and self.granularity == "unit"),
             "--auto-pruned-witness reads the pruned weights' gradients and a removed unit gets none: use it with --granularity weight",

@@ -143,8 +143,9 @@ class SNRAutoPruning(Pruning):
     the suite (``benchmarks/RESULTS.md``): ``nested`` (a decision at each half of the window too),
     ``pooled`` (each window's deviation from the band pooled with those since the evidence last
     fired), ``pruned_witness`` (the pruned weights read by the same test: converged if either set is,
-    regrow only if the pruned weights drift) and ``step_growth`` (a move the same way as the last
-    doubles the step again, up to ``step``). At most one of the first three.
+    regrow only if the pruned weights drift; with ``nested``, at each witness) and ``step_growth`` (a
+    move the same way as the last doubles the step again, up to ``step``). ``pooled`` goes with
+    neither ``nested`` nor ``pruned_witness``.
 
     ``scope="global"`` (the default): one controller for the whole network (key :data:`GLOBAL` of
     ``density``, ``step``, ``direction``), fed by the mean window SNR of all kept weights, and masks
@@ -193,8 +194,8 @@ class SNRAutoPruning(Pruning):
         for flag, value in flags.items():
             if not isinstance(value, bool):
                 raise ValueError(f"{flag} must be True or False, got {value!r}")
-        rules = [name for name in ("nested", "pooled", "pruned_witness") if flags[name]]
-        if len(rules) > 1:
+        rules = [name for name in ("pooled", "nested", "pruned_witness") if flags[name]]
+        if pooled and len(rules) > 1:
             raise ValueError(f"{' and '.join(rules)} are different decision rules: choose one")
         if pruned_witness and self.granularity == "unit":
             raise ValueError(
@@ -532,13 +533,10 @@ class SNRAutoPruning(Pruning):
             if self.pooled:
                 moves[unit] = self._pooled_evidence(unit)
                 continue
-            if self.pruned_witness:
-                moves[unit] = self._two_sets_evidence(unit)
-                continue
             # the second half, read first (the whole window's numbers are the ones logged); the whole
             # window only if the half's decision did not move: its first half was acted on already
             witnesses = ([range(1, 2)] if second else []) + ([None] if not self.moved_at_half[unit] else [])
-            moves[unit] = _combine([self.evidence(unit, parts) for parts in witnesses]) if witnesses else 0
+            moves[unit] = _combine([self._reading(unit, parts) for parts in witnesses]) if witnesses else 0
         self._move(moves)
         self.window = {}
         self.sample = {}
@@ -566,21 +564,24 @@ class SNRAutoPruning(Pruning):
         pooled = total / math.sqrt(k)
         return -1 if pooled < -2.0 else (1 if pooled > 2.0 else 0)
 
-    def _two_sets_evidence(self, unit: str) -> int:
-        """``pruned_witness``: the kept and the pruned weights are two witnesses. Converged if either set
-        reads converged; drift (regrow) only if the pruned weights drift: the masked network's gradient
-        keeps pushing them the same way, so it wants them back. The kept weights drifting alone holds:
-        the network is still learning with what it has. Before anything is pruned the kept weights
-        decide alone (the pruned set is empty: no evidence)."""
-        kept = self.evidence(unit)
-        pruned = self.evidence(unit, pruned=True)
+    def _reading(self, unit: str, parts: range | None = None) -> int:
+        """The evidence of the window (or its ``parts``): the kept weights', or with ``pruned_witness`` the
+        kept and the pruned weights' together. Converged if either set reads converged; drift (regrow) only
+        if the pruned weights drift: the masked network's gradient keeps pushing them the same way, so it
+        wants them back. The kept weights drifting alone holds: the network is still learning with what
+        it has. Before anything is pruned the kept weights decide alone (the pruned set is empty: no
+        evidence)."""
+        kept = self.evidence(unit, parts)
+        if not self.pruned_witness:
+            return kept
+        pruned = self.evidence(unit, parts, pruned=True)
         return -1 if kept < 0 or pruned < 0 else (1 if pruned > 0 else 0)
 
     def decide_half(self) -> None:
         """Nested windows, at the half: converged weights in the first half alone prune; drift there only
         holds (regrowth needs the whole window's witness too); the window goes on."""
         before = dict(self.density)
-        self._move({unit: min(0, self.evidence(unit, range(0, 1))) for unit in self.units})
+        self._move({unit: min(0, self._reading(unit, range(0, 1))) for unit in self.units})
         self.moved_at_half = {unit: self.density[unit] != before[unit] for unit in self.units}
 
     def _move(self, moves: dict[str, int]) -> None:
