@@ -37,6 +37,7 @@ COMPARISONS = [
     ("snr-auto-nested", "dpf-matched-auto-nested", "Issue 19's candidate (one-epoch windows in nested halves): on par with dense and with DPF at its sparsity?"),
     ("snr-auto-pooled", "dpf-matched-auto-pooled", "Issue 19's second candidate (evidence pooled over one-epoch windows): on par with dense and with DPF at its sparsity?"),
     ("snr-auto-witness", "dpf-matched-auto-witness", "Issue 19's third candidate (the pruned weights a second witness): on par with dense and with DPF at its sparsity?"),
+    ("snr-auto-nested-witness", "dpf-matched-auto-nested-witness", "Issue 19's fourth candidate (nested windows, the pruned weights a second witness): on par with dense and with DPF at its sparsity?"),
     ("snr-auto-window-1", "dpf-matched-auto-window-1", "The previous default (one-epoch windows): on par with dense and with DPF at its sparsity?"),
     ("snr-auto-indep-band", "dpf-matched-auto-indep-band", "The default before (one-epoch windows, a noise band of independent weights): on par with dense and with DPF at its sparsity?"),
     ("snr-auto-fixed", "dpf-matched-auto-fixed", "The earlier global design (fixed halving steps, no hysteresis): on par with dense and with DPF at its sparsity?"),
@@ -180,7 +181,7 @@ def _read_log(path: Path) -> list[dict[str, Any]]:
 
 
 #: The methods the frontier table compares, when the suite has them (each a method that finds its own sparsity).
-FRONTIER_METHODS = ("snr", "snr-auto", "snr-auto-window-1", "snr-auto-nested", "snr-auto-pooled", "snr-auto-witness")
+FRONTIER_METHODS = ("snr", "snr-auto", "snr-auto-window-1", "snr-auto-nested", "snr-auto-pooled", "snr-auto-witness", "snr-auto-nested-witness")
 #: The least margin of "lossless": a mean test error at most this much above dense's (0.1 points).
 LOSSLESS_MARGIN = 0.001
 
