@@ -146,6 +146,17 @@ def test_gpt2_at_unit_granularity_prunes_heads_and_mlp_units(tmp_path, method, o
         torch.testing.assert_close(compact(**example).logits, model(**example).logits, rtol=1e-5, atol=1e-5)
 
 
+def test_unit_granularity_without_keyword_batches_asks_for_example_inputs():
+    model = gpt2()
+    with pytest.raises(ValueError, match="not the keyword arguments of the model; pass example_inputs="):
+        PruningCallback._example_inputs(model, [(torch.zeros(4, LENGTH, dtype=torch.long), torch.zeros(4))])
+    with pytest.raises(ValueError, match="no training batch.*pass example_inputs="):
+        PruningCallback._example_inputs(model, [])
+    batch = {"input_ids": torch.arange(4 * LENGTH).reshape(4, LENGTH) % VOCAB, "labels": torch.zeros(4, LENGTH, dtype=torch.long)}
+    example = PruningCallback._example_inputs(model, [batch])
+    assert torch.equal(example["input_ids"], batch["input_ids"][:2]) and example["labels"].shape == (2, LENGTH)
+
+
 class Recorder(transformers.TrainerCallback):
     """Records the gradients the optimizer gets (after the trainer's accumulation and clipping)."""
 
