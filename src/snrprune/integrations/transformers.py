@@ -95,7 +95,8 @@ class PruningCallback(transformers.TrainerCallback):
     def _example_inputs(model: torch.nn.Module, train_dataloader: Any) -> dict[str, Any]:
         """The first two samples of the first training batch, on the model's device (unit granularity traces the model on them)."""
         try:
-            batch = next(iter(train_dataloader))
+            with torch.random.fork_rng(devices=[]):  # the look at the first batch draws no number the training would
+                batch = next(iter(train_dataloader))
         except (TypeError, StopIteration) as exc:
             raise ValueError("granularity 'unit' needs example inputs and the trainer has no training batch to take them from; pass example_inputs= to PruningCallback") from exc
         if not isinstance(batch, dict):
