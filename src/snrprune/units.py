@@ -232,8 +232,7 @@ def _cut_heads(module: nn.Module, kind: _HeadKind, removed: Tensor) -> None:
     """Removes the heads ``removed`` of one attention module (in place): its projections sliced, its head count lowered."""
     heads = kind.count(module)
     size = module.get_submodule(kind.projections[0]).out_features // heads
-    gone = set(int(h) for h in removed)
-    kept = torch.tensor([h for h in range(heads) if h not in gone], dtype=torch.int64)
+    kept = _kept(heads, removed)
     index = (kept[:, None] * size + torch.arange(size)).flatten()
     for path in kind.projections[:3]:
         _slice_linear(module.get_submodule(path), index, 0)
