@@ -1001,6 +1001,7 @@ def _print_header(config: TrainConfig, data: str, counts: dict[str, Any], steps_
             f"step {config.auto_step:g}, threshold {config.threshold:g}"
             + (f", band from {config.auto_band_sample:,} sampled weights above that size" if config.auto_band_sample != BAND_SAMPLE and config.auto_band_sample else "")
             + (", exact band" if not config.auto_band_sample else "")
+            + "".join(f", {name}" for name, on in (("pooled evidence", config.auto_pooled), ("pruned witness", config.auto_pruned_witness), ("step growth", config.auto_step_growth)) if on)
             + "".join(f", no {name}" for name in off)
             + "; no target)"
         )
