@@ -236,29 +236,25 @@ def _frontier_rows(
     for cell in cells:
         ladder = ladders[cell.key]
         frontier, complete = lossless_frontier(results, cell, ladder)
-        if frontier is None:
-            if complete and results.error(cell, DENSE):  # every target lost accuracy: below the ladder
-                lowest = min(ladder.values())
-                row = [f"| {cell.key} | {_value(results.headline(cell), results.error(cell, DENSE), mixed)} | < {100 * lowest:g} (no target lossless) |"]
-                for m in methods:
-                    values = results.values(cell, m, "sparsity")
-                    if values:  # the frontier is below the lowest target: the ratio is below this
-                        below[m][cell.key] = (1 - statistics.fmean(values)) / (1 - lowest)
-                    row.append(f" {_pm(values, digits=1)} / < {below[m][cell.key]:.2f} |" if values else " - |")
-                lines.append("".join(row))
+        under = frontier is None  # every target lost accuracy: the frontier is below the ladder
+        if under and not (complete and results.error(cell, DENSE)):
             continue
-        if complete:
+        reference = min(ladder.values()) if under else frontier  # the ratio's denominator (a bound when under)
+        label = f"< {100 * reference:g} (no target lossless)" if under else f"{100 * frontier:g}{'' if complete else ' (≥, ladder pending)'}"
+        if complete and not under:
             frontiers[cell.key] = frontier
-        row = [f"| {cell.key} | {_value(results.headline(cell), results.error(cell, DENSE), mixed)} | {100 * frontier:g}{'' if complete else ' (≥, ladder pending)'} |"]
+        row = [f"| {cell.key} | {_value(results.headline(cell), results.error(cell, DENSE), mixed)} | {label} |"]
         for m in methods:
             values = results.values(cell, m, "sparsity")
             if not values:
                 row.append(" - |")
                 continue
-            if complete:
+            ratio = (1 - statistics.fmean(values)) / (1 - reference)
+            if under:
+                below[m][cell.key] = ratio
+            elif complete:
                 chosen[m][cell.key] = statistics.fmean(values)
-            ratio = (1 - statistics.fmean(values)) / (1 - frontier)
-            row.append(f" {_pm(values, digits=1)} / {ratio:.2f} |")
+            row.append(f" {_pm(values, digits=1)} / {'< ' if under else ''}{ratio:.2f} |")
         lines.append("".join(row))
     return lines, chosen, frontiers, below
 
@@ -269,20 +265,20 @@ def _frontier_section(results: Results, suite: Suite, plots: Path) -> tuple[list
     cells = [c for c in suite.cells() if any(results.seeds(c, name) for name in ladders[c.key])]
     if not cells:
         return [], None
-    lowest = min(t for c in cells for t in ladders[c.key].values())
+    targets = sorted({t for c in cells for t in ladders[c.key].values()})
     table, chosen, frontiers, below = _frontier_rows(results, cells, ladders, methods)
     units = sorted({h.unit.strip() for h in map(results.headline, cells) if not h.percent})
     other_units = f" ({LOSSLESS_MARGIN:g} {' or '.join(units)} where the headline is not an error in %)" if units else ""
     lines = [
         "## How close each method comes to DPF's lossless frontier",
         "",
-        f"The frontier of a cell is the largest target of DPF's ladder ({', '.join(f'{100 * t:g}' for t in sorted({t for c in cells for t in ladders[c.key].values()}))}%: "
+        f"The frontier of a cell is the largest target of DPF's ladder ({', '.join(f'{100 * t:g}' for t in targets)}%: "
         f"global scope, the cell's recipe) whose mean test error is at most dense's mean plus dense's standard deviation "
         f"or {100 * LOSSLESS_MARGIN:g} points{other_units}, whichever is larger. The kept ratio is (1 − chosen) / (1 − frontier): 1 means "
         "the method found the frontier by itself, 3 that it kept three times the weights it needed (below 1: it pruned past it). "
         "Where a target above the frontier is still pending, the frontier is a lower bound (≥) and the ratio an upper bound; "
         "the counts below and the plot take only the cells whose ladder is complete. Where no target is lossless, the frontier "
-        f"is below the lowest ({100 * lowest:g}%) and the ratio below (1 − chosen) / (1 − {lowest:g}): the counts take such a cell "
+        f"is below the lowest ({100 * targets[0]:g}%) and the ratio below (1 − chosen) / (1 − {targets[0]:g}): the counts take such a cell "
         "as at most 1.5 only when that bound is, and the plot leaves it out.",
         "",
         *table,
