@@ -840,10 +840,14 @@ MOMENTS: dict[type[nn.Module], LayerMoments] = {
 
 #: Extractors for classes recognised by ``module.qualname`` without importing their package
 #: (Hugging Face's ``Conv1D`` lives in ``transformers.pytorch_utils``, formerly ``modeling_utils``).
-MOMENTS_BY_NAME: dict[str, LayerMoments] = {
-    "transformers.pytorch_utils.Conv1D": TransposedLinearMoments(),
-    "transformers.modeling_utils.Conv1D": TransposedLinearMoments(),
-}
+HF_CONV1D_NAMES = ("transformers.pytorch_utils.Conv1D", "transformers.modeling_utils.Conv1D")
+MOMENTS_BY_NAME: dict[str, LayerMoments] = {name: TransposedLinearMoments() for name in HF_CONV1D_NAMES}
+
+
+def is_hf_conv1d(module: Any) -> bool:
+    """Whether a module is (a subclass of) Hugging Face's ``Conv1D``, a Linear whose weight is stored
+    [in, out]; recognised by name, without importing transformers."""
+    return any(f"{cls.__module__}.{cls.__qualname__}" in HF_CONV1D_NAMES for cls in type(module).__mro__)
 
 
 def moments_for(module: nn.Module) -> LayerMoments | None:

@@ -40,6 +40,7 @@ from torch import Tensor, nn
 from torch.utils._pytree import tree_flatten, tree_map
 
 from .errors import InputError
+from .layers import is_hf_conv1d
 
 __all__ = [
     "UnitSlice",
@@ -108,7 +109,7 @@ def _refuse_untraceable(model: nn.Module) -> None:
             )
         elif isinstance(module, nn.RNNBase):
             reason = "the hidden units of a recurrent layer are coupled across time steps and its gates, which the graph cannot cut"
-        elif type(module).__name__ == "Conv1D" and type(module).__module__.startswith("transformers"):
+        elif is_hf_conv1d(module):
             reason = (
                 "Torch-Pruning has no pruner for Hugging Face's Conv1D (a transposed Linear); snrprune cuts it only "
                 "inside GPT-2's self-attention (heads) and MLP (hidden units)"
@@ -243,11 +244,6 @@ def _cut_heads(module: nn.Module, kind: _HeadKind, removed: Tensor) -> None:
 # --------------------------------------------------------------------------- Hugging Face Conv1D modules
 
 
-def _is_hf_conv1d(module: Any) -> bool:
-    kind = type(module)
-    return kind.__name__ == "Conv1D" and kind.__module__.startswith("transformers")
-
-
 def _slice_conv1d(layer: nn.Module, index: Tensor, dim: int) -> None:
     """Keeps the outputs (``dim`` 1 of the weight, stored [in, out], with the bias entries) or the inputs
     (``dim`` 0) ``index`` of a Hugging Face Conv1D, in place."""
@@ -284,7 +280,7 @@ def _gpt2_attention_ok(module: nn.Module) -> bool:
     if not _is_gpt2_module(module, "GPT2Attention") or getattr(module, "is_cross_attention", True):
         return False
     c_attn, c_proj = getattr(module, "c_attn", None), getattr(module, "c_proj", None)
-    if not (_is_hf_conv1d(c_attn) and _is_hf_conv1d(c_proj)):
+    if not (is_hf_conv1d(c_attn) and is_hf_conv1d(c_proj)):
         return False
     width = module.split_size
     return module.num_heads >= 1 and width == module.num_heads * module.head_dim and c_attn.nf == 3 * width and c_proj.nx == width
@@ -333,7 +329,7 @@ def _cut_gpt2_heads(module: nn.Module, removed: Tensor) -> None:
 
 def _gpt2_mlp_ok(module: nn.Module) -> bool:
     c_fc, c_proj = getattr(module, "c_fc", None), getattr(module, "c_proj", None)
-    return _is_gpt2_module(module, "GPT2MLP") and _is_hf_conv1d(c_fc) and _is_hf_conv1d(c_proj) and c_fc.nf == c_proj.nx
+    return _is_gpt2_module(module, "GPT2MLP") and is_hf_conv1d(c_fc) and is_hf_conv1d(c_proj) and c_fc.nf == c_proj.nx
 
 
 def _gpt2_mlp_units(prefix: str, module: nn.Module) -> UnitGroup | None:
