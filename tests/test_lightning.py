@@ -100,9 +100,9 @@ def test_callback_fills_dpf_and_snr_auto_steps_and_rejects_unknown_options(tmp_p
     fit(Module(), callback, 2, tmp_path)
     assert callback.pruning.total_steps == 12
     assert callback.pruning.sparsity() == pytest.approx(0.5, abs=0.01)
-    auto = PruningCallback("snr-auto", update_every=2)  # its window: half an epoch of optimizer steps, as snrprune train's
+    auto = PruningCallback("snr-auto", update_every=2)  # its window: one epoch of optimizer steps, as snrprune train's
     fit(Module(), auto, 3, tmp_path)
-    assert auto.pruning.window_steps == len(BATCHES) // 2 and auto.pruning.step_count == 3 * len(BATCHES)
+    assert auto.pruning.window_steps == len(BATCHES) and auto.pruning.step_count == 3 * len(BATCHES)
     with pytest.raises(ValueError, match="method 'snr' has no option.*target_sparsity.*valid options: burn_in_steps"):
         PruningCallback("snr", target_sparsity=0.5)
     with pytest.raises(ValueError, match="unknown pruning method 'magic'"):

@@ -10,7 +10,11 @@ from torch import nn
 
 import snrprune
 from snrprune import SNRAutoPruning, get_method
-from snrprune.pruners.snr_auto import SIGN_CLASSES
+from snrprune.pruners.snr_auto import SIGN_CLASSES, resolve_rules
+
+#: The rule each mechanism below is tested on alone: one decision a window, on the kept weights, with a
+#: step that only halves (the default until issue 19 added nested windows, the pruned witness and step growth).
+SINGLE = {"nested": False, "pruned_witness": False, "step_growth": False}
 
 
 def _window(pruning, name, steps):
@@ -79,7 +83,7 @@ def test_snr_auto_nested_windows_decide_at_the_half_and_at_the_end(first, second
     reads converged, regrow only if both read drift; after a move at the half, the second half alone
     (the first half's evidence was acted on)."""
     model = small_mlp()
-    pruning = SNRAutoPruning(model, window_steps=400, step=0.5, scope="layer", nested=True)
+    pruning = SNRAutoPruning(model, window_steps=400, step=0.5, scope="layer", **{**SINGLE, "nested": True})
     pruning.density = {name: 0.5 for name in pruning.units}  # room to regrow
     steps = {name: _halves(w, first, second, seed=i) for i, (name, w) in enumerate(pruning.dense.items())}
     for name in steps:
@@ -100,8 +104,29 @@ def test_snr_auto_nested_windows_decide_at_the_half_and_at_the_end(first, second
 
 
 def test_snr_auto_without_nesting_decides_once_a_window():
-    pruning = SNRAutoPruning(small_mlp(), window_steps=400)  # the default
+    pruning = SNRAutoPruning(small_mlp(), window_steps=400, nested=False)
     assert pruning.parts == 1 and not pruning.half_due(200) and pruning.part_counts() == [0]
+
+
+def test_snr_auto_default_rule_nests_reads_the_pruned_weights_and_grows_the_step():
+    """The default (issue 19) at weight granularity: nested windows, the pruned witness and step growth;
+    pooled evidence is a different rule and turns the first two off; at unit granularity all three are off."""
+    pruning = SNRAutoPruning(small_mlp(), window_steps=400)
+    assert (pruning.nested, pruning.pruned_witness, pruning.step_growth, pruning.pooled) == (True, True, True, False)
+    assert pruning.parts == 2 and pruning.half_due(200)
+    pooled = SNRAutoPruning(small_mlp(), window_steps=400, pooled=True)
+    assert (pooled.nested, pooled.pruned_witness, pooled.step_growth, pooled.parts) == (False, False, True, 1)
+    assert resolve_rules(False, None, None, None, "weight") == (True, True, True)
+    assert resolve_rules(False, False, True, None, "weight") == (False, True, True)
+    assert resolve_rules(True, None, None, False, "weight") == (False, False, False)
+    assert resolve_rules(False, None, None, None, "unit") == (False, False, False)
+    pytest.importorskip("torch_pruning")
+    units = SNRAutoPruning(small_mlp(), window_steps=400, granularity="unit", example_inputs=torch.randn(2, 6))
+    assert (units.nested, units.pruned_witness, units.step_growth, units.parts) == (False, False, False, 1)
+    nested_units = SNRAutoPruning(small_mlp(), window_steps=400, nested=True, step_growth=True, granularity="unit", example_inputs=torch.randn(2, 6))
+    assert (nested_units.nested, nested_units.pruned_witness, nested_units.step_growth) == (True, False, True)
+    with pytest.raises(ValueError, match="nested must be True or False"):
+        SNRAutoPruning(small_mlp(), window_steps=4, nested="yes")
 
 
 def test_snr_auto_holds_a_layer_without_gradient():
@@ -115,7 +140,7 @@ def test_snr_auto_holds_a_layer_without_gradient():
 
 def test_snr_auto_settles_and_never_collapses():
     model = small_mlp()
-    pruning = SNRAutoPruning(model, window_steps=4, step=0.5, scope="layer")
+    pruning = SNRAutoPruning(model, window_steps=4, step=0.5, scope="layer", **SINGLE)
     name = "2.weight"  # 12 x 16: the floor is one weight per output unit, 12 of 192
     for _ in range(10):  # ten windows of converged layers
         for other in pruning.dense:
@@ -151,7 +176,7 @@ def _decide(pruning, drift):
 
 @pytest.mark.parametrize("hysteresis", [True, False])
 def test_snr_auto_hysteresis_holds_the_window_after_a_prune(hysteresis):
-    pruning = SNRAutoPruning(small_mlp(), window_steps=4, step=0.5, hysteresis=hysteresis)
+    pruning = SNRAutoPruning(small_mlp(), window_steps=4, step=0.5, hysteresis=hysteresis, **SINGLE)
     assert _decide(pruning, drift=False) == 0.5 and pruning.adapting == {"*": hysteresis}
     if hysteresis:  # drift right after the prune: the network adapting, held
         assert _decide(pruning, drift=True) == 0.5 and pruning.adapting == {"*": False} and pruning.step == {"*": 0.5}
@@ -180,7 +205,7 @@ def _feed(pruning, deviations, monkeypatch):
 
 def test_snr_auto_pooled_windows_add_up_weak_evidence(monkeypatch):
     # each window alone is inside the band (|d| < 2); pooled, two at -1.5 read -3 / sqrt(2) = -2.12: prune
-    plain = SNRAutoPruning(small_mlp(), window_steps=4, step=0.5)
+    plain = SNRAutoPruning(small_mlp(), window_steps=4, step=0.5, **SINGLE)
     assert _feed(plain, [-1.5, -1.5, -1.5], monkeypatch) == [1.0, 1.0, 1.0]
     pooled = SNRAutoPruning(small_mlp(), window_steps=4, step=0.5, pooled=True)
     assert _feed(pooled, [-1.5, -1.5], monkeypatch) == [1.0, 0.5]
@@ -240,7 +265,7 @@ def _half_pruned(pruning):
     ],
 )
 def test_snr_auto_pruned_witness_decides_by_both_sets(kept, pruned, density):
-    pruning = SNRAutoPruning(small_mlp(), window_steps=4, step=0.5, pruned_witness=True)
+    pruning = SNRAutoPruning(small_mlp(), window_steps=4, step=0.5, **{**SINGLE, "pruned_witness": True})
     _half_pruned(pruning)
     _two_sets(pruning, kept, pruned)
     pruning.decide()
@@ -249,7 +274,7 @@ def test_snr_auto_pruned_witness_decides_by_both_sets(kept, pruned, density):
     mean, std = pruning.pruned_band["*"]
     assert (z < mean - 2 * std) == (pruned == "converged") and (z > mean + 2 * std) == (pruned == "drift")
     if (kept, pruned) == ("drift", "noise"):  # without the witness, the kept weights' drift regrows
-        plain = SNRAutoPruning(small_mlp(), window_steps=4, step=0.5)
+        plain = SNRAutoPruning(small_mlp(), window_steps=4, step=0.5, **SINGLE)
         _half_pruned(plain)
         _two_sets(plain, kept, pruned)
         plain.decide()
@@ -436,7 +461,7 @@ def test_snr_auto_resume_is_bit_exact(nested, window, band_sample, rule):
 
 def test_snr_auto_global_scope_pools_the_evidence_and_ranks_magnitudes_over_all_layers():
     model = small_mlp()
-    pruning = SNRAutoPruning(model, window_steps=4, step=0.5, scope="global")
+    pruning = SNRAutoPruning(model, window_steps=4, step=0.5, scope="global", **SINGLE)
     assert set(pruning.density) == {SNRAutoPruning.GLOBAL}
     for name in pruning.dense:
         _converged(pruning, name)
@@ -588,7 +613,7 @@ def test_snr_auto_loads_a_state_from_before_the_sign_classes():
     """An older checkpoint holds one sum of g_t per weight (and one sum of squares, without nested
     halves): it becomes one class of a one-part window, and the window goes on."""
     model = small_mlp()
-    pruning = SNRAutoPruning(model, window_steps=100)
+    pruning = SNRAutoPruning(model, window_steps=100, **SINGLE)
     optimizer = pruning.wrap(torch.optim.SGD(model.parameters(), lr=0.01))
     train(model, optimizer, make_batches(8))
     state = pruning.state_dict()
@@ -596,7 +621,7 @@ def test_snr_auto_loads_a_state_from_before_the_sign_classes():
     state["window"] = {name: [pair[0].sum(0), pair[1][0]] for name, pair in state["window"].items()}  # the old layout
     with pytest.raises(ValueError, match="summed as one part.*nested=False"):
         SNRAutoPruning(small_mlp(), window_steps=100, nested=True).load_state_dict(state)
-    again = SNRAutoPruning(small_mlp(), window_steps=100)
+    again = SNRAutoPruning(small_mlp(), window_steps=100, **SINGLE)
     again.load_state_dict(state)
     for name, (classes, s2) in again.window.items():
         assert classes.shape == (SIGN_CLASSES, *pruning.dense[name].shape)

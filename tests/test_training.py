@@ -90,6 +90,23 @@ def test_config_json_round_trip():
         TrainConfig.from_dict({**c.to_dict(), "bogus": 1})
 
 
+def test_snr_auto_default_rule_by_granularity():
+    """snrprune train's snr-auto: one-epoch windows, nested, with the pruned witness and step growth at
+    weight granularity; at unit granularity the three rules are off unless asked for."""
+    from torch import nn
+
+    from snrprune.training import make_pruning
+
+    model = nn.Sequential(nn.Linear(8, 6), nn.ReLU(), nn.Linear(6, 3))
+    weight = make_pruning(tiny(method="snr-auto").resolved(), model, steps_per_epoch=20)
+    assert (weight.window_steps, weight.nested, weight.pruned_witness, weight.step_growth) == (20, True, True, True)
+    pytest.importorskip("torch_pruning")
+    unit = make_pruning(tiny(method="snr-auto", granularity="unit").resolved(), model, steps_per_epoch=20, example_inputs=torch.randn(2, 8))
+    assert (unit.window_steps, unit.nested, unit.pruned_witness, unit.step_growth) == (20, False, False, False)
+    asked = make_pruning(tiny(method="snr-auto", granularity="unit", auto_step_growth=True).resolved(), model, steps_per_epoch=20, example_inputs=torch.randn(2, 8))
+    assert (asked.nested, asked.step_growth) == (False, True)
+
+
 @pytest.mark.parametrize(
     "changes, message",
     [
@@ -109,6 +126,7 @@ def test_config_json_round_trip():
         (dict(method="snr-auto", auto_hysteresis=0), "auto_hysteresis must be true or false"),
         (dict(method="snr-auto", auto_pooled=True, auto_pruned_witness=True), "--auto-pooled and --auto-pruned-witness are different snr-auto decision rules"),
         (dict(method="snr-auto", auto_pruned_witness=True, granularity="unit"), "a removed unit gets none: use it with --granularity weight"),
+        (dict(method="snr-auto", auto_step_growth="yes"), r"auto_step_growth must be true or false \(or null: the default rule\)"),
         # one rule for every option of another method: refused, never silently ignored
         (dict(method="dense", scope="global"), "scope only applies to methods 'snr', 'dpf', 'snr-auto' .*'dense'"),
         (dict(method="dense", update_every=3), "update_every only applies to methods"),

@@ -33,13 +33,18 @@ DENSE, SNR, DPF_MATCHED = "dense", "snr", "dpf-matched"
 #: (method, DPF matched to its sparsity, title) compared cell by cell with dense and with DPF.
 COMPARISONS = [
     (SNR, DPF_MATCHED, "Is SNR (`agree`, the paper's method) on par with dense training and with DPF?"),
-    ("snr-auto", "dpf-matched-auto", "Is `snr-auto` on par with dense training and with DPF at the sparsity it chose?"),
+    (
+        "snr-auto-nested-witness",
+        "dpf-matched-auto-nested-witness",
+        "Is `snr-auto` (the default: nested one-epoch windows, the pruned weights a second witness, step growth; "
+        "issue 19's fourth candidate) on par with dense training and with DPF at the sparsity it chose?",
+    ),
+    ("snr-auto", "dpf-matched-auto", "The default until commit ada3a1c (half-epoch windows; `snr-auto` in the suite): on par with dense and with DPF at its sparsity?"),
     ("snr-auto-nested", "dpf-matched-auto-nested", "Issue 19's candidate (one-epoch windows in nested halves): on par with dense and with DPF at its sparsity?"),
     ("snr-auto-pooled", "dpf-matched-auto-pooled", "Issue 19's second candidate (evidence pooled over one-epoch windows): on par with dense and with DPF at its sparsity?"),
     ("snr-auto-witness", "dpf-matched-auto-witness", "Issue 19's third candidate (the pruned weights a second witness): on par with dense and with DPF at its sparsity?"),
-    ("snr-auto-nested-witness", "dpf-matched-auto-nested-witness", "Issue 19's fourth candidate (nested windows, the pruned weights a second witness): on par with dense and with DPF at its sparsity?"),
-    ("snr-auto-window-1", "dpf-matched-auto-window-1", "The previous default (one-epoch windows): on par with dense and with DPF at its sparsity?"),
-    ("snr-auto-indep-band", "dpf-matched-auto-indep-band", "The default before (one-epoch windows, a noise band of independent weights): on par with dense and with DPF at its sparsity?"),
+    ("snr-auto-window-1", "dpf-matched-auto-window-1", "The default before that (one-epoch windows): on par with dense and with DPF at its sparsity?"),
+    ("snr-auto-indep-band", "dpf-matched-auto-indep-band", "An earlier default (one-epoch windows, a noise band of independent weights): on par with dense and with DPF at its sparsity?"),
     ("snr-auto-fixed", "dpf-matched-auto-fixed", "The earlier global design (fixed halving steps, no hysteresis): on par with dense and with DPF at its sparsity?"),
     ("snr-auto-layer-fixed", "dpf-matched-auto-layer-fixed", "The first design (per layer, fixed halving steps): on par with dense and with DPF at its sparsity?"),
 ]
@@ -181,7 +186,7 @@ def _read_log(path: Path) -> list[dict[str, Any]]:
 
 
 #: The methods the frontier table compares, when the suite has them (each a method that finds its own sparsity).
-FRONTIER_METHODS = ("snr", "snr-auto", "snr-auto-window-1", "snr-auto-nested", "snr-auto-pooled", "snr-auto-witness", "snr-auto-nested-witness")
+FRONTIER_METHODS = ("snr", "snr-auto-nested-witness", "snr-auto", "snr-auto-window-1", "snr-auto-nested", "snr-auto-pooled", "snr-auto-witness")
 #: The least margin of "lossless": a mean test error at most this much above dense's (0.1 points).
 LOSSLESS_MARGIN = 0.001
 

@@ -55,7 +55,7 @@ from .errors import InputError
 from .masks import COMBINE_MODES, GRANULARITIES, SCOPES
 from .models import MODELS, build_model, model_names, model_task
 from .pruners import PRUNING_METHODS, SNR_HISTOGRAM_EDGES, DPFPruning, NoPruning, Pruning, SNRAutoPruning, SNRPruning
-from .pruners.snr_auto import BAND_SAMPLE, DEFAULT_WINDOW_EPOCHS, epoch_window_steps
+from .pruners.snr_auto import BAND_SAMPLE, DEFAULT_WINDOW_EPOCHS, epoch_window_steps, resolve_rules
 from .tasks import Task, evaluate, make_task
 
 __all__ = [
@@ -216,10 +216,10 @@ class TrainConfig:
     auto_step: float = 0.5  # snr-auto: a decision at the full learning rate multiplies the density by 1 - auto_step
     auto_lr_scale: bool = True  # snr-auto: moves scaled by the learning rate over the largest seen
     auto_hysteresis: bool = True  # snr-auto: drift right after a prune holds the density instead of regrowing
-    auto_nested: bool = False  # snr-auto: a decision at each half of the window too, the whole window a second witness
+    auto_nested: bool | None = None  # snr-auto: a decision at each half of the window too, the whole window a second witness (None: on at weight granularity unless pooled)
     auto_pooled: bool = False  # snr-auto: each window's evidence pooled with the windows' since the evidence last fired
-    auto_pruned_witness: bool = False  # snr-auto: the pruned weights' window SNR a second witness (they drift: regrow)
-    auto_step_growth: bool = False  # snr-auto: a move the same way as the last doubles the step back up to auto_step
+    auto_pruned_witness: bool | None = None  # snr-auto: the pruned weights' window SNR a second witness (None: on at weight granularity unless pooled)
+    auto_step_growth: bool | None = None  # snr-auto: a move the same way as the last doubles the step back up to auto_step (None: on at weight granularity)
     auto_band_sample: int | None = BAND_SAMPLE  # snr-auto: the noise band from about this many kept weights per controller (0 or None: all)
     # scale-out
     accumulate: int = 1  # micro-batches (backward calls) per optimizer step
@@ -335,9 +335,13 @@ class TrainConfig:
         _check(_is_number(self.window_epochs) and self.window_epochs > 0, f"window_epochs must be > 0, got {self.window_epochs!r}")
         _check(_is_number(self.auto_step) and 0 < self.auto_step < 1, f"auto_step must be in (0, 1), got {self.auto_step!r}")
         for flag in ("auto_lr_scale", "auto_hysteresis", "auto_nested", "auto_pooled", "auto_pruned_witness", "auto_step_growth"):
-            _check(isinstance(getattr(self, flag), bool), f"{flag} must be true or false, got {getattr(self, flag)!r}")
+            value, optional = getattr(self, flag), flag in ("auto_nested", "auto_pruned_witness", "auto_step_growth")
+            _check(isinstance(value, bool) or (optional and value is None), f"{flag} must be true or false{' (or null: the default rule)' if optional else ''}, got {value!r}")
         rules = [f"--{flag.replace('_', '-')}" for flag in ("auto_pooled", "auto_nested", "auto_pruned_witness") if getattr(self, flag) is True]
-        _check(self.auto_pooled is not True or len(rules) <= 1, f"{' and '.join(rules)} are different snr-auto decision rules: choose one")
+        _check(
+            self.auto_pooled is not True or len(rules) <= 1,
+            f"{' and '.join(rules)} are different snr-auto decision rules: choose one (--auto-pooled replaces the default nested windows and pruned witness)",
+        )
         _check(
             not (self.auto_pruned_witness is True and self.granularity == "unit"),
             "--auto-pruned-witness reads the pruned weights' gradients and a removed unit gets none: use it with --granularity weight",
@@ -996,12 +1000,13 @@ def _print_header(config: TrainConfig, data: str, counts: dict[str, Any], steps_
         method += f" (combine {config.combine}, scope {config.scope}, ema {config.ema:g}, burn-in {config.burn_in_epochs:g} epochs)"
     elif method == "snr-auto":
         off = [name for name, on in (("lr scaling", config.auto_lr_scale), ("hysteresis", config.auto_hysteresis)) if not on]
+        nested, witness, growth = resolve_rules(config.auto_pooled, config.auto_nested, config.auto_pruned_witness, config.auto_step_growth, config.granularity)
         method += (
-            f" (scope {config.scope}, window {config.window_epochs:g} epochs{' in nested halves' if config.auto_nested else ''}, "
+            f" (scope {config.scope}, window {config.window_epochs:g} epochs{' in nested halves' if nested else ''}, "
             f"step {config.auto_step:g}, threshold {config.threshold:g}"
             + (f", band from {config.auto_band_sample:,} sampled weights above that size" if config.auto_band_sample != BAND_SAMPLE and config.auto_band_sample else "")
             + (", exact band" if not config.auto_band_sample else "")
-            + "".join(f", {name}" for name, on in (("pooled evidence", config.auto_pooled), ("pruned witness", config.auto_pruned_witness), ("step growth", config.auto_step_growth)) if on)
+            + "".join(f", {name}" for name, on in (("pooled evidence", config.auto_pooled), ("pruned witness", witness), ("step growth", growth)) if on)
             + "".join(f", no {name}" for name in off)
             + "; no target)"
         )

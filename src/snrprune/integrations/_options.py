@@ -40,7 +40,7 @@ def fill_options(
     """``options`` with what the trainer knows filled in where the method takes it and it is not given.
 
     ``total_steps`` (DPF): the run's optimizer steps; ``burn_in_steps`` (SNR): one epoch of them;
-    ``window_steps`` (snr-auto): ``epoch_window_steps`` of an epoch (half an epoch, as ``snrprune
+    ``window_steps`` (snr-auto): ``epoch_window_steps`` of an epoch (one epoch, as ``snrprune
     train``'s). An epoch is ``ceil(epoch_batches() / accumulation)`` optimizer steps, at least one.
     The callables are asked only when needed; None or an infinite count (an iterable data set without
     a length) is a ValueError that names the option to pass.

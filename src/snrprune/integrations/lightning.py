@@ -9,7 +9,7 @@ Usage::
 ``method`` is any registered pruning method (``snrprune.PRUNING_METHODS``) and the options are its
 constructor's arguments but the model. What the trainer knows is filled in when not given:
 ``total_steps`` (DPF) from ``trainer.estimated_stepping_batches``, ``burn_in_steps`` (SNR) as one
-epoch of optimizer steps and ``window_steps`` (snr-auto) as ``snrprune train``'s default, half an
+epoch of optimizer steps and ``window_steps`` (snr-auto) as ``snrprune train``'s default, one
 epoch. The callback wraps the module's optimizer, so gradient accumulation
 (``accumulate_grad_batches``), mixed precision (a step GradScaler skips leaves the statistics and
 masks alone) and the DDP strategy (SNR's statistics summed over the processes; snr-auto reads the

@@ -10,7 +10,7 @@ Usage::
 constructor's arguments but the model, checked when the callback is built. What the trainer knows
 is filled in when not given: ``total_steps`` (DPF) from ``state.max_steps``, ``burn_in_steps`` (SNR)
 as one epoch of optimizer steps and ``window_steps`` (snr-auto) as ``snrprune train``'s default,
-half an epoch (an epoch is ``ceil(batches / gradient_accumulation_steps)`` steps, as the trainer counts).
+one epoch (an epoch is ``ceil(batches / gradient_accumulation_steps)`` steps, as the trainer counts).
 At ``granularity="unit"`` (``dpf``, ``snr-auto``), ``example_inputs`` is the first two samples of the
 trainer's first training batch (the keyword arguments the trainer calls the model with), on the
 model's device: the model is traced on them once to find its units (GPT-2's and BERT's heads and MLP

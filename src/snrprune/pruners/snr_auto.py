@@ -38,9 +38,26 @@ BAND_SAMPLE = 1 << 20
 SAMPLE_SEED = 0x5B5A_0000
 
 #: The window the front ends (``snrprune train``, the Lightning callback) give by default, in epochs:
-#: half an epoch of a shuffle. One epoch finds more sparsity on small data sets (up to ~250 steps
-#: an epoch in the suite), half an epoch more on large ones; the suite compares both on every cell (finding 4).
-DEFAULT_WINDOW_EPOCHS = 0.5
+#: one epoch of a shuffle, read at each half too (``nested``). One-epoch windows alone find more
+#: sparsity on small data sets (up to ~250 steps an epoch in the suite), half-epoch windows more on
+#: large ones (finding 4); nested windows read both (finding 14).
+DEFAULT_WINDOW_EPOCHS = 1.0
+
+
+def resolve_rules(
+    pooled: bool, nested: bool | None, pruned_witness: bool | None, step_growth: bool | None, granularity: str
+) -> tuple[bool, bool, bool]:
+    """``nested``, ``pruned_witness`` and ``step_growth`` as a run applies them. None (the default)
+    is on at granularity ``"weight"`` and off at ``"unit"``; ``nested`` and ``pruned_witness`` are off
+    with ``pooled`` too (a different decision rule). At unit granularity a removed unit's output is
+    zero, so its weights get no gradient for the witness to read, and nested windows with step growth
+    removed 98% of LeNet-300-100's units at 32% test error (seed 0; one-epoch windows without them:
+    89%, 4.5%; finding 15 of ``benchmarks/RESULTS.md``)."""
+    weight = granularity == "weight"
+    nested = weight and not pooled if nested is None else nested
+    pruned_witness = weight and not pooled if pruned_witness is None else pruned_witness
+    step_growth = weight if step_growth is None else step_growth
+    return nested, pruned_witness, step_growth
 
 
 def _combine(moves: list[int]) -> int:
@@ -75,7 +92,7 @@ class SNRAutoPruning(Pruning):
 
     The paper's per-weight test cannot say how much to prune: late in training nearly every weight's
     mini-batch SNR sits at the noise level, pruned or not (``shared/research/snr-statistics.md``).
-    This method moves the test to a window of many steps (``window_steps``, half an epoch in
+    This method moves the test to a window of many steps (``window_steps``, one epoch in
     ``snrprune train``) and to a set of weights. Per weight it sums the mini-batch gradients g_t that
     the optimizer applies and their squares over the T steps of the window, so that
     ``z = T * mean**2 / var`` (mean and unbiased variance of g_t over the steps) is the SNR of the
@@ -84,7 +101,7 @@ class SNRAutoPruning(Pruning):
     its noise mean (T - 1) / (T - 3) for a random walk (gradient noise only; 1 for long windows), below
     for a weight held at a minimum (its gradients cancel), above for a weight that drifts (still
     learning). Take the window from a without-replacement shuffle (a shuffling ``DataLoader``), as one
-    epoch or half of one (:data:`DEFAULT_WINDOW_EPOCHS`, ``snrprune train``'s default). A window of
+    epoch (:data:`DEFAULT_WINDOW_EPOCHS`, ``snrprune train``'s default). A window of
     one epoch sums every sample's gradient once, so at fixed weights its sampling noise cancels and z
     reads the full-batch gradient against the batch noise, N |grad L|^2 / (per-sample variance):
     whether the training loss still has a gradient its N samples can resolve. Half an epoch keeps
@@ -139,13 +156,17 @@ class SNRAutoPruning(Pruning):
     (:func:`band_variance`). A controller whose sample would hold all its weights keeps every class sum
     and decides exactly as without a sample (:data:`BAND_SAMPLE`: the proposed m).
 
-    Candidate rules for one default across data set sizes (issue 19), off by default and measured in
-    the suite (``benchmarks/RESULTS.md``): ``nested`` (a decision at each half of the window too),
-    ``pooled`` (each window's deviation from the band pooled with those since the evidence last
-    fired), ``pruned_witness`` (the pruned weights read by the same test: converged if either set is,
-    regrow only if the pruned weights drift; with ``nested``, at each witness) and ``step_growth`` (a
-    move the same way as the last doubles the step again, up to ``step``). ``pooled`` goes with
-    neither ``nested`` nor ``pruned_witness``.
+    One rule for every size of data set (issue 19; the suite's frontier table and finding 14 of
+    ``benchmarks/RESULTS.md``), on by default: ``nested`` (a decision at each half of the window too,
+    reading the half alone, then the whole window as a second witness: the half reads the within-epoch
+    dynamics of a large data set, the whole epoch the cancellation of a small one), ``pruned_witness``
+    (the pruned weights read by the same test, at each witness: converged if either set is, regrow only
+    if the pruned weights drift, i.e. the masked network keeps pushing them one way under the DPF
+    feedback) and ``step_growth`` (a move the same way as the last doubles the step again, up to
+    ``step``). Their defaults, None, resolve by :func:`resolve_rules`: on at weight granularity, off
+    at unit granularity, where a removed unit gets no gradient and nested windows with step growth
+    over-prune units. ``pooled`` (each window's deviation from the band pooled with those since the evidence
+    last fired; a negative result, kept to measure) replaces both and turns them off.
 
     ``scope="global"`` (the default): one controller for the whole network (key :data:`GLOBAL` of
     ``density``, ``step``, ``direction``), fed by the mean window SNR of all kept weights, and masks
@@ -179,10 +200,10 @@ class SNRAutoPruning(Pruning):
         *,
         lr_scaled: bool = True,
         hysteresis: bool = True,
-        nested: bool = False,
+        nested: bool | None = None,
         pooled: bool = False,
-        pruned_witness: bool = False,
-        step_growth: bool = False,
+        pruned_witness: bool | None = None,
+        step_growth: bool | None = None,
         include: NameFilter = None,
         exclude: NameFilter = None,
         granularity: str = "weight",
@@ -192,19 +213,21 @@ class SNRAutoPruning(Pruning):
         super().__init__(model, scope=scope, include=include, exclude=exclude, granularity=granularity, example_inputs=example_inputs)
         flags = {"lr_scaled": lr_scaled, "hysteresis": hysteresis, "nested": nested, "pooled": pooled, "pruned_witness": pruned_witness, "step_growth": step_growth}
         for flag, value in flags.items():
-            if not isinstance(value, bool):
-                raise ValueError(f"{flag} must be True or False, got {value!r}")
+            optional = flag in ("nested", "pruned_witness", "step_growth")
+            if not isinstance(value, bool) and not (value is None and optional):
+                raise ValueError(f"{flag} must be True or False{' (or None: the default rule)' if optional else ''}, got {value!r}")
         rules = [name for name in ("pooled", "nested", "pruned_witness") if flags[name]]
         if pooled and len(rules) > 1:
-            raise ValueError(f"{' and '.join(rules)} are different decision rules: choose one")
+            raise ValueError(f"{' and '.join(rules)} are different decision rules: choose one (pooled replaces the default nested windows and pruned witness)")
         if pruned_witness and self.granularity == "unit":
             raise ValueError(
                 "pruned_witness reads the pruned weights' gradients, and a removed unit gets none (its output is zero): "
                 "use it at granularity 'weight'"
             )
+        nested, pruned_witness, step_growth = resolve_rules(pooled, nested, pruned_witness, step_growth, self.granularity)
         self.pooled, self.pruned_witness, self.step_growth = pooled, pruned_witness, step_growth
-        # lr_scaled and hysteresis on by default, off only to measure what each is worth (the suite's
-        # ablations); nested off by default (issue 19's candidate, measured in the suite's nested group)
+        # every rule on by default; off only to measure what each is worth (the suite's ablations and
+        # the earlier defaults, kept as measured)
         self.lr_scaled, self.hysteresis, self.nested = lr_scaled, hysteresis, nested
         self.window_steps = _check_int("window_steps", window_steps, 1)
         # the noise band from a sample of about band_sample kept weights per controller (None: every weight)
