@@ -397,8 +397,10 @@ def test_snr_auto_end_to_end(tmp_path):
     assert metrics[0]["sparsity"] == 0.0  # the first epoch's windows show the early learning (drift): no prune yet
     final = metrics[-1]["diagnostics"]["density"]
     config = TrainConfig.from_dict(json.loads((tmp_path / "auto" / "config.json").read_text()))
-    assert (config.update_every, config.scope, config.window_epochs) == (16, "global", 0.5)
+    assert (config.update_every, config.scope, config.window_epochs) == (16, "global", 1.0)
     assert (config.auto_lr_scale, config.auto_hysteresis) == (True, True)
+    # the default rule, recorded as it ran: a resume keeps it whatever the defaults become
+    assert (config.auto_nested, config.auto_pruned_witness, config.auto_step_growth, config.auto_pooled) == (True, True, True, False)
     assert set(final) == {"*"}  # the default: one network-wide density
     assert summary["sparsity"] == pytest.approx(1 - final["*"], abs=1e-3)
     for name, sparsity in summary["layer_sparsity"].items():  # every layer above its floor
@@ -409,7 +411,7 @@ def test_snr_auto_end_to_end(tmp_path):
 
 def test_snr_auto_trains_with_batch_size_one(tmp_path):
     """snr-auto reads its noise from the spread across steps: one sample a step is enough (snr needs two)."""
-    summary = train(tiny(method="snr-auto", batch_size=1, epochs=2, window_epochs=0.05), tmp_path / "one", progress=False)
+    summary = train(tiny(method="snr-auto", batch_size=1, epochs=2, window_epochs=0.1), tmp_path / "one", progress=False)
     assert summary["finished"] and 0 < summary["sparsity"] < 1
     with pytest.raises(ValueError, match="batch_size >= 2"):
         tiny(method="snr", batch_size=1).resolved()

@@ -271,7 +271,7 @@ SUITE = Suite(
         ),
         Group(
             "snr-auto's default (issue 19's fourth candidate): nested one-epoch windows, the pruned weights a second witness, the step growing back, 3 seeds",
-            [DIGITS] + TABULAR + [MNIST1D_MLP, MNIST1D_CONV, LENET300, LENET5_MNIST, LENET5_FMNIST, RESNET20_FMNIST_3],
+            [DIGITS] + TABULAR + [MNIST1D_MLP, MNIST1D_CONV, LENET300, LENET5_MNIST, LENET5_FMNIST, RESNET20_FMNIST_3, SHAKESPEARE_GPT],
             AUTO_NESTED_WITNESS,
         ),
         Group("Issue 18's memory: the noise band from a sample of 4,096 kept weights (first draw, commit 30f82be), 3 seeds", [LENET300, LETTER, LENET5_MNIST], AUTO_BAND_4096),

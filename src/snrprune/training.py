@@ -269,6 +269,10 @@ class TrainConfig:
             if c.update_every is None and not (c.method == "snr" and c.stats_every > 1):
                 # snr with statistics every k > 1 steps keeps None: masks follow the new statistics
                 c.update_every = {"snr": 1, "dpf": 16, "snr-auto": 16}.get(c.method, 1)
+        if c.method == "snr-auto":  # the rules a run applies, recorded: a resume keeps them whatever the defaults become
+            c.auto_nested, c.auto_pruned_witness, c.auto_step_growth = resolve_rules(
+                c.auto_pooled, c.auto_nested, c.auto_pruned_witness, c.auto_step_growth, c.granularity
+            )
         c.validate()
         return c
 
