@@ -110,7 +110,7 @@ def test_snr_auto_without_nesting_decides_once_a_window():
 
 def test_snr_auto_default_rule_nests_reads_the_pruned_weights_and_grows_the_step():
     """The default (issue 19) at weight granularity: nested windows, the pruned witness and step growth;
-    pooled evidence is a different rule and turns the first two off; at unit granularity all three are off."""
+    pooled evidence is a different rule and turns the first two off; at unit granularity the witness alone."""
     pruning = SNRAutoPruning(small_mlp(), window_steps=400)
     assert (pruning.nested, pruning.pruned_witness, pruning.step_growth, pruning.pooled) == (True, True, True, False)
     assert pruning.parts == 2 and pruning.half_due(200)
@@ -119,12 +119,12 @@ def test_snr_auto_default_rule_nests_reads_the_pruned_weights_and_grows_the_step
     assert resolve_rules(False, None, None, None, "weight") == (True, True, True)
     assert resolve_rules(False, False, True, None, "weight") == (False, True, True)
     assert resolve_rules(True, None, None, False, "weight") == (False, False, False)
-    assert resolve_rules(False, None, None, None, "unit") == (False, False, False)
+    assert resolve_rules(False, None, None, None, "unit") == (False, True, False)
     pytest.importorskip("torch_pruning")
     units = SNRAutoPruning(small_mlp(), window_steps=400, granularity="unit", example_inputs=torch.randn(2, 6))
-    assert (units.nested, units.pruned_witness, units.step_growth, units.parts) == (False, False, False, 1)
+    assert (units.nested, units.pruned_witness, units.step_growth, units.parts) == (False, True, False, 1)
     nested_units = SNRAutoPruning(small_mlp(), window_steps=400, nested=True, step_growth=True, granularity="unit", example_inputs=torch.randn(2, 6))
-    assert (nested_units.nested, nested_units.pruned_witness, nested_units.step_growth) == (True, False, True)
+    assert (nested_units.nested, nested_units.pruned_witness, nested_units.step_growth) == (True, True, True)
     with pytest.raises(ValueError, match="nested must be True or False"):
         SNRAutoPruning(small_mlp(), window_steps=4, nested="yes")
 
@@ -232,10 +232,37 @@ def test_snr_auto_candidate_rules_are_refused_together(rules):
         SNRAutoPruning(small_mlp(), window_steps=4, pooled=1)
 
 
-def test_snr_auto_pruned_witness_is_refused_on_units():
+def test_snr_auto_reads_the_removed_units_outgoing_gradient_and_never_applies_it():
+    """Unit granularity: the model holds a removed unit at its consumers only (it computes, nothing reads
+    it), so its outgoing columns get the gradient they would have with the unit in; the window sums read
+    it for the pruned witness, and the update never applies it: the unit's dense copies stay as they were."""
     pytest.importorskip("torch_pruning")
-    with pytest.raises(ValueError, match="a removed unit gets none.*granularity 'weight'"):
-        SNRAutoPruning(small_mlp(), window_steps=4, pruned_witness=True, granularity="unit", example_inputs=torch.randn(2, 6))
+    model = small_mlp()
+    pruning = SNRAutoPruning(model, window_steps=1000, update_every=1000, granularity="unit", example_inputs=torch.randn(2, 6))
+    keep = {g.name: torch.ones(g.size) for g in pruning.groups}
+    keep["0.weight"][:8] = 0  # half of the first hidden layer's units, by hand
+    pruning._set_masks(keep)
+    pruning.apply_masks()
+    before = {name: d.clone() for name, d in {**pruning.dense, **pruning.coupled_dense}.items()}
+    train(model, pruning.wrap(torch.optim.SGD(model.parameters(), lr=0.1)), make_batches(4))
+    assert not model[2].weight[:, :8].any() and torch.equal(model[0].weight[:8].detach(), before["0.weight"][:8])
+    s2 = pruning.window["2.weight"][1].sum(0)
+    assert (s2[:, :8] > 0).any(dim=0).all()  # every removed unit's outgoing column was read
+    for name, rows in (("0.weight", slice(0, 8)), ("0.bias", slice(0, 8))):  # their own entries get no gradient
+        assert torch.equal({**pruning.dense, **pruning.coupled_dense}[name][rows], before[name][rows])
+    assert torch.equal(pruning.dense["2.weight"][:, :8], before["2.weight"][:, :8])  # read, never applied
+    assert not torch.equal(pruning.dense["2.weight"][:, 8:], before["2.weight"][:, 8:])  # the kept units train
+
+
+def test_snr_auto_removed_units_drift_first():
+    """At unit granularity the removed units' drift regrows even when the kept weights read converged;
+    at weight granularity converged comes first."""
+    pytest.importorskip("torch_pruning")
+    for granularity, expected in (("unit", 1), ("weight", -1)):
+        options = {"granularity": "unit", "example_inputs": torch.randn(2, 6)} if granularity == "unit" else {}
+        pruning = SNRAutoPruning(small_mlp(), window_steps=4, pruned_witness=True, **options)
+        pruning.evidence = lambda unit, parts=None, pruned=False: 1 if pruned else -1
+        assert pruning._reading(SNRAutoPruning.GLOBAL) == expected, granularity
 
 
 def _two_sets(pruning, kept_kind, pruned_kind, n=400, seed=0):

@@ -92,7 +92,7 @@ def test_config_json_round_trip():
 
 def test_snr_auto_default_rule_by_granularity():
     """snrprune train's snr-auto: one-epoch windows, nested, with the pruned witness and step growth at
-    weight granularity; at unit granularity the three rules are off unless asked for."""
+    weight granularity; at unit granularity the witness alone unless asked for."""
     from torch import nn
 
     from snrprune.training import make_pruning
@@ -102,7 +102,7 @@ def test_snr_auto_default_rule_by_granularity():
     assert (weight.window_steps, weight.nested, weight.pruned_witness, weight.step_growth) == (20, True, True, True)
     pytest.importorskip("torch_pruning")
     unit = make_pruning(tiny(method="snr-auto", granularity="unit").resolved(), model, steps_per_epoch=20, example_inputs=torch.randn(2, 8))
-    assert (unit.window_steps, unit.nested, unit.pruned_witness, unit.step_growth) == (20, False, False, False)
+    assert (unit.window_steps, unit.nested, unit.pruned_witness, unit.step_growth) == (20, False, True, False)
     asked = make_pruning(tiny(method="snr-auto", granularity="unit", auto_step_growth=True).resolved(), model, steps_per_epoch=20, example_inputs=torch.randn(2, 8))
     assert (asked.nested, asked.step_growth) == (False, True)
 
@@ -125,7 +125,6 @@ def test_snr_auto_default_rule_by_granularity():
         (dict(method="snr-auto", auto_lr_scale="no"), "auto_lr_scale must be true or false"),
         (dict(method="snr-auto", auto_hysteresis=0), "auto_hysteresis must be true or false"),
         (dict(method="snr-auto", auto_pooled=True, auto_pruned_witness=True), "--auto-pooled and --auto-pruned-witness are different snr-auto decision rules"),
-        (dict(method="snr-auto", auto_pruned_witness=True, granularity="unit"), "a removed unit gets none: use it with --granularity weight"),
         (dict(method="snr-auto", auto_step_growth="yes"), r"auto_step_growth must be true or false \(or null: the default rule\)"),
         # one rule for every option of another method: refused, never silently ignored
         (dict(method="dense", scope="global"), "scope only applies to methods 'snr', 'dpf', 'snr-auto' .*'dense'"),

@@ -61,23 +61,33 @@ def run(model, pruning, x, y, steps: int, optimizer=None, start: int = 0):
 
 
 def check_whole_units(name: str, model: nn.Module, pruning) -> dict[str, torch.Tensor]:
-    """Every mask is the product of whole units (the tables above), zeros are zeros in the model, and
-    nothing else is masked (the output layer's rows and bias). Returns each group's keep-vector, read
-    from the units' biases (a bias entry belongs to its unit alone)."""
+    """Every mask is the product of whole units (the tables above) and nothing else is masked (the
+    output layer's rows and bias); the model holds the masks at the consumers only: a removed unit's
+    input columns of the next layer are zero, its own entries keep their dense values (it computes,
+    nothing reads it). Returns each group's keep-vector."""
     params = dict(model.named_parameters())
-    masks = {**pruning.masks, **{n: k.bool() for n, k in pruning.coupled_keep.items()}}
+    dense = {**pruning.dense, **pruning.coupled_dense}
     assert {g.name for g in pruning.groups} == set(ORACLE[name])
-    keep = {group: masks[group.replace("weight", "bias")] for group in ORACLE[name]}
-    expected = {n: torch.ones_like(p, dtype=torch.bool) for n, p in params.items()}
+    keep = {group: pruning.unit_keep[group].bool() for group in ORACLE[name]}
+    whole = {n: torch.ones_like(p, dtype=torch.bool) for n, p in params.items()}
+    read = {n: torch.ones_like(p, dtype=torch.bool) for n, p in params.items()}
     for group, (size, pieces) in ORACLE[name].items():
-        assert keep[group].shape == (size,) and torch.equal(keep[group], pruning.unit_keep[group].bool())
+        assert keep[group].shape == (size,)
         for param, (dim, width) in pieces.items():
             shape = [1] * params[param].dim()
             shape[dim] = -1
-            expected[param] = expected[param] & keep[group].repeat_interleave(width).view(shape)
-    for param, mask in expected.items():
-        assert torch.equal(masks.get(param, torch.ones_like(mask)), mask), param
-        assert not params[param][~mask].any(), param
+            axis = keep[group].repeat_interleave(width).view(shape)
+            whole[param] = whole[param] & axis
+            if dim == 1:  # a consumer's input columns
+                read[param] = read[param] & axis
+    masks = pruning.masks
+    for param, mask in whole.items():
+        if param in masks:
+            assert torch.equal(masks[param], mask), param
+        elif param not in dense:  # neither prunable nor coupled to a unit: the output layer's bias
+            assert mask.all(), param
+        if param in dense:
+            assert torch.equal(params[param].detach(), dense[param] * read[param]), param
     return keep
 
 
@@ -125,14 +135,15 @@ def test_a_removed_unit_comes_back_with_all_its_values():
     run(model, pruning, x, y, 8)
     removed = int((pruning.unit_keep["1.weight"] == 0).nonzero()[0])
     bias = pruning.coupled_dense["1.bias"][removed].item()
-    assert model[1].bias[removed] == 0 and bias != 0  # masked in the model, its dense value kept
+    assert model[1].bias[removed] == bias and bias != 0  # it still computes
+    assert not model[3].weight[:, removed].any()  # nothing reads it
     with torch.no_grad():
         pruning.dense["1.weight"][removed] *= 1e3  # now the largest unit of the network
     regrown = pruning.regrown
     pruning.update_masks()
     assert pruning.unit_keep["1.weight"][removed] == 1 and pruning.regrown > regrown
     assert model[1].bias[removed] == bias and torch.equal(model[1].weight[removed], pruning.dense["1.weight"][removed])
-    assert torch.equal(model[3].weight[:, removed], pruning.dense["3.weight"][:, removed] * pruning.unit_keep["3.weight"])
+    assert torch.equal(model[3].weight[:, removed], pruning.dense["3.weight"][:, removed])  # read again
     assert sum(pruning.unit_counts()["units_kept"].values()) == 400 - round(0.5 * 400)
     check_whole_units("lenet300", model, pruning)
 
@@ -148,11 +159,18 @@ def test_batchnorm_entries_go_with_their_channel():
     run(model, pruning, x, y, 4)
     removed = pruning.unit_keep["0.weight"] == 0
     assert int(removed.sum()) == 4
-    for param in ("0.bias", "1.weight", "1.bias"):
-        assert not dict(model.named_parameters())[param][removed].any()
+    params = dict(model.named_parameters())
+    for param in ("0.bias", "1.weight", "1.bias"):  # a removed channel still computes: its entries hold their dense values
+        assert torch.equal(params[param].detach(), pruning.coupled_dense[param]), param
+    assert not model[4].weight.view(4, 8, 36)[:, removed].any()  # and nothing reads it
     model.eval()
-    out = model[:3](x)  # a removed channel outputs exactly zero, before and after the norm
+    before = model(x)
+    pruning.zero_removed()  # its own entries zeroed too: the channel outputs exactly zero, the network the same
+    for param in ("0.bias", "1.weight", "1.bias"):
+        assert not params[param][removed].any(), param
+    out = model[:3](x)
     assert not out[:, removed].any() and out[:, ~removed].any()
+    torch.testing.assert_close(model(x), before)
 
 
 # -- snr-auto ----------------------------------------------------------------------------------------

@@ -193,7 +193,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("run_dir", metavar="DIR", type=_user_path, help="a finished run folder (with model.pt)")
     e.add_argument(
         "--format", choices=["sparse", "compact"], default="sparse",
-        help="sparse: bitmask of the nonzeros + their values (a smaller file); compact: the all-zero units "
+        help="sparse: bitmask of the nonzeros + their values (a smaller file); compact: the units nothing reads "
         "(neurons, channels) cut out, a smaller and faster dense network (needs snrprune[structured]; "
         "prints parameters, multiply-accumulates and CPU latency before and after)",
     )

@@ -230,9 +230,9 @@ def export_compact(
 ) -> nn.Module:
     """Writes the compact form of a unit-masked ``model`` to ``path`` and returns the compact module.
 
-    The units removed are those whose entries are exactly zero in every slice (what unit masks leave,
-    :func:`snrprune.units.removed_units`); a group with all its units zero keeps one (all zero, so no
-    output changes). ``example_inputs`` is what the model is called with (batch 1 suffices). The file is
+    The units removed are those whose consumer entries are exactly zero (what unit masks leave: the
+    unit computes, nothing reads it; :func:`snrprune.units.removed_units`); a group with all its units
+    removed keeps one (nothing reads it, so no output changes). ``example_inputs`` is what the model is called with (batch 1 suffices). The file is
     a dict of tensors, strings and numbers, read with ``torch.load(weights_only=True)``: the removed
     unit indices per group, the compact state_dict and ``architecture`` (``build_model``'s arguments:
     ``model``, ``input_shape``, ``num_classes``, ``model_options``), which lets :func:`load_compact`

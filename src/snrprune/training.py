@@ -347,10 +347,6 @@ class TrainConfig:
             f"{' and '.join(rules)} are different snr-auto decision rules: choose one (--auto-pooled replaces the default nested windows and pruned witness)",
         )
         _check(
-            not (self.auto_pruned_witness is True and self.granularity == "unit"),
-            "--auto-pruned-witness reads the pruned weights' gradients and a removed unit gets none: use it with --granularity weight",
-        )
-        _check(
             self.auto_band_sample is None or (_is_int(self.auto_band_sample) and self.auto_band_sample >= 0),
             f"auto_band_sample must be a non-negative integer (0: every weight), got {self.auto_band_sample!r}",
         )
@@ -901,6 +897,7 @@ def _train(
             return {"finished": False, "epoch": epoch + 1, "epochs": config.epochs, "out_dir": str(out), **metrics}
 
     # -- 6. the finished run: pruned weights, summary, plots --------------------------------------
+    pruning.zero_removed()  # unit granularity: removed units zero in their own entries too (the outputs stay)
     if writes:
         atomic_torch_save({k: v.detach().cpu().clone() for k, v in model.state_dict().items()}, out / MODEL)
     counts = reporting.model_counts(model, pruning)  # after training: the zeros are there now

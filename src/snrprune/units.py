@@ -13,11 +13,12 @@ per-architecture tables). Head groups come from a small table, ``_HEAD_KINDS``, 
 module type (snrprune's ``gpt`` ``CausalSelfAttention``, Hugging Face BERT's ``BertAttention``): where
 its four projections are and how its head count is read and set; they are cut by slicing the
 projections, and the graph takes no query, key or value projection of such a module as a root. Then
-every group is *verified*: a random half of its units is zeroed in every slice (the masked model) and
-also physically cut (the compact model); a group whose compact model does not compute what its
-masked model computes is not a unit group. That check is what keeps out the couplings Torch-Pruning
-follows but cannot cut faithfully: a LayerNorm across the units (removing a zero feature changes its
-mean and variance), a view into the heads of an attention module the table does not know, a
+every group is *verified*: a random half of its units is zeroed in its consumer slices, the inputs of
+the layers that read the units (the masked model, as training masks it: the units still compute,
+nothing reads them) and also physically cut (the compact model); a group whose compact model does not
+compute what its masked model computes is not a unit group. That check is what keeps out the couplings
+Torch-Pruning follows but cannot cut faithfully: a LayerNorm across the units (a removed feature still
+enters its mean and variance), a view into the heads of an attention module the table does not know, a
 residual sum whose shortcut zero-pads channels (ResNet shortcut ``'A'``). Those groups are left out
 with a warning that names them; layers Torch-Pruning cannot trace at all (``nn.MultiheadAttention``,
 recurrent layers, grouped convolutions, Hugging Face ``Conv1D`` outside GPT-2's attention and MLP) are
@@ -67,12 +68,15 @@ class UnsupportedModelError(InputError):
 class UnitSlice:
     """The entries of one parameter that belong to units: positions ``index`` along ``dim``, position
     ``index[i]`` belonging to unit ``unit[i]`` (a unit may own several positions, e.g. the 16 columns a
-    Flatten maps one channel to)."""
+    Flatten maps one channel to). ``consumer``: the entries read the units (a next layer's input
+    columns, an output projection's columns of a head), rather than compute them (the units' own rows,
+    biases and norm entries); zero in every consumer slice, a unit computes what nothing reads."""
 
     param: str
     dim: int
     index: Tensor
     unit: Tensor
+    consumer: bool = False
 
 
 @dataclass(frozen=True)
@@ -212,7 +216,7 @@ def _head_group(prefix: str, module: nn.Module, kind: _HeadKind) -> UnitGroup:
         layer = module.get_submodule(path)
         params = ("weight", "bias") if layer.bias is not None else ("weight",)
         slices += [UnitSlice(_join(prefix, f"{path}.{p}"), 0, positions, units) for p in params]
-    slices.append(UnitSlice(_join(prefix, f"{kind.projections[3]}.weight"), 1, positions, units))
+    slices.append(UnitSlice(_join(prefix, f"{kind.projections[3]}.weight"), 1, positions, units, consumer=True))
     return UnitGroup(_join(prefix, f"{kind.projections[0]}.weight"), heads, tuple(slices))
 
 
@@ -309,7 +313,7 @@ def _conv1d_pair_group(prefix: str, paths: tuple[str, str], size: int, outs: tup
     return UnitGroup(
         f"{first}.weight",
         size,
-        (UnitSlice(f"{first}.weight", 1, *outs), UnitSlice(f"{first}.bias", 0, *outs), UnitSlice(f"{second}.weight", 0, *ins)),
+        (UnitSlice(f"{first}.weight", 1, *outs), UnitSlice(f"{first}.bias", 0, *outs), UnitSlice(f"{second}.weight", 0, *ins, consumer=True)),
     )
 
 
@@ -414,8 +418,9 @@ def _slices_of(module: nn.Module, prefix: str, is_out: bool, positions: Tensor, 
             "train this model with granularity 'weight'"
         )
     own = dict(module.named_parameters(recurse=False))
+    consumer = not is_out and isinstance(module, (nn.Linear, nn.modules.conv._ConvNd))
     return [
-        UnitSlice(f"{prefix}.{p}" if prefix else p, dim, positions, units)
+        UnitSlice(f"{prefix}.{p}" if prefix else p, dim, positions, units, consumer and p == "weight")
         for p, dim in axes.items()
         if dim is not None and p in own
     ]
@@ -499,11 +504,15 @@ def _candidate_groups(model: nn.Module, example_inputs: Any, ignored: Iterable[n
     return sorted(groups, key=lambda g: order[g.name])
 
 
-def unit_keep_masks(groups: Sequence[UnitGroup], keep: Mapping[str, Tensor], params: Mapping[str, Tensor]) -> dict[str, Tensor]:
+def unit_keep_masks(
+    groups: Sequence[UnitGroup], keep: Mapping[str, Tensor], params: Mapping[str, Tensor], consumers_only: bool = False
+) -> dict[str, Tensor]:
     """Expands per-group unit keep-vectors (``keep[group.name]``: 0/1 float or bool, length ``group.size``)
     into keep-masks of the parameters' full shapes (0/1 in each parameter's dtype and on its device), for
     every parameter any group touches: the product over the groups that touch it, so a weight is cut by
-    its output group's rows and its input group's columns. A group missing from ``keep`` keeps all units."""
+    its output group's rows and its input group's columns. A group missing from ``keep`` keeps all units.
+    ``consumers_only``: only the consumer slices are masked (the others' masks stay ones): the network
+    computes the same, and a removed unit's own entries stay in the forward pass."""
     masks: dict[str, Tensor] = {}
     for group in groups:
         if group.name not in keep:
@@ -517,6 +526,8 @@ def unit_keep_masks(groups: Sequence[UnitGroup], keep: Mapping[str, Tensor], par
             p = params[s.param]
             if s.param not in masks:
                 masks[s.param] = torch.ones_like(p, memory_format=torch.contiguous_format)
+            if consumers_only and not s.consumer:
+                continue
             axis = torch.ones(p.shape[s.dim], dtype=p.dtype, device=p.device)
             axis[s.index.to(p.device)] = vector.to(device=p.device, dtype=p.dtype)[s.unit.to(p.device)]
             shape = [1] * p.dim()
@@ -526,12 +537,15 @@ def unit_keep_masks(groups: Sequence[UnitGroup], keep: Mapping[str, Tensor], par
 
 
 def removed_units(groups: Sequence[UnitGroup], params: Mapping[str, Tensor]) -> dict[str, Tensor]:
-    """The units whose entries are exactly zero in every slice (what unit masks leave behind), per group
-    name, as int64 indices; groups with none removed are left out. Feed it to :func:`compact_model`."""
+    """The units whose consumer entries are exactly zero (what unit masks leave behind: the unit may
+    still compute, nothing reads it), per group name, as int64 indices; in a group without consumer
+    slices, the units zero in every slice. Groups with none removed are left out. Feed it to
+    :func:`compact_model`: cutting such a unit leaves the outputs as they are."""
     removed = {}
     for group in groups:
         alive = torch.zeros(group.size, dtype=torch.bool)
-        for s in group.slices:
+        consumers = [s for s in group.slices if s.consumer]
+        for s in consumers or group.slices:
             p = params[s.param].detach().cpu()
             nonzero = (p != 0).movedim(s.dim, 0).reshape(p.shape[s.dim], -1).any(1)
             alive[s.unit[nonzero[s.index]]] = True
@@ -571,7 +585,9 @@ def _cut(model: nn.Module, example_inputs: Any, removed: Mapping[str, Tensor]) -
 
 
 def _check_groups(model: nn.Module, example_inputs: Any, groups: Sequence[UnitGroup], seed: int = 0) -> str | None:
-    """None when cutting a random half of every group's units reproduces the masked model, else why not."""
+    """None when cutting a random half of every group's units reproduces the masked model, else why not.
+    The model is masked as training masks it, at the consumers only: the removed units still compute,
+    so a path from them to the outputs that no consumer slice covers (a norm across the units) shows."""
     twin = copy.deepcopy(model).double().eval()
     example_inputs = tree_map(lambda x: x.double() if isinstance(x, Tensor) and x.is_floating_point() else x, example_inputs)
     generator = torch.Generator().manual_seed(seed)
@@ -583,7 +599,7 @@ def _check_groups(model: nn.Module, example_inputs: Any, groups: Sequence[UnitGr
         removed[g.name] = cut.sort().values
     params = dict(twin.named_parameters())
     with torch.no_grad():
-        for name, mask in unit_keep_masks(groups, keep, params).items():
+        for name, mask in unit_keep_masks(groups, keep, params, consumers_only=True).items():
             params[name].mul_(mask)
         expected = tree_flatten(_call(twin, example_inputs))[0]
     try:

@@ -71,13 +71,20 @@ class Pruning:
     weights. ``"unit"``: whole units, the coupled sets of :func:`snrprune.units.find_unit_groups`
     (an output neuron or channel with its bias, its norm's affine entries and the matching inputs of
     every consumer), traced on ``example_inputs``. A method then returns one 0/1 keep-vector per
-    group (:attr:`groups`, by group name) and this class expands it to the parameters' masks, so
-    that a removed unit is zero in every slice: the network computes what the compact export of it
-    computes. The unit's parameters that are not prunable weights (biases, norm parameters, the
-    columns of an excluded consumer) are masked as well and keep dense copies (:attr:`coupled`), so
-    a unit that comes back returns with all its values; sparsity, ``kept`` and ``total`` still count
-    the prunable weights alone. Only groups rooted at a pruned layer count: ``exclude`` keeps a
-    layer's units. The output layer's outputs are never units.
+    group (:attr:`groups`, by group name) and this class expands it to the parameters' masks:
+    :attr:`masks` (``keep``) remove a unit in every slice, and they are what ``kept``, the sparsity and
+    the checkpoint count. The model holds them at the consumers only (:attr:`forward_keep`): a removed
+    unit still computes, its consumers' input columns are zero, so the network computes what the
+    compact export of it computes, and the gradient its consumer columns receive is the one they would
+    get with the unit back in. The statistics read that gradient (``snr-auto``'s pruned witness); it is
+    then zeroed before the update, with every other gradient of a removed unit's entries: a removed
+    unit is not trained (feeding it back let many removed units, each trained on the same residual,
+    return together and collapse LeNet-300-100: ``benchmarks/prototypes/unit-feedback.md``). The unit's
+    parameters that are not prunable weights (biases, norm parameters, the columns of an excluded
+    consumer) keep dense copies too (:attr:`coupled`), so a unit that comes back returns with all its
+    values. :meth:`zero_removed` writes zeros into a removed unit's own entries as well (for a model
+    to save). Only groups rooted at a pruned layer count: ``exclude`` keeps a layer's units. The
+    output layer's outputs are never units.
     """
 
     method: ClassVar[str] = "base"
@@ -116,6 +123,8 @@ class Pruning:
         self.total = sum(self.kept.values())  # prunable entries
         # True where a weight was pruned and later kept again, at least once: distinct regrown weights
         self.ever_regrown: dict[str, Tensor] = {name: torch.zeros_like(k) for name, k in self.keep.items()} if self.prunes else {}
+        # unit granularity: the masks the model holds (consumer slices only); weight granularity: ``keep`` itself
+        self.forward_keep: dict[str, Tensor] = self.keep
         self.step_count = 0
         self.regrown = 0
         self.last_flips = {"pruned": 0, "regrown": 0}
@@ -172,7 +181,8 @@ class Pruning:
         self.unit_total = sum(group.size for group in self.groups)
         self.coupled = {name: p for name, p in self.model.named_parameters() if name in touched and name not in self.weights}
         self.coupled_dense = {name: p.detach().clone() for name, p in self.coupled.items()}
-        self.coupled_keep = {name: torch.ones_like(p.detach()) for name, p in self.coupled.items()}
+        self.coupled_keep = {name: torch.ones_like(p.detach()) for name, p in self.coupled.items()}  # consumer slices only
+        self.forward_keep = dict(self.keep)
 
     # -- the steps a method overrides ----------------------------------------------------------
     def stats_due(self, step: int) -> bool:
@@ -269,6 +279,8 @@ class Pruning:
             if self.stats.count:
                 self.observe_stats(self.stats)
             self.stats.reset()
+        if self.granularity == "unit":  # read by the statistics above, never applied: removed units are not trained
+            self._zero_removed_gradients()
         for name, w in self.weights.items():
             if self.kept[name] < w.numel():  # a layer with nothing pruned holds theta already
                 w.copy_(self.dense[name])
@@ -291,7 +303,7 @@ class Pruning:
         else:
             for name, w in self.weights.items():
                 if self.kept[name] < w.numel():  # theta_hat = theta where nothing is pruned
-                    _mask_into(self.dense[name], self.keep[name], w.data)
+                    _mask_into(self.dense[name], self.forward_keep[name], w.data)
             self._apply_coupled_masks()
         if self.stats is not None:
             self.stats.enabled = self.stats_due(self.step_count)
@@ -309,9 +321,11 @@ class Pruning:
 
     def _set_masks(self, masks: dict[str, Tensor]) -> None:
         if self.granularity == "unit":
-            masks = self._expand_units(masks)
+            masks, forward = self._expand_units(masks)
             for name in self.coupled:
-                self.coupled_keep[name] = masks.pop(name).to(self.coupled_keep[name].dtype)
+                masks.pop(name)
+                self.coupled_keep[name] = forward[name].to(self.coupled_keep[name].dtype)
+            self.forward_keep = {name: forward[name] > 0 if name in forward else self.keep[name] for name in self.weights}
         changed = net = 0
         for name, new in masks.items():
             new = new if new.dtype == torch.bool else new > 0  # the selections write 0/1 floats
@@ -324,8 +338,9 @@ class Pruning:
             self.kept[name] = kept
         self._record_flips(changed, net)
 
-    def _expand_units(self, unit_keep: dict[str, Tensor]) -> dict[str, Tensor]:
-        """Takes one keep-vector per group; returns the masks of every parameter a group touches."""
+    def _expand_units(self, unit_keep: dict[str, Tensor]) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+        """Takes one keep-vector per group; returns the masks of every parameter a group touches: whole
+        units, and at the consumer slices only (what the model holds)."""
         from ..units import unit_keep_masks
 
         for group in self.groups:
@@ -335,7 +350,33 @@ class Pruning:
         if set(unit_keep) != set(self.unit_keep):
             raise ValueError(f"unit masks are for the groups {sorted(self.unit_keep)}, got {sorted(unit_keep)}")
         self.unit_keep = {group.name: unit_keep[group.name].to(self.unit_keep[group.name]) for group in self.groups}
-        return unit_keep_masks(self.groups, self.unit_keep, {**self.weights, **self.coupled})
+        params = {**self.weights, **self.coupled}
+        return unit_keep_masks(self.groups, self.unit_keep, params), unit_keep_masks(self.groups, self.unit_keep, params, consumers_only=True)
+
+    @torch.no_grad()
+    def _zero_removed_gradients(self) -> None:
+        """Unit granularity: zeroes the gradient of every entry of a removed unit (its consumer columns
+        receive one: the model holds the unit at its consumers only)."""
+        for name, w in self.weights.items():
+            if w.grad is not None and self.kept[name] < w.numel():
+                w.grad.mul_(self.keep[name])
+        for name, p in self.coupled.items():
+            if p.grad is not None:
+                p.grad.mul_(self.coupled_keep[name])
+
+    @torch.no_grad()
+    def zero_removed(self) -> None:
+        """Unit granularity: writes zeros into every entry of the removed units, their own weights, biases
+        and norm entries included (the model holds them at the consumers only, so the outputs do not
+        change), e.g. before saving the model; the next optimizer step writes them back. A no-op at
+        weight granularity."""
+        if self.granularity != "unit":
+            return
+        from ..units import unit_keep_masks
+
+        for name, mask in unit_keep_masks(self.groups, self.unit_keep, {**self.weights, **self.coupled}).items():
+            param = self.weights.get(name, self.coupled.get(name))
+            param.data.mul_(mask)
 
     def _apply_coupled_masks(self) -> None:
         for name, p in self.coupled.items():
@@ -382,9 +423,9 @@ class Pruning:
 
     @torch.no_grad()
     def apply_masks(self) -> None:
-        """Writes theta_hat = mask * theta into the model."""
+        """Writes theta_hat = mask * theta into the model (at unit granularity, the masks of the consumer slices)."""
         for name, w in self.weights.items():
-            _mask_into(self.dense[name], self.keep[name], w.data)
+            _mask_into(self.dense[name], self.forward_keep[name], w.data)
         self._apply_coupled_masks()
 
     @contextlib.contextmanager
@@ -413,13 +454,20 @@ class Pruning:
         """How many distinct weights were pruned and later kept again, at least once."""
         return sum(count(t) for t in self.ever_regrown.values())
 
+    def _zeros(self, name: str, w: Tensor) -> int:
+        """Entries of theta_hat that are exact zeros (at unit granularity: or belong to a removed unit, which computes what nothing reads)."""
+        zero = w == 0
+        if self.granularity == "unit" and self.kept[name] < w.numel():
+            zero |= ~self.keep[name]
+        return int(zero.sum())
+
     def layer_sparsity(self) -> dict[str, float]:
-        """Fraction of exact zeros of theta_hat per prunable tensor."""
-        return {name: float((w == 0).sum()) / w.numel() for name, w in self.weights.items()}
+        """Fraction of exact zeros of theta_hat per prunable tensor (at unit granularity, removed units' entries count as zeros)."""
+        return {name: self._zeros(name, w) / w.numel() for name, w in self.weights.items()}
 
     def sparsity(self) -> float:
-        """Fraction of exact zeros of theta_hat over all prunable entries."""
-        zeros = sum(int((w == 0).sum()) for w in self.weights.values())
+        """Fraction of exact zeros of theta_hat over all prunable entries (at unit granularity, removed units' entries count as zeros)."""
+        zeros = sum(self._zeros(name, w) for name, w in self.weights.items())
         return zeros / sum(w.numel() for w in self.weights.values())
 
     def snr_quantiles(self, quantiles: tuple[float, ...] = (0.1, 0.5, 0.9)) -> dict[str, dict[str, float]]:
@@ -512,8 +560,9 @@ class Pruning:
         with torch.no_grad():
             for name, t in state["coupled_dense"].items():
                 self.coupled_dense[name].copy_(t)
-        masks = self._expand_units({name: keep.to(self.unit_keep[name]) for name, keep in state["units"].items()})
-        self.coupled_keep = {name: masks[name].to(self.coupled_keep[name].dtype) for name in self.coupled}
+        _, forward = self._expand_units({name: keep.to(self.unit_keep[name]) for name, keep in state["units"].items()})
+        self.coupled_keep = {name: forward[name].to(self.coupled_keep[name].dtype) for name in self.coupled}
+        self.forward_keep = {name: forward[name] > 0 if name in forward else self.keep[name] for name in self.weights}
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(layers={len(self.layers)}, step={self.step_count}, sparsity={self.sparsity():.4f})"
