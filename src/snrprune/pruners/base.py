@@ -182,6 +182,7 @@ class Pruning:
         self.coupled = {name: p for name, p in self.model.named_parameters() if name in touched and name not in self.weights}
         self.coupled_dense = {name: p.detach().clone() for name, p in self.coupled.items()}
         self.coupled_keep = {name: torch.ones_like(p.detach()) for name, p in self.coupled.items()}  # consumer slices only
+        self.coupled_whole = dict(self.coupled_keep)  # whole units: what a removed unit owns of each
         self.forward_keep = dict(self.keep)
 
     # -- the steps a method overrides ----------------------------------------------------------
@@ -323,7 +324,7 @@ class Pruning:
         if self.granularity == "unit":
             masks, forward = self._expand_units(masks)
             for name in self.coupled:
-                masks.pop(name)
+                self.coupled_whole[name] = masks.pop(name).to(self.coupled_keep[name].dtype)
                 self.coupled_keep[name] = forward[name].to(self.coupled_keep[name].dtype)
             self.forward_keep = {name: forward[name] > 0 if name in forward else self.keep[name] for name in self.weights}
         changed = net = 0
@@ -362,7 +363,7 @@ class Pruning:
                 w.grad.mul_(self.keep[name])
         for name, p in self.coupled.items():
             if p.grad is not None:
-                p.grad.mul_(self.coupled_keep[name])
+                p.grad.mul_(self.coupled_whole[name])
 
     @torch.no_grad()
     def zero_removed(self) -> None:
@@ -372,11 +373,11 @@ class Pruning:
         weight granularity."""
         if self.granularity != "unit":
             return
-        from ..units import unit_keep_masks
-
-        for name, mask in unit_keep_masks(self.groups, self.unit_keep, {**self.weights, **self.coupled}).items():
-            param = self.weights.get(name, self.coupled.get(name))
-            param.data.mul_(mask)
+        for name, w in self.weights.items():
+            if self.kept[name] < w.numel():
+                w.data.mul_(self.keep[name])
+        for name, p in self.coupled.items():
+            p.data.mul_(self.coupled_whole[name])
 
     def _apply_coupled_masks(self) -> None:
         for name, p in self.coupled.items():
@@ -418,7 +419,8 @@ class Pruning:
 
     @property
     def masks(self) -> dict[str, Tensor]:
-        """Bool keep-masks by parameter name (True = keep)."""
+        """Bool keep-masks of the prunable weights by parameter name (True = keep); at unit granularity
+        whole units, of which the model holds the consumer slices (:attr:`forward_keep`)."""
         return {name: keep.clone() if self.prunes else keep for name, keep in self.keep.items()}
 
     @torch.no_grad()
@@ -560,8 +562,9 @@ class Pruning:
         with torch.no_grad():
             for name, t in state["coupled_dense"].items():
                 self.coupled_dense[name].copy_(t)
-        _, forward = self._expand_units({name: keep.to(self.unit_keep[name]) for name, keep in state["units"].items()})
+        whole, forward = self._expand_units({name: keep.to(self.unit_keep[name]) for name, keep in state["units"].items()})
         self.coupled_keep = {name: forward[name].to(self.coupled_keep[name].dtype) for name in self.coupled}
+        self.coupled_whole = {name: whole[name].to(self.coupled_keep[name].dtype) for name in self.coupled}
         self.forward_keep = {name: forward[name] > 0 if name in forward else self.keep[name] for name in self.weights}
 
     def __repr__(self) -> str:
