@@ -218,7 +218,7 @@ class TrainConfig:
     auto_hysteresis: bool = True  # snr-auto: drift right after a prune holds the density instead of regrowing
     auto_nested: bool | None = None  # snr-auto: a decision at each half of the window too, the whole window a second witness (None: on at weight granularity unless pooled)
     auto_pooled: bool = False  # snr-auto: each window's evidence pooled with the windows' since the evidence last fired
-    auto_pruned_witness: bool | None = None  # snr-auto: the pruned weights' window SNR a second witness (None: on at weight granularity unless pooled)
+    auto_pruned_witness: bool | None = None  # snr-auto: the pruned weights' window SNR a second witness (None: on unless pooled)
     auto_step_growth: bool | None = None  # snr-auto: a move the same way as the last doubles the step back up to auto_step (None: on at weight granularity)
     auto_band_sample: int | None = BAND_SAMPLE  # snr-auto: the noise band from about this many kept weights per controller (0 or None: all)
     # scale-out
