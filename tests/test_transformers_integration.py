@@ -138,6 +138,8 @@ def test_gpt2_at_unit_granularity_prunes_heads_and_mlp_units(tmp_path, method, o
     if method == "dpf":
         assert pruning.unit_counts()["unit_sparsity"] == pytest.approx(0.5, abs=0.01)
     model = trainer.model.eval()
+    params = dict(model.named_parameters())  # at the end of training, removed units are zero in every entry
+    assert all(not params[name][~keep].any() for name, keep in pruning.masks.items())
     example = {"input_ids": torch.randint(0, VOCAB, (2, LENGTH), generator=torch.Generator().manual_seed(3))}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

@@ -342,7 +342,11 @@ def test_lightning_callback_prunes_units_as_a_plain_loop_does(tmp_path):
 
     options = dict(target_sparsity=0.5, update_every=2, granularity="unit", example_inputs=BATCHES[0][0][:2])
     callback = PruningCallback("dpf", **options)
-    fit(Traceable(), callback, 2, tmp_path)
+    module = Traceable()
+    fit(module, callback, 2, tmp_path)
+    params = dict(module.named_parameters())  # at the end of the fit, removed units are zero in every entry
+    assert all(not params[name][~keep].any() for name, keep in callback.pruning.masks.items())
+    assert all(not params[name][coupled == 0].any() for name, coupled in callback.pruning.coupled_whole.items())
     model = small_mlp(0)  # the oracle: the same pruning in a hand-written loop
     pruning = DPFPruning(model, total_steps=2 * len(BATCHES), **options)
     optimizer = pruning.wrap(torch.optim.SGD(model.parameters(), lr=0.2, momentum=0.9))

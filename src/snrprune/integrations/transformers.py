@@ -115,6 +115,7 @@ class PruningCallback(transformers.TrainerCallback):
 
     def on_train_end(self, args, state, control, **kwargs):
         if self.pruning is not None:
+            self.pruning.zero_removed()  # unit granularity: removed units zero in their own entries too
             self.pruning.unwrap()
 
     def on_log(self, args, state, control, logs=None, **kwargs):
