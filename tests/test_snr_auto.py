@@ -120,11 +120,16 @@ def test_snr_auto_default_rule_nests_reads_the_pruned_weights_and_grows_the_step
     assert resolve_rules(False, False, True, None, "weight") == (False, True, True)
     assert resolve_rules(True, None, None, False, "weight") == (False, False, False)
     assert resolve_rules(False, None, None, None, "unit") == (False, True, False)
+    assert resolve_rules(False, None, None, None, "unit", "layer") == (False, False, False)
     pytest.importorskip("torch_pruning")
     units = SNRAutoPruning(small_mlp(), window_steps=400, granularity="unit", example_inputs=torch.randn(2, 6))
     assert (units.nested, units.pruned_witness, units.step_growth, units.parts) == (False, True, False, 1)
     nested_units = SNRAutoPruning(small_mlp(), window_steps=400, nested=True, step_growth=True, granularity="unit", example_inputs=torch.randn(2, 6))
     assert (nested_units.nested, nested_units.pruned_witness, nested_units.step_growth) == (True, True, True)
+    layer = SNRAutoPruning(small_mlp(), window_steps=400, scope="layer", granularity="unit", example_inputs=torch.randn(2, 6))
+    assert not layer.pruned_witness  # a group's controller reads its own layer; the outgoing columns are in the next
+    with pytest.raises(ValueError, match="outgoing columns, which lie in the next layer.*use scope 'global'"):
+        SNRAutoPruning(small_mlp(), window_steps=4, scope="layer", pruned_witness=True, granularity="unit", example_inputs=torch.randn(2, 6))
     with pytest.raises(ValueError, match="nested must be True or False"):
         SNRAutoPruning(small_mlp(), window_steps=4, nested="yes")
 

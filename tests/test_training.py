@@ -125,6 +125,7 @@ def test_snr_auto_default_rule_by_granularity():
         (dict(method="snr-auto", auto_lr_scale="no"), "auto_lr_scale must be true or false"),
         (dict(method="snr-auto", auto_hysteresis=0), "auto_hysteresis must be true or false"),
         (dict(method="snr-auto", auto_pooled=True, auto_pruned_witness=True), "--auto-pooled and --auto-pruned-witness are different snr-auto decision rules"),
+        (dict(method="snr-auto", auto_pruned_witness=True, granularity="unit", scope="layer"), "outgoing columns, which lie in the next layer.*--scope global"),
         (dict(method="snr-auto", auto_step_growth="yes"), r"auto_step_growth must be true or false \(or null: the default rule\)"),
         # one rule for every option of another method: refused, never silently ignored
         (dict(method="dense", scope="global"), "scope only applies to methods 'snr', 'dpf', 'snr-auto' .*'dense'"),

@@ -271,7 +271,7 @@ class TrainConfig:
                 c.update_every = {"snr": 1, "dpf": 16, "snr-auto": 16}.get(c.method, 1)
         if c.method == "snr-auto":  # the rules a run applies, recorded: a resume keeps them whatever the defaults become
             c.auto_nested, c.auto_pruned_witness, c.auto_step_growth = resolve_rules(
-                c.auto_pooled, c.auto_nested, c.auto_pruned_witness, c.auto_step_growth, c.granularity
+                c.auto_pooled, c.auto_nested, c.auto_pruned_witness, c.auto_step_growth, c.granularity, c.scope
             )
         c.validate()
         return c
@@ -345,6 +345,11 @@ class TrainConfig:
         _check(
             self.auto_pooled is not True or len(rules) <= 1,
             f"{' and '.join(rules)} are different snr-auto decision rules: choose one (--auto-pooled replaces the default nested windows and pruned witness)",
+        )
+        _check(
+            not (self.auto_pruned_witness is True and self.granularity == "unit" and self.scope == "layer"),
+            "--auto-pruned-witness at --granularity unit reads the removed units' outgoing columns, which lie in the next layer, and with "
+            "--scope layer a group's controller reads its own layer alone: use --scope global, or --no-auto-pruned-witness",
         )
         _check(
             self.auto_band_sample is None or (_is_int(self.auto_band_sample) and self.auto_band_sample >= 0),
@@ -1001,7 +1006,9 @@ def _print_header(config: TrainConfig, data: str, counts: dict[str, Any], steps_
         method += f" (combine {config.combine}, scope {config.scope}, ema {config.ema:g}, burn-in {config.burn_in_epochs:g} epochs)"
     elif method == "snr-auto":
         off = [name for name, on in (("lr scaling", config.auto_lr_scale), ("hysteresis", config.auto_hysteresis)) if not on]
-        nested, witness, growth = resolve_rules(config.auto_pooled, config.auto_nested, config.auto_pruned_witness, config.auto_step_growth, config.granularity)
+        nested, witness, growth = resolve_rules(
+            config.auto_pooled, config.auto_nested, config.auto_pruned_witness, config.auto_step_growth, config.granularity, config.scope or "global"
+        )
         method += (
             f" (scope {config.scope}, window {config.window_epochs:g} epochs{' in nested halves' if nested else ''}, "
             f"step {config.auto_step:g}, threshold {config.threshold:g}"

@@ -45,16 +45,18 @@ DEFAULT_WINDOW_EPOCHS = 1.0
 
 
 def resolve_rules(
-    pooled: bool, nested: bool | None, pruned_witness: bool | None, step_growth: bool | None, granularity: str
+    pooled: bool, nested: bool | None, pruned_witness: bool | None, step_growth: bool | None, granularity: str, scope: str = "global"
 ) -> tuple[bool, bool, bool]:
     """``nested``, ``pruned_witness`` and ``step_growth`` as a run applies them. None (the default):
     ``pruned_witness`` on, ``nested`` and ``step_growth`` on at granularity ``"weight"`` and off at
-    ``"unit"``; ``nested`` and ``pruned_witness`` off with ``pooled`` (a different decision rule). At
-    unit granularity nested windows with step growth removed 98% of LeNet-300-100's units at 32% test
-    error (seed 0; one-epoch windows without them: 89%, 4.5%; finding 15 of ``benchmarks/RESULTS.md``)."""
+    ``"unit"``; ``nested`` and ``pruned_witness`` off with ``pooled`` (a different decision rule), the
+    witness off at unit granularity in layer scope (a group's controller reads its own layer, and its
+    removed units' outgoing columns lie in the next one). At unit granularity nested windows with step
+    growth removed 98% of LeNet-300-100's units at 32% test error (seed 0; one-epoch windows without
+    them: 89%, 4.5%; finding 15 of ``benchmarks/RESULTS.md``)."""
     weight = granularity == "weight"
     nested = weight and not pooled if nested is None else nested
-    pruned_witness = not pooled if pruned_witness is None else pruned_witness
+    pruned_witness = not pooled and (weight or scope != "layer") if pruned_witness is None else pruned_witness
     step_growth = weight if step_growth is None else step_growth
     return nested, pruned_witness, step_growth
 
@@ -219,7 +221,12 @@ class SNRAutoPruning(Pruning):
         rules = [name for name in ("pooled", "nested", "pruned_witness") if flags[name]]
         if pooled and len(rules) > 1:
             raise ValueError(f"{' and '.join(rules)} are different decision rules: choose one (pooled replaces the default nested windows and pruned witness)")
-        nested, pruned_witness, step_growth = resolve_rules(pooled, nested, pruned_witness, step_growth, self.granularity)
+        if pruned_witness and self.granularity == "unit" and self.scope == "layer":
+            raise ValueError(
+                "pruned_witness at unit granularity reads the removed units' outgoing columns, which lie in the next layer, "
+                "and in scope 'layer' a group's controller reads its own layer alone: use scope 'global', or pruned_witness=False"
+            )
+        nested, pruned_witness, step_growth = resolve_rules(pooled, nested, pruned_witness, step_growth, self.granularity, self.scope)
         self.pooled, self.pruned_witness, self.step_growth = pooled, pruned_witness, step_growth
         # every rule on by default; off only to measure what each is worth (the suite's ablations and
         # the earlier defaults, kept as measured)
