@@ -1006,15 +1006,12 @@ def _print_header(config: TrainConfig, data: str, counts: dict[str, Any], steps_
         method += f" (combine {config.combine}, scope {config.scope}, ema {config.ema:g}, burn-in {config.burn_in_epochs:g} epochs)"
     elif method == "snr-auto":
         off = [name for name, on in (("lr scaling", config.auto_lr_scale), ("hysteresis", config.auto_hysteresis)) if not on]
-        nested, witness, growth = resolve_rules(
-            config.auto_pooled, config.auto_nested, config.auto_pruned_witness, config.auto_step_growth, config.granularity, config.scope or "global"
-        )
         method += (
-            f" (scope {config.scope}, window {config.window_epochs:g} epochs{' in nested halves' if nested else ''}, "
+            f" (scope {config.scope}, window {config.window_epochs:g} epochs{' in nested halves' if config.auto_nested else ''}, "
             f"step {config.auto_step:g}, threshold {config.threshold:g}"
             + (f", band from {config.auto_band_sample:,} sampled weights above that size" if config.auto_band_sample != BAND_SAMPLE and config.auto_band_sample else "")
             + (", exact band" if not config.auto_band_sample else "")
-            + "".join(f", {name}" for name, on in (("pooled evidence", config.auto_pooled), ("pruned witness", witness), ("step growth", growth)) if on)
+            + "".join(f", {name}" for name, on in (("pooled evidence", config.auto_pooled), ("pruned witness", config.auto_pruned_witness), ("step growth", config.auto_step_growth)) if on)
             + "".join(f", no {name}" for name in off)
             + "; no target)"
         )

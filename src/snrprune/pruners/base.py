@@ -354,16 +354,21 @@ class Pruning:
         params = {**self.weights, **self.coupled}
         return unit_keep_masks(self.groups, self.unit_keep, params), unit_keep_masks(self.groups, self.unit_keep, params, consumers_only=True)
 
+    def _whole_unit_masks(self) -> Iterator[tuple[Tensor, Tensor]]:
+        """Unit granularity: (parameter, its whole-unit keep-mask) for every parameter a removed unit owns entries of."""
+        for name, w in self.weights.items():
+            if self.kept[name] < w.numel():
+                yield w, self.keep[name]
+        for name, p in self.coupled.items():
+            yield p, self.coupled_whole[name]
+
     @torch.no_grad()
     def _zero_removed_gradients(self) -> None:
         """Unit granularity: zeroes the gradient of every entry of a removed unit (its consumer columns
         receive one: the model holds the unit at its consumers only)."""
-        for name, w in self.weights.items():
-            if w.grad is not None and self.kept[name] < w.numel():
-                w.grad.mul_(self.keep[name])
-        for name, p in self.coupled.items():
+        for p, mask in self._whole_unit_masks():
             if p.grad is not None:
-                p.grad.mul_(self.coupled_whole[name])
+                p.grad.mul_(mask)
 
     @torch.no_grad()
     def zero_removed(self) -> None:
@@ -373,11 +378,8 @@ class Pruning:
         weight granularity."""
         if self.granularity != "unit":
             return
-        for name, w in self.weights.items():
-            if self.kept[name] < w.numel():
-                w.data.mul_(self.keep[name])
-        for name, p in self.coupled.items():
-            p.data.mul_(self.coupled_whole[name])
+        for p, mask in self._whole_unit_masks():
+            p.data.mul_(mask)
 
     def _apply_coupled_masks(self) -> None:
         for name, p in self.coupled.items():
