@@ -199,29 +199,42 @@ SHAKESPEARE_GPT = Cell(
 LM_METHODS = [DENSE, SNR, DPF_MATCHED, SNR_AUTO, DPF_MATCHED_AUTO, DPF_90]
 
 # -- structured pruning (issue 20): whole units (neurons, channels) at unit granularity, so that the
-# compact export is a smaller dense network; DPF ranks units by the RMS of their weights
-SNR_AUTO_UNIT = Method("snr-auto-unit", {**_BEFORE, "granularity": "unit"})
+# compact export is a smaller dense network; units ranked by the RMS of their weights (pinned: the
+# ranking of every group up to the relative one below)
+_RMS = {"granularity": "unit", "unit_ranking": "rms"}
+SNR_AUTO_UNIT = Method("snr-auto-unit", {**_BEFORE, **_RMS})
 STRUCTURED_METHODS = [
     DENSE,
     SNR_AUTO_UNIT,
-    Method("dpf-unit-matched-auto", {"method": "dpf", "granularity": "unit"}, matched_to="snr-auto-unit"),
-    Method("dpf-unit-50", {"method": "dpf", "granularity": "unit", "target_sparsity": 0.5}),
+    Method("dpf-unit-matched-auto", {"method": "dpf", **_RMS}, matched_to="snr-auto-unit"),
+    Method("dpf-unit-50", {"method": "dpf", **_RMS, "target_sparsity": 0.5}),
 ]
 
 # snr-auto at unit granularity with one-epoch windows and the issue-19 rules off (the default there
 # from the commit after ada3a1c to ebf1297; with nested windows and step growth, seed 0 of
 # LeNet-300-100 removed 98% of its units at 32% error)
-SNR_AUTO_UNIT_1 = Method("snr-auto-unit-window-1", {**_BEFORE, "granularity": "unit", "window_epochs": 1.0})
+SNR_AUTO_UNIT_1 = Method("snr-auto-unit-window-1", {**_BEFORE, **_RMS, "window_epochs": 1.0})
 STRUCTURED_WINDOW_1 = [
     SNR_AUTO_UNIT_1,
-    Method("dpf-unit-matched-auto-window-1", {"method": "dpf", "granularity": "unit"}, matched_to="snr-auto-unit-window-1"),
+    Method("dpf-unit-matched-auto-window-1", {"method": "dpf", **_RMS}, matched_to="snr-auto-unit-window-1"),
 ]
 # the default at unit granularity since the commit after ebf1297: the same, with the removed units'
 # consumer columns a second witness whose drift comes first (read, never applied; docs/structured.md)
-SNR_AUTO_UNIT_WITNESS = Method("snr-auto-unit-witness", {**_BEFORE, "granularity": "unit", "window_epochs": 1.0, "auto_pruned_witness": True})
+_UNIT_DEFAULT = {**_BEFORE, "window_epochs": 1.0, "auto_pruned_witness": True}  # the rules resolve_rules gives unit granularity
+SNR_AUTO_UNIT_WITNESS = Method("snr-auto-unit-witness", {**_UNIT_DEFAULT, **_RMS})
 STRUCTURED_WITNESS = [
     SNR_AUTO_UNIT_WITNESS,
-    Method("dpf-unit-matched-auto-witness", {"method": "dpf", "granularity": "unit"}, matched_to="snr-auto-unit-witness"),
+    Method("dpf-unit-matched-auto-witness", {"method": "dpf", **_RMS}, matched_to="snr-auto-unit-witness"),
+]
+# the same rule with units ranked relative to their group's median (--unit-ranking relative), and DPF
+# ranked the same way: by RMS, LeNet-5 keeps all of conv1, most of its time
+# (benchmarks/prototypes/unit-ranking.md)
+_RELATIVE = {"granularity": "unit", "unit_ranking": "relative"}
+SNR_AUTO_UNIT_RELATIVE = Method("snr-auto-unit-relative", {**_UNIT_DEFAULT, **_RELATIVE})
+STRUCTURED_RELATIVE = [
+    SNR_AUTO_UNIT_RELATIVE,
+    Method("dpf-unit-matched-auto-relative", {"method": "dpf", **_RELATIVE}, matched_to="snr-auto-unit-relative"),
+    Method("dpf-unit-50-relative", {"method": "dpf", **_RELATIVE, "target_sparsity": 0.5}),
 ]
 
 IMAGE = [LENET300, LENET5_MNIST, LENET5_FMNIST, MNIST1D_MLP, MNIST1D_CONV, DIGITS, RESNET20_FMNIST]
@@ -300,6 +313,11 @@ SUITE = Suite(
             "Structured pruning with snr-auto's default at unit granularity (one-epoch windows, the removed units a second witness), 3 seeds",
             [LENET300, LETTER, LENET5_MNIST, LENET5_FMNIST],
             STRUCTURED_WITNESS,
+        ),
+        Group(
+            "Structured pruning with units ranked relative to their group's median (snr-auto's unit rule and DPF), 3 seeds",
+            [LENET5_MNIST, LENET300, LETTER, LENET5_FMNIST, RESNET20_FMNIST_3],
+            STRUCTURED_RELATIVE,
         ),
     ],
     report="benchmarks/RESULTS.md",

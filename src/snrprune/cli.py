@@ -28,7 +28,7 @@ from . import __version__
 from .checkpoint import CheckpointError, writable_folder_problem
 from .data import DatasetNotFoundError, dataset_names
 from .errors import InputError
-from .masks import COMBINE_MODES, GRANULARITIES, SCOPES
+from .masks import COMBINE_MODES, DEFAULT_UNIT_RANKING, GRANULARITIES, SCOPES, UNIT_RANKINGS
 from .models import model_names
 from .pruners import PRUNING_METHODS
 from .reporting import format_table
@@ -49,7 +49,7 @@ from .training import (
 _CONFIG_OPTIONS = (
     "dataset", "model", "method", "model_options", "data_dir", "target", "data_seed", "seed", "device",
     "epochs", "batch_size", "optimizer", "lr", "momentum", "nesterov", "weight_decay", "schedule",
-    "target_sparsity", "scope", "granularity", "update_every", "combine", "ema", "threshold", "burn_in_epochs",
+    "target_sparsity", "scope", "granularity", "unit_ranking", "update_every", "combine", "ema", "threshold", "burn_in_epochs",
     "stats_every", "window_epochs", "auto_step", "auto_lr_scale", "auto_hysteresis", "auto_nested", "auto_pooled", "auto_pruned_witness", "auto_step_growth", "auto_band_sample", "end_fraction", "include_layers", "exclude_layers", "curve_every",
     "accumulate", "amp",
 )
@@ -148,6 +148,12 @@ def build_parser() -> argparse.ArgumentParser:
     how.add_argument("--combine", choices=COMBINE_MODES, help="snr: how SNR and magnitude masks combine (default agree)")
     how.add_argument("--scope", choices=SCOPES, help="per-layer or global masks (default: layer for snr, global for dpf and snr-auto); snr-auto layer: one density per layer")
     how.add_argument("--granularity", choices=GRANULARITIES, help="dpf, snr-auto: what a mask entry removes: a weight, or a unit (a neuron or channel with everything coupled to it; dpf's target is then a fraction of units) (default weight)")
+    how.add_argument(
+        "--unit-ranking",
+        choices=UNIT_RANKINGS,
+        help="dpf, snr-auto at --granularity unit, global scope: which units go first: the smallest RMS of their weights, or the smallest "
+        f"relative to their layer's median unit (layers initialised at different scales then compete evenly) (default {DEFAULT_UNIT_RANKING})",
+    )
     how.add_argument("--ema", metavar="BETA", type=_float_in(0.0, 1.0), help="snr: moving-average factor of the SNR (default 0.9)")
     how.add_argument("--threshold", metavar="T", type=_float_in(0.0, None), help="snr: SNR below which a weight may be pruned; snr-auto: a factor on the edges of the noise band of its window SNR (default 1)")
     how.add_argument("--burn-in-epochs", metavar="E", type=_float_in(0.0, None), help="snr: epochs before the first mask update (default 1)")

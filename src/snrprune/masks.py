@@ -38,6 +38,10 @@ _INTERIOR_MIN_CAP = 1 << 20
 _INTERIOR_CAP_FACTOR = 4
 #: What one mask entry decides: a single weight, or a whole unit (a neuron, a channel: :mod:`snrprune.units`).
 GRANULARITIES = ("weight", "unit")
+#: How units of different groups compare in global scope (:meth:`snrprune.pruners.Pruning.unit_scores`):
+#: ``"rms"``, the RMS of a unit's dense weights; ``"relative"``, that RMS over its group's median.
+UNIT_RANKINGS = ("rms", "relative")
+DEFAULT_UNIT_RANKING = "rms"
 
 
 def count(mask: Tensor) -> int:

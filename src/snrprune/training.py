@@ -52,7 +52,7 @@ from . import reporting
 from .checkpoint import WRITE_PROBE_PREFIX, CheckpointError, atomic_torch_save, load_checkpoint, save_checkpoint, writable_folder_problem
 from .data import dataset_names, dataset_task, load_dataset
 from .errors import InputError
-from .masks import COMBINE_MODES, GRANULARITIES, SCOPES
+from .masks import COMBINE_MODES, DEFAULT_UNIT_RANKING, GRANULARITIES, SCOPES, UNIT_RANKINGS
 from .models import MODELS, build_model, model_names, model_task
 from .pruners import PRUNING_METHODS, SNR_HISTOGRAM_EDGES, DPFPruning, NoPruning, Pruning, SNRAutoPruning, SNRPruning
 from .pruners.snr_auto import BAND_SAMPLE, DEFAULT_WINDOW_EPOCHS, epoch_window_steps, resolve_rules
@@ -96,7 +96,19 @@ METHOD_OPTIONS: dict[str, tuple[str, ...]] = {
     "auto_pruned_witness": ("snr-auto",),
     "auto_step_growth": ("snr-auto",),
     "auto_band_sample": ("snr-auto",),
+    "unit_ranking": ("dpf", "snr-auto"),
 }
+
+
+def _before_recorded(values: dict[str, Any]) -> dict[str, Any]:
+    """For a recorded configuration, the fields added after it was written, with what the run applied
+    then: snr-auto's rules did not exist (off), units were ranked by RMS."""
+    before: dict[str, Any] = {}
+    if values.get("method") == "snr-auto":
+        before.update(auto_nested=False, auto_pruned_witness=False, auto_step_growth=False)
+    if values.get("method") in METHOD_OPTIONS["unit_ranking"] and values.get("granularity") == "unit":
+        before["unit_ranking"] = "rms"
+    return before
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 SCHEDULES = ("cosine", "step", "constant")
 #: The learning rate used when ``optimizer`` is switched away from the recipe's and ``lr`` is not given.
@@ -206,6 +218,7 @@ class TrainConfig:
     target_sparsity: float | None = None  # dpf only, required
     scope: str | None = None  # None: "layer" for snr, "global" for dpf and snr-auto
     granularity: str = "weight"  # dpf, snr-auto: "unit" prunes whole neurons and channels (Pruning's docstring)
+    unit_ranking: str | None = None  # dpf, snr-auto at unit granularity: "rms" or "relative" to the group's median (None: the default)
     update_every: int | None = None  # None: 16 for dpf and snr-auto; snr: 1, or when statistics arrive if stats_every > 1
     combine: str = "agree"  # snr
     ema: float = 0.9  # snr
@@ -243,6 +256,15 @@ class TrainConfig:
             raise ValueError(f"unknown configuration field(s): {', '.join(unknown)}")
         return cls(**values)
 
+    @classmethod
+    def from_record(cls, values: dict[str, Any]) -> TrainConfig:
+        """A configuration a run recorded (``config.json``, a checkpoint's): a field added after the
+        run was written takes the value that applied then, not today's default, so that a resume
+        continues the same run (:func:`_before_recorded`)."""
+        if isinstance(values, dict):
+            values = {**{k: v for k, v in _before_recorded(values).items() if k not in values}, **values}
+        return cls.from_dict(values)
+
     def resolved(self) -> TrainConfig:
         """A validated copy with every ``None`` default filled in (what ``config.json`` records)."""
         self._check_names()
@@ -269,6 +291,8 @@ class TrainConfig:
             if c.update_every is None and not (c.method == "snr" and c.stats_every > 1):
                 # snr with statistics every k > 1 steps keeps None: masks follow the new statistics
                 c.update_every = {"snr": 1, "dpf": 16, "snr-auto": 16}.get(c.method, 1)
+        if c.method in METHOD_OPTIONS["unit_ranking"] and c.granularity == "unit" and c.unit_ranking is None:
+            c.unit_ranking = DEFAULT_UNIT_RANKING  # recorded, as the rules below are
         if c.method == "snr-auto":  # the rules a run applies, recorded: a resume keeps them whatever the defaults become
             c.auto_nested, c.auto_pruned_witness, c.auto_step_growth = resolve_rules(
                 c.auto_pooled, c.auto_nested, c.auto_pruned_witness, c.auto_step_growth, c.granularity, c.scope
@@ -325,6 +349,14 @@ class TrainConfig:
                 f"target_sparsity must be in [0, 1), got {self.target_sparsity!r}",
             )
         _check(self.granularity in GRANULARITIES, f"unknown granularity {self.granularity!r}; valid names: {', '.join(GRANULARITIES)}")
+        _check(
+            self.unit_ranking is None or self.unit_ranking in UNIT_RANKINGS,
+            f"unknown unit ranking {self.unit_ranking!r}; valid names: {', '.join(UNIT_RANKINGS)}",
+        )
+        _check(
+            self.unit_ranking is None or self.granularity == "unit",
+            "--unit-ranking ranks whole units and applies at --granularity unit only; remove it, or add --granularity unit",
+        )
         if self.method != "dense":
             _check(self.scope in SCOPES, f"unknown scope {self.scope!r}; valid names: {', '.join(SCOPES)}")
             _check(
@@ -431,6 +463,8 @@ def make_pruning(config: TrainConfig, model: nn.Module, steps_per_epoch: int, ex
     layers = dict(include=config.include_layers, exclude=config.exclude_layers or None)
     if config.method in METHOD_OPTIONS["granularity"]:
         layers.update(granularity=config.granularity, example_inputs=example_inputs if config.granularity == "unit" else None)
+        if config.granularity == "unit":
+            layers.update(unit_ranking=config.unit_ranking)
     if config.method == "snr":
         return SNRPruning(
             model,
@@ -714,7 +748,7 @@ def _train(
     if resume:
         checkpoint = _load_resume_checkpoint(out)
         try:
-            saved = TrainConfig.from_dict(checkpoint["config"])
+            saved = TrainConfig.from_record(checkpoint["config"])
         except (TypeError, ValueError) as exc:
             raise CheckpointError(f"{out / CHECKPOINT} holds an unusable configuration: {exc}") from exc
         _check_run_config(out, saved)
@@ -971,7 +1005,7 @@ def _check_run_config(out: Path, saved: TrainConfig) -> None:
             f"restore {CONFIG} or start the run over in another folder"
         )
     try:
-        recorded = TrainConfig.from_dict(json.loads(path.read_text()))
+        recorded = TrainConfig.from_record(json.loads(path.read_text()))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError, TypeError, ValueError, AttributeError) as exc:
         raise TrainingError(f"cannot resume: {path} is unreadable or not a run configuration ({exc}); restore it or start the run over") from exc
     if recorded != saved:
@@ -1016,7 +1050,7 @@ def _print_header(config: TrainConfig, data: str, counts: dict[str, Any], steps_
             + "; no target)"
         )
     if config.granularity != "weight":
-        method += f", {config.granularity} granularity"
+        method += f", {config.granularity} granularity" + (f" (units ranked by {config.unit_ranking})" if config.unit_ranking else "")
     lines = [
         f"data:   {data}",
         f"model:  {config.model}: {counts['params']:,} parameters, {counts['prunable_params']:,} prunable in {len(counts['layer_params'])} tensors",

@@ -13,7 +13,7 @@ from torch import Tensor, nn
 
 from .. import fused
 from ..layers import NameFilter, find_prunable_layers
-from ..masks import GRANULARITIES, SCOPES, check_choice, count
+from ..masks import DEFAULT_UNIT_RANKING, GRANULARITIES, SCOPES, UNIT_RANKINGS, check_choice, count
 from ..statistics import GradientStats
 
 PRUNING_METHODS: dict[str, type[Pruning]] = {}
@@ -102,10 +102,12 @@ class Pruning:
         exclude: NameFilter = None,
         granularity: str = "weight",
         example_inputs: Any = None,
+        unit_ranking: str | None = None,
     ):
         self.model = model
         self.granularity = self._check_granularity(granularity, example_inputs)
         self.scope = check_choice(scope, SCOPES, "scope")
+        self.unit_ranking = self._check_unit_ranking(unit_ranking)
         self.layers = find_prunable_layers(model, include, exclude)
         self.weights: dict[str, nn.Parameter] = {layer.name: layer.weight for layer in self.layers}
         if self.prunes:
@@ -159,6 +161,21 @@ class Pruning:
         if granularity == "weight" and example_inputs is not None:
             raise ValueError("example_inputs is used only with granularity='unit' (to trace the units); remove it, or pass granularity='unit'")
         return granularity
+
+    def _check_unit_ranking(self, unit_ranking: str | None) -> str | None:
+        """The ranking of units (unit granularity; ``None`` there: :data:`~snrprune.masks.DEFAULT_UNIT_RANKING`)."""
+        if self.granularity != "unit":
+            if unit_ranking is not None:
+                raise ValueError(f"unit_ranking ranks whole units and applies at granularity 'unit' only, not {self.granularity!r}; remove it, or pass granularity='unit'")
+            return None
+        ranking = check_choice(DEFAULT_UNIT_RANKING if unit_ranking is None else unit_ranking, UNIT_RANKINGS, "unit_ranking")
+        if unit_ranking == "relative" and self.scope == "layer":
+            warnings.warn(
+                "unit_ranking='relative' changes nothing in scope 'layer': each group ranks its own units, and dividing them "
+                "all by their group's median keeps their order; it compares groups in scope 'global' only",
+                stacklevel=4,
+            )
+        return ranking
 
     def _find_units(self, example_inputs: Any) -> None:
         """The groups rooted at a pruned layer, their keep-vectors, and the coupled parameters."""
@@ -391,6 +408,10 @@ class Pruning:
         The sum runs over every prunable-weight entry of the unit (its rows, and the consumers'
         columns); dividing by their number n makes units of layers with different fan-in and fan-out
         comparable in global scope (a plain L2 norm would favour the wide layers' units).
+        ``unit_ranking="relative"`` divides each group's RMS by its median over the group's units, so
+        that groups compete on how their units compare with their own layer, not on the layers'
+        scales: default initialisations scale a layer by 1/sqrt(fan-in), which by RMS puts every unit
+        of a first convolution above all others (``benchmarks/prototypes/unit-ranking.md``).
         """
         scores = {}
         for group in self.groups:
@@ -406,6 +427,9 @@ class Pruning:
                 squares.index_add_(0, unit, per_position[piece.index.to(squares.device)])
                 entries.index_add_(0, unit, torch.full_like(unit, w[0].numel(), dtype=dtype))
             scores[group.name] = squares.div_(entries).sqrt_()
+            if self.unit_ranking == "relative":  # a group whose median unit is all zeros keeps its RMS
+                median = scores[group.name].median()
+                scores[group.name].div_(torch.where(median > 0, median, torch.ones_like(median)))
         return scores
 
     def unit_counts(self) -> dict[str, Any]:
@@ -504,6 +528,7 @@ class Pruning:
 
     def _unit_state(self) -> dict[str, Any]:
         return {
+            "unit_ranking": self.unit_ranking,
             "units": {name: keep.bool() for name, keep in self.unit_keep.items()},
             "coupled_dense": {name: t.clone() for name, t in self.coupled_dense.items()},
         }
@@ -522,6 +547,12 @@ class Pruning:
             raise ValueError(
                 f"the state is of granularity {granularity!r}, this {type(self).__name__} prunes at granularity {self.granularity!r}: "
                 f"load it into one built with granularity={granularity!r}"
+            )
+        ranking = state.get("unit_ranking", "rms") if granularity == "unit" else None  # unit states from before rankings: by RMS
+        if ranking != self.unit_ranking:
+            raise ValueError(
+                f"the state ranks units by {ranking!r}, this {type(self).__name__} by {self.unit_ranking!r}: "
+                f"load it into one built with unit_ranking={ranking!r}"
             )
 
     def load_state_dict(self, state: dict[str, Any]) -> None:

@@ -24,7 +24,8 @@ class DPFPruning(Pruning):
     removed, over all groups (global scope) or in each group (layer scope), on the same schedule,
     exact to one unit; units are ranked by the RMS of their dense prunable weights
     (:meth:`~snrprune.pruners.Pruning.unit_scores`: the L2 norm over the square root of their number,
-    so that groups of different fan-in compare). Every group keeps at least its largest unit, which
+    so that groups of different fan-in compare), or with ``unit_ranking="relative"`` by that RMS over
+    their group's median. Every group keeps at least its largest unit, which
     caps the unit sparsity at ``1 - groups / units`` (a warning says so when the target is above).
     """
 
@@ -42,8 +43,11 @@ class DPFPruning(Pruning):
         exclude: NameFilter = None,
         granularity: str = "weight",
         example_inputs: Any = None,
+        unit_ranking: str | None = None,
     ):
-        super().__init__(model, scope=scope, include=include, exclude=exclude, granularity=granularity, example_inputs=example_inputs)
+        super().__init__(
+            model, scope=scope, include=include, exclude=exclude, granularity=granularity, example_inputs=example_inputs, unit_ranking=unit_ranking
+        )
         self.target_sparsity = _check_float("target_sparsity", target_sparsity, 0.0, 1.0)
         self.initial_sparsity = _check_float("initial_sparsity", initial_sparsity, 0.0, self.target_sparsity, high_open=False)
         self.total_steps = _check_int("total_steps", total_steps, 1)

@@ -181,7 +181,8 @@ class SNRAutoPruning(Pruning):
     units' consumer columns (the pruned witness, whose drift comes first here: :meth:`_reading`);
     ``density`` is the fraction of units kept (over all groups, or per group in layer scope, where a group's controller
     reads its root layer's weights); masks keep the units of largest RMS dense weight
-    (:meth:`~snrprune.pruners.Pruning.unit_scores`), and every group keeps at least one unit. The
+    (or of largest RMS relative to their group's, ``unit_ranking="relative"``:
+    :meth:`~snrprune.pruners.Pruning.unit_scores`), and every group keeps at least one unit. The
     output layer's outputs are never units, so they are never removed.
     """
 
@@ -210,9 +211,12 @@ class SNRAutoPruning(Pruning):
         exclude: NameFilter = None,
         granularity: str = "weight",
         example_inputs: Any = None,
+        unit_ranking: str | None = None,
         band_sample: int | None = BAND_SAMPLE,
     ):
-        super().__init__(model, scope=scope, include=include, exclude=exclude, granularity=granularity, example_inputs=example_inputs)
+        super().__init__(
+            model, scope=scope, include=include, exclude=exclude, granularity=granularity, example_inputs=example_inputs, unit_ranking=unit_ranking
+        )
         flags = {"lr_scaled": lr_scaled, "hysteresis": hysteresis, "nested": nested, "pooled": pooled, "pruned_witness": pruned_witness, "step_growth": step_growth}
         for flag, value in flags.items():
             optional = flag in ("nested", "pruned_witness", "step_growth")
@@ -655,7 +659,7 @@ class SNRAutoPruning(Pruning):
         return masks
 
     def _unit_masks(self) -> dict[str, Tensor]:
-        """Keep-vectors of the units of largest RMS dense weight at each controller's density (unit granularity)."""
+        """Keep-vectors of the units of largest score (:meth:`unit_scores`) at each controller's density (unit granularity)."""
         scores = self.unit_scores()
         if self.scope == "layer":
             return keep_units(scores, {name: v.numel() - max(1, round(self.density[name] * v.numel())) for name, v in scores.items()}, "layer")
