@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -97,6 +98,9 @@ def test_run_skip_resume_matched_and_report(tmp_path: Path, suite_file: Path):
     assert plan(suite, layout)["uncopied"][0].key == "digits-mlp/dense/seed1"
     assert run_suite(suite, layout, log=logs.append)["ran"] == 0
     assert (layout.results / "digits-mlp/dense/seed1/summary.json").is_file()
+    # with how the process that trained it ran it (written beside the run), not an unknown
+    copied = json.loads((layout.results / "digits-mlp/dense/seed1/bench.json").read_text())
+    assert copied["jobs"] == 1 and copied["threads"] == 1 and copied["cpus"] == os.cpu_count()
 
     # the report: pending cells listed, never invented; plots written
     shutil.rmtree(layout.results / "digits-mlp/snr-ema-0.5/seed0")

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from snrprune.cli import main
-from snrprune.masks import count
+from snrprune.masks import DEFAULT_UNIT_RANKING, count
 from snrprune.models import build_model
 from snrprune.pruners import DPFPruning, NoPruning, SNRAutoPruning, SNRPruning
 from snrprune.training import TrainConfig
@@ -126,6 +126,30 @@ def test_units_are_ranked_by_the_rms_of_their_dense_weights(name):
             entries = torch.cat([unit_entries(pruning.dense[p], dim, width, u).reshape(-1) for p, (dim, width) in pieces.items() if p in pruning.dense])
             expected[u] = entries.square().mean().sqrt()
         torch.testing.assert_close(pruning.unit_scores()[group], expected)
+
+
+def test_relative_ranking_divides_each_group_by_its_median_unit():
+    model, x, _ = model_and_data("lenet5")
+    rms = DPFPruning(model, target_sparsity=0.5, total_steps=10, granularity="unit", example_inputs=x[:2]).unit_scores()
+    relative = DPFPruning(model, target_sparsity=0.5, total_steps=10, granularity="unit", example_inputs=x[:2], unit_ranking="relative")
+    assert relative.unit_ranking == "relative"
+    for group, scores in relative.unit_scores().items():
+        torch.testing.assert_close(scores, rms[group] / rms[group].median())
+
+
+def test_relative_ranking_lets_groups_of_different_scales_compete():
+    """A first layer scaled up 10x: by RMS every unit of it outranks the second layer's, so global
+    DPF takes all its units from the second layer; relative to their median both lose some."""
+    removed = {}
+    for ranking in ("rms", "relative"):
+        model, x, y = model_and_data("lenet300")
+        with torch.no_grad():
+            model[1].weight.mul_(10)
+        pruning = DPFPruning(model, target_sparsity=0.2, total_steps=1, end_fraction=1.0, update_every=1, granularity="unit", example_inputs=x[:2], unit_ranking=ranking)
+        run(model, pruning, x, y, 1, optimizer=pruning.wrap(torch.optim.SGD(model.parameters(), lr=0.0)))
+        removed[ranking] = {g: int((k == 0).sum()) for g, k in pruning.unit_keep.items()}
+    assert removed["rms"] == {"1.weight": 0, "3.weight": 80}
+    assert sum(removed["relative"].values()) == 80 and min(removed["relative"].values()) >= 20
 
 
 def test_a_removed_unit_comes_back_with_all_its_values():
@@ -257,6 +281,37 @@ def test_a_state_of_the_other_granularity_is_refused():
     weight.load_state_dict(old)
 
 
+def test_a_state_of_the_other_unit_ranking_is_refused():
+    model, x, _ = model_and_data("lenet300")
+    rms = DPFPruning(model, target_sparsity=0.5, total_steps=10, granularity="unit", example_inputs=x[:2])
+    relative = DPFPruning(model, target_sparsity=0.5, total_steps=10, granularity="unit", example_inputs=x[:2], unit_ranking="relative")
+    with pytest.raises(ValueError, match="ranks units by 'rms'.*unit_ranking='rms'"):
+        relative.load_state_dict(rms.state_dict())
+    old = rms.state_dict()
+    del old["unit_ranking"]  # a state written before rankings: by RMS
+    rms.load_state_dict(old)
+    with pytest.raises(ValueError, match="ranks units by 'rms'"):
+        relative.load_state_dict(old)
+
+
+def test_the_config_records_the_unit_ranking_and_an_older_record_keeps_what_it_ran():
+    unit = TrainConfig(dataset="digits", model="mlp", method="dpf", target_sparsity=0.5, granularity="unit").resolved()
+    assert unit.unit_ranking == DEFAULT_UNIT_RANKING  # recorded: a resume keeps it whatever the default becomes
+    assert TrainConfig(dataset="digits", model="mlp", method="dpf", target_sparsity=0.5).resolved().unit_ranking is None
+    record = unit.to_dict()
+    del record["unit_ranking"]  # config.json of a run from before rankings
+    assert TrainConfig.from_record(record).unit_ranking == "rms"
+    assert TrainConfig.from_dict(record).unit_ranking is None  # a new configuration: resolved() fills today's default
+    record = TrainConfig(dataset="digits", model="mlp", method="snr-auto").resolved().to_dict()
+    for rule in ("auto_nested", "auto_pruned_witness", "auto_step_growth"):  # from before snr-auto's rules
+        del record[rule]
+    old = TrainConfig.from_record(record)
+    assert (old.auto_nested, old.auto_pruned_witness, old.auto_step_growth) == (False, False, False)
+    old.validate()
+    dense = TrainConfig(dataset="digits", model="mlp", method="dense").resolved()
+    assert TrainConfig.from_record(dense.to_dict()) == dense
+
+
 # -- bad input --------------------------------------------------------------------------------------
 
 
@@ -276,6 +331,16 @@ def test_bad_input_is_one_clear_message():
         DPFPruning(model, target_sparsity=0.5, total_steps=10, include=["5"], granularity="unit", example_inputs=x[:2])
     with pytest.warns(UserWarning, match="every group keeps at least one unit"):
         DPFPruning(model, target_sparsity=0.999, total_steps=10, granularity="unit", example_inputs=x[:2])
+    with pytest.raises(ValueError, match="unit_ranking ranks whole units and applies at granularity 'unit' only"):
+        DPFPruning(model, target_sparsity=0.5, total_steps=10, unit_ranking="relative")
+    with pytest.raises(ValueError, match="unknown unit_ranking 'l1'; valid values: rms, relative"):
+        DPFPruning(model, target_sparsity=0.5, total_steps=10, granularity="unit", example_inputs=x[:2], unit_ranking="l1")
+    with pytest.warns(UserWarning, match="unit_ranking='relative' changes nothing in scope 'layer'"):
+        SNRAutoPruning(model, window_steps=8, scope="layer", granularity="unit", example_inputs=x[:2], unit_ranking="relative")
+    with pytest.raises(ValueError, match="--unit-ranking ranks whole units and applies at --granularity unit only"):
+        TrainConfig(dataset="digits", model="mlp", method="dpf", target_sparsity=0.5, unit_ranking="relative").resolved()
+    with pytest.raises(ValueError, match="unit_ranking only applies to methods 'dpf', 'snr-auto'"):
+        TrainConfig(dataset="digits", model="mlp", method="snr", unit_ranking="relative").resolved()
     with pytest.raises(ValueError, match="unknown granularity 'neuron'"):
         TrainConfig(dataset="digits", model="mlp", method="dpf", target_sparsity=0.5, granularity="neuron").resolved()
     with pytest.raises(ValueError, match="granularity only applies to methods 'dpf', 'snr-auto'"):

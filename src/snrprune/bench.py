@@ -46,6 +46,8 @@ __all__ = [
 
 #: Files of a finished run that are committed (checkpoints and model files are not).
 RESULT_FILES = (CONFIG, METRICS, CURVE, SUMMARY)
+#: Beside a run's results: how it was run (parallel jobs, threads per run) and on which machine.
+EXECUTION = "bench.json"
 #: ``curve.jsonl`` is thinned to at most this many points when it is copied to the results.
 CURVE_POINTS = 400
 
@@ -421,8 +423,9 @@ def default_layout(suite: Suite, results: str | None = None, work: str | None = 
 def copy_results(work_dir: Path, result_dir: Path, execution: dict[str, Any] | None = None) -> None:
     """Copies a finished run's small files; ``summary.json`` last, since its presence means finished.
 
-    ``execution`` (parallel jobs, threads per run, the machine) goes to ``bench.json``: timings are
-    only comparable between runs made the same way. A run folder whose ``summary.json`` is not a
+    ``execution`` (parallel jobs, threads per run; by default what the run folder's ``bench.json``
+    says, written by the process that trained it) goes to ``bench.json`` with the machine: timings
+    are only comparable between runs made the same way. A run folder whose ``summary.json`` is not a
     finished run's (:func:`summary_problem`) is refused with :class:`BenchError`: nothing is copied.
     """
     problem = summary_problem(work_dir / SUMMARY)
@@ -430,7 +433,10 @@ def copy_results(work_dir: Path, result_dir: Path, execution: dict[str, Any] | N
         raise BenchError(f"{work_dir / SUMMARY} {problem}; nothing was copied to {result_dir}")
     result_dir.mkdir(parents=True, exist_ok=True)
     machine = {"cpus": os.cpu_count(), "platform": platform.platform(), "processor": platform.processor() or platform.machine()}
-    reporting.write_json(result_dir / "bench.json", {**(execution or {}), **machine})
+    if execution is None and (work_dir / EXECUTION).is_file():
+        recorded, problem = _load_json(work_dir / EXECUTION)
+        execution = recorded if problem is None and isinstance(recorded, dict) else None  # unreadable: unknown, as before
+    reporting.write_json(result_dir / EXECUTION, {**(execution or {}), **machine})
     curve = reporting.read_jsonl(work_dir / CURVE)
     stride = max(1, -(-len(curve) // CURVE_POINTS))
     kept = [p for i, p in enumerate(curve) if i % stride == stride - 1 or i == len(curve) - 1]
@@ -474,7 +480,7 @@ def no_match_message(suite: Suite, only: str) -> str:
 # ------------------------------------------------------------------------------------------------
 
 
-def _execute(config: dict[str, Any], work_dir: str, resume: bool, threads: int, expected: str) -> dict[str, Any]:
+def _execute(config: dict[str, Any], work_dir: str, resume: bool, threads: int, expected: str, jobs: int = 1) -> dict[str, Any]:
     """One run in a worker process (spawned: its own torch threads).
 
     Holds the run folder's lock from before it looks at the folder until the run ends (``train``
@@ -494,6 +500,8 @@ def _execute(config: dict[str, Any], work_dir: str, resume: bool, threads: int, 
             return {"bench_changed": f"its run folder was {expected} when this bench looked and is {now} now (another process)"}
         if resume and (work / SUMMARY).exists():  # a broken summary beside the checkpoint: the resume writes it again
             (work / SUMMARY).unlink()
+        # how this process runs it, beside the run: a later bench that copies the results finds it there
+        reporting.write_json(work / EXECUTION, {"jobs": jobs, "threads": threads, **({"resumed": True} if resume else {})})
         return train(None if resume else TrainConfig.from_dict(config), work, resume=resume, overwrite=not resume, progress=False)
 
 
@@ -608,7 +616,7 @@ def run_suite(
                     log(f"[bench] {run.key}: not run: interrupted in another process since this call started; continue it with --resume")
                     continue
                 config = run.config(matched, data_dir).to_dict()
-                pending[pool.submit(_execute, config, str(layout.work_dir(run)), now == "interrupted", threads, now)] = run
+                pending[pool.submit(_execute, config, str(layout.work_dir(run)), now == "interrupted", threads, now, jobs)] = run
                 log(f"[bench] {run.key}: {'resumed' if now == 'interrupted' else 'started'}" + (f" ({note})" if note else ""))
             if not pending:
                 break

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from . import reporting
-from .bench import BenchError, Cell, Layout, Suite, cell_unavailable, read_json
+from .bench import EXECUTION, BenchError, Cell, Layout, Suite, cell_unavailable, read_json
 from .data import dataset_task
 from .tasks import TASKS, headline_of
 from .training import METRICS
@@ -506,7 +506,7 @@ def write_report(suite: Suite, layout: Layout, report: Path, command: str, data_
     settings: dict[str, int] = {}
     machine = "?"
     for r in finished:
-        meta = layout.results / r.key / "bench.json"
+        meta = layout.results / r.key / EXECUTION
         if meta.is_file():
             info = read_json(meta, "record of how the run was made")
             if not isinstance(info, dict):
