@@ -5,6 +5,7 @@ removes heads, and the unpruned gpt's outputs unchanged by the head-size rule of
 from __future__ import annotations
 
 import copy
+import math
 import warnings
 
 import pytest
@@ -327,3 +328,149 @@ def test_gpt2_with_another_linear_to_prune_is_refused():
     example = {"input_ids": torch.randint(0, VOCAB, (2, 8), generator=torch.Generator().manual_seed(0))}
     with pytest.raises(UnsupportedModelError, match="both Hugging Face Conv1D layers and other Linear"):
         find_unit_groups(model, example)
+
+
+# --------------------------------------------------------------------------- nn.MultiheadAttention
+
+
+class _Attend(torch.nn.Module):
+    """An nn.MultiheadAttention between two Linears, called with the masks of one test case."""
+
+    def __init__(self, batch_first: bool, bias: bool, masks: str):
+        super().__init__()
+        self.batch_first, self.masks = batch_first, masks
+        self.inp, self.head = torch.nn.Linear(6, 16), torch.nn.Linear(16, 3)
+        self.attn = torch.nn.MultiheadAttention(16, 4, bias=bias, batch_first=batch_first)
+
+    def forward(self, x):  # x: (batch, length, 6)
+        h = self.inp(x)
+        batch, length = x.shape[:2]
+        kwargs = {}
+        if self.masks in ("causal", "causal-weights"):
+            kwargs["attn_mask"] = torch.ones(length, length, dtype=torch.bool).triu(1)
+            kwargs["need_weights"] = self.masks == "causal-weights"
+        elif self.masks == "per-head":  # float, one mask per (sample, original head)
+            generator = torch.Generator().manual_seed(3)  # random: a mask shifted by a constant per row would not show
+            kwargs["attn_mask"] = torch.randn(batch * 4, length, length, generator=generator, dtype=x.dtype)
+            kwargs["need_weights"] = False
+        elif self.masks == "padding":
+            kwargs["key_padding_mask"] = torch.arange(length).expand(batch, length) >= length - 1 - torch.arange(batch)[:, None]
+        if not self.batch_first:
+            h = h.transpose(0, 1)
+        y, _ = self.attn(h, h, h, **kwargs)
+        return self.head(y if self.batch_first else y.transpose(0, 1))
+
+
+@pytest.mark.parametrize(
+    "batch_first, bias, masks",
+    [(True, True, "causal"), (False, True, "causal-weights"), (True, False, "per-head"), (False, False, "padding"), (True, True, "none")],
+)
+def test_multihead_attention_heads_are_units_and_cut_like_the_masked_model(batch_first, bias, masks):
+    from snrprune.units import FewerHeadsMultiheadAttention
+
+    torch.manual_seed(0)
+    model = _Attend(batch_first, bias, masks).double().eval()
+    x = torch.randn(2, 5, 6, dtype=torch.float64)
+    groups = find_unit_groups(model, x)
+    heads = next(g for g in groups if g.name == "attn.in_proj_weight")
+    assert heads.size == 4
+    # the oracle: the stock module with the removed heads' columns of the output projection zero
+    masked = copy.deepcopy(model)
+    with torch.no_grad():
+        for h in (0, 2):
+            masked.attn.out_proj.weight[:, 4 * h : 4 * h + 4] = 0
+    compact = compact_model(model, x, {"attn.in_proj_weight": torch.tensor([0, 2])}, groups=groups)
+    attention = compact.attn
+    assert isinstance(attention, FewerHeadsMultiheadAttention) and attention.num_heads == 2 and attention.heads_kept == (1, 3)
+    assert attention.in_proj_weight.shape == (24, 16) and attention.out_proj.weight.shape == (16, 8)
+    assert attention.in_proj_bias is None if not bias else attention.in_proj_bias.shape == (24,)
+    with torch.no_grad():
+        torch.testing.assert_close(compact(x), masked(x), rtol=1e-12, atol=1e-12)
+        compact.train(), masked.train()  # no dropout: training mode computes the same
+        torch.testing.assert_close(compact(x), masked(x), rtol=1e-12, atol=1e-12)
+    assert model.attn.num_heads == 4 and type(model.attn) is torch.nn.MultiheadAttention  # the model is left as it was
+
+
+def _encoder(seed: int = 0):
+    torch.manual_seed(seed)
+    layer = torch.nn.TransformerEncoderLayer(16, 4, 32, dropout=0.0, batch_first=True)
+    return torch.nn.Sequential(
+        torch.nn.Linear(6, 16), torch.nn.TransformerEncoder(layer, 2, enable_nested_tensor=False), torch.nn.Flatten(), torch.nn.Linear(80, 3)
+    )
+
+
+def test_a_transformer_encoder_loses_heads_and_hidden_units_and_its_fast_path_stays_exact():
+    """nn.TransformerEncoderLayer's fused inference path (eval, no grad) assumes the stock head layout: the
+    cut modules must not take it, and the compact model matches the masked one there, under torch.export too."""
+    model = _encoder().eval()
+    x = torch.randn(2, 5, 6)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the residual stream (through the LayerNorms) is no unit group
+        groups = find_unit_groups(model, x)
+    assert {g.name: g.size for g in groups} == {
+        "1.layers.0.self_attn.in_proj_weight": 4, "1.layers.0.linear1.weight": 32,
+        "1.layers.1.self_attn.in_proj_weight": 4, "1.layers.1.linear1.weight": 32,
+    }  # fmt: skip
+    removed = {g.name: torch.arange(0, g.size, 2) for g in groups}
+    masked = copy.deepcopy(model)
+    with torch.no_grad():
+        for layer in masked[1].layers:
+            for h in (0, 2):
+                layer.self_attn.out_proj.weight[:, 4 * h : 4 * h + 4] = 0
+            layer.linear2.weight[:, ::2] = 0
+    compact = compact_model(model, x, removed, groups=groups)
+    assert [layer.self_attn.num_heads for layer in compact[1].layers] == [2, 2] and [layer.linear1.out_features for layer in compact[1].layers] == [16, 16]
+    with torch.no_grad():  # the stock layers take the fused path here
+        torch.testing.assert_close(compact(x), masked(x), rtol=1e-5, atol=1e-6)
+    program = torch.export.export(compact, (x,))
+    torch.testing.assert_close(program.module()(x), compact(x))
+
+
+@pytest.mark.parametrize("method", ["dpf", "snr-auto"])
+def test_training_at_unit_granularity_removes_multihead_attention_heads(method):
+    model = _encoder(seed=1)
+    x, y = torch.randn(32, 5, 6), torch.randint(0, 3, (32,))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if method == "dpf":
+            pruning = DPFPruning(model, target_sparsity=0.5, total_steps=8, end_fraction=0.5, update_every=2, scope="layer", granularity="unit", example_inputs=x[:2])
+        else:
+            pruning = SNRAutoPruning(model, window_steps=4, update_every=2, scope="layer", granularity="unit", example_inputs=x[:2])
+    optimizer = pruning.wrap(torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9))
+    for t in range(8):
+        optimizer.zero_grad()
+        F.cross_entropy(model(x[8 * (t % 4) : 8 * (t % 4) + 8]), y[8 * (t % 4) : 8 * (t % 4) + 8]).backward()
+        optimizer.step()
+    if method == "snr-auto":  # the statistics read the heads' weights: drive the density down and mask once more
+        assert all(math.isfinite(pruning.window_snr[f"1.layers.{i}.self_attn.in_proj_weight"]) for i in (0, 1))
+        for unit in pruning.density:
+            pruning.density[unit] = 0.0
+        pruning.update_masks()
+    kept = pruning.unit_counts()["units_kept"]
+    assert kept["1.layers.0.self_attn.in_proj_weight"] == kept["1.layers.1.self_attn.in_proj_weight"] == (2 if method == "dpf" else 1)
+    model.eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        compact = compact_model(model, x[:2], removed_units(pruning.groups, dict(model.named_parameters())))
+    assert [layer.self_attn.num_heads for layer in compact[1].layers] == [kept["1.layers.0.self_attn.in_proj_weight"]] * 2
+    with torch.no_grad():
+        torch.testing.assert_close(compact(x), model(x), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "options, match", [({"kdim": 6, "vdim": 6}, "separate key/value widths"), ({"add_bias_kv": True}, "add_bias_kv or add_zero_attn")]
+)
+def test_multihead_attention_without_packed_heads_is_refused(options, match):
+    from snrprune.units import UnsupportedModelError
+
+    class Cross(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.inp, self.attn, self.head = torch.nn.Linear(6, 16), torch.nn.MultiheadAttention(16, 4, batch_first=True, **options), torch.nn.Linear(16, 3)
+
+        def forward(self, x):
+            h = self.inp(x)
+            return self.head(self.attn(h, x if "kdim" in options else h, x if "kdim" in options else h, need_weights=False)[0])
+
+    with pytest.raises(UnsupportedModelError, match=f"attn \\(MultiheadAttention\\).*{match}.*granularity 'weight'"):
+        find_unit_groups(Cross(), torch.randn(2, 5, 6))

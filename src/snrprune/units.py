@@ -20,10 +20,12 @@ compute what its masked model computes is not a unit group. That check is what k
 Torch-Pruning follows but cannot cut faithfully: a LayerNorm across the units (a removed feature still
 enters its mean and variance), a view into the heads of an attention module the table does not know, a
 residual sum whose shortcut zero-pads channels (ResNet shortcut ``'A'``). Those groups are left out
-with a warning that names them; layers Torch-Pruning cannot trace at all (``nn.MultiheadAttention``,
-recurrent layers, grouped convolutions, Hugging Face ``Conv1D`` outside GPT-2's attention and MLP) are
-refused with an error. GPT-2's Conv1D modules have a table of their own, ``_CONV1D_KINDS`` (the heads of
-its fused ``c_attn``, its MLP's hidden units), cut without Torch-Pruning.
+with a warning that names them; layers whose units cannot be traced or cut at all (recurrent layers,
+grouped convolutions, Hugging Face ``Conv1D`` outside GPT-2's attention and MLP, an
+``nn.MultiheadAttention`` without a packed projection) are refused with an error. Modules whose units
+snrprune finds and cuts itself have a table of their own, ``_TABLED_KINDS``: GPT-2's Conv1D modules (the
+heads of its fused ``c_attn``, its MLP's hidden units), through which Torch-Pruning cannot trace, and
+``nn.MultiheadAttention`` (its heads; cut into a :class:`FewerHeadsMultiheadAttention`), around which it can.
 
 Torch-Pruning is an optional dependency (``pip install "snrprune[structured]"``), imported on first use.
 """
@@ -31,12 +33,14 @@ Torch-Pruning is an optional dependency (``pip install "snrprune[structured]"``)
 from __future__ import annotations
 
 import copy
+import math
 import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils._pytree import tree_flatten, tree_map
 
@@ -44,6 +48,7 @@ from .errors import InputError
 from .layers import is_hf_conv1d
 
 __all__ = [
+    "FewerHeadsMultiheadAttention",
     "UnitSlice",
     "UnitGroup",
     "UnsupportedModelError",
@@ -101,15 +106,16 @@ def _torch_pruning():
 def _refuse_untraceable(model: nn.Module) -> None:
     """Raises for layers whose units Torch-Pruning 1.6 cannot trace or cut (and no table of this module
     covers); says why and what works."""
-    covered = {id(m) for _, module, kind in _conv1d_modules(model) for m in kind.layers(module)}
+    covered = {id(m) for _, module, kind in _tabled_modules(model) for m in kind.layers(module)}
     for name, module in model.named_modules():
         label = name or "(the model)"
         if id(module) in covered:
             continue
         if isinstance(module, nn.MultiheadAttention):
             reason = (
-                "its heads are computed inside F.multi_head_attention_forward, which Torch-Pruning's graph "
-                "does not see into (it can only shrink the embedding width, not remove heads)"
+                "snrprune removes the heads of an nn.MultiheadAttention with one packed query/key/value projection of "
+                "the embedding width, without add_bias_kv or add_zero_attn; this one has "
+                + ("separate key/value widths (kdim/vdim)" if module.in_proj_weight is None else "add_bias_kv or add_zero_attn")
             )
         elif isinstance(module, nn.RNNBase):
             reason = "the hidden units of a recurrent layer are coupled across time steps and its gates, which the graph cannot cut"
@@ -262,15 +268,17 @@ def _slice_conv1d(layer: nn.Module, index: Tensor, dim: int) -> None:
 
 
 @dataclass(frozen=True)
-class _Conv1DKind:
-    """A module built of Hugging Face Conv1D layers whose units snrprune finds and cuts itself (Torch-Pruning
-    has no pruner for Conv1D): ``layers`` its Conv1D submodules, ``group`` its units (None: none to remove),
-    ``cut`` removes the units listed, in place."""
+class _TabledKind:
+    """A module whose units snrprune finds and cuts itself: ``layers`` the modules it covers (not refused,
+    not roots of the graph), ``group`` its units (None: none to remove), ``cut`` removes the units
+    listed, in place. ``traceable``: whether Torch-Pruning's graph traces through the module, so that
+    the model's other layers can be traced around it (Hugging Face's Conv1D: no)."""
 
     matches: Callable[[nn.Module], bool]
     layers: Callable[[nn.Module], tuple[nn.Module, ...]]
     group: Callable[[str, nn.Module], "UnitGroup | None"]
     cut: Callable[[nn.Module, Tensor], None]
+    traceable: bool = False
 
 
 def _is_gpt2_module(module: nn.Module, name: str) -> bool:
@@ -290,11 +298,16 @@ def _gpt2_attention_ok(module: nn.Module) -> bool:
     return module.num_heads >= 1 and width == module.num_heads * module.head_dim and c_attn.nf == 3 * width and c_proj.nx == width
 
 
-def _gpt2_head_positions(module: nn.Module, heads: Tensor) -> tuple[Tensor, Tensor]:
-    """Positions of heads ``heads`` in ``c_proj``'s inputs (q) and in ``c_attn``'s outputs (q, k, v)."""
-    d, width = module.head_dim, module.split_size
+def _packed_head_positions(heads: Tensor, d: int, width: int) -> tuple[Tensor, Tensor]:
+    """Positions of heads ``heads`` (of size ``d``) in an output projection's inputs (q), and in a packed
+    query/key/value projection's outputs (q, k, v: three blocks of ``width``)."""
     q = (heads[:, None] * d + torch.arange(d)).flatten()
     return q, torch.cat([q, width + q, 2 * width + q])
+
+
+def _gpt2_head_positions(module: nn.Module, heads: Tensor) -> tuple[Tensor, Tensor]:
+    """Positions of heads ``heads`` in ``c_proj``'s inputs (q) and in ``c_attn``'s outputs (q, k, v)."""
+    return _packed_head_positions(heads, module.head_dim, module.split_size)
 
 
 def _gpt2_heads(prefix: str, module: nn.Module) -> UnitGroup | None:
@@ -350,20 +363,159 @@ def _cut_gpt2_mlp(module: nn.Module, removed: Tensor) -> None:
     _slice_conv1d(module.c_proj, kept, 0)
 
 
-#: Modules of Hugging Face Conv1D layers whose units are cut by snrprune (the first match wins): GPT-2's
-#: self-attention heads (``c_attn``'s query, key and value columns and ``c_proj``'s rows of a head) and
-#: its MLP's hidden units (``c_fc``'s columns, ``c_proj``'s rows). matched by name: transformers is never
-#: imported here.
-_CONV1D_KINDS: tuple[_Conv1DKind, ...] = (
-    _Conv1DKind(_gpt2_attention_ok, lambda m: (m.c_attn, m.c_proj), _gpt2_heads, _cut_gpt2_heads),
-    _Conv1DKind(_gpt2_mlp_ok, lambda m: (m.c_fc, m.c_proj), _gpt2_mlp_units, _cut_gpt2_mlp),
+# --------------------------------------------------------------------------- nn.MultiheadAttention
+
+
+def _mha_ok(module: nn.Module) -> bool:
+    """An ``nn.MultiheadAttention`` whose heads are units: packed query/key/value projection of the
+    embedding width (no ``kdim``/``vdim``), no ``add_bias_kv``, no ``add_zero_attn``."""
+    return (
+        isinstance(module, nn.MultiheadAttention)
+        and module.in_proj_weight is not None
+        and module.bias_k is None
+        and not module.add_zero_attn
+        and module.in_proj_weight.shape[0] == 3 * module.num_heads * module.head_dim
+    )
+
+
+def _mha_positions(module: nn.MultiheadAttention, heads: Tensor) -> tuple[Tensor, Tensor]:
+    """Positions of heads ``heads`` in ``out_proj``'s inputs (q) and in ``in_proj_weight``'s rows (q, k, v)."""
+    return _packed_head_positions(heads, module.head_dim, module.num_heads * module.head_dim)
+
+
+def _mha_heads(prefix: str, module: nn.MultiheadAttention) -> UnitGroup | None:
+    heads = module.num_heads
+    if heads < 2:
+        return None  # one head can never be removed
+    q, qkv = _mha_positions(module, torch.arange(heads))
+    units = q // module.head_dim
+    slices = [UnitSlice(_join(prefix, "in_proj_weight"), 0, qkv, units.repeat(3))]
+    if module.in_proj_bias is not None:
+        slices.append(UnitSlice(_join(prefix, "in_proj_bias"), 0, qkv, units.repeat(3)))
+    slices.append(UnitSlice(_join(prefix, "out_proj.weight"), 1, q, units, consumer=True))
+    return UnitGroup(_join(prefix, "in_proj_weight"), heads, tuple(slices))
+
+
+def _cut_mha_heads(module: nn.MultiheadAttention, removed: Tensor) -> None:
+    """Slices the kept heads' rows of the packed projection and columns of ``out_proj``, and makes the
+    module a :class:`FewerHeadsMultiheadAttention` (the stock forward ties the heads' width to the
+    embedding width)."""
+    before = module.num_heads
+    kept = _kept(before, removed)
+    q, qkv = _mha_positions(module, kept)
+    with torch.no_grad():
+        weight = module.in_proj_weight
+        module.in_proj_weight = nn.Parameter(weight[qkv.to(weight.device)].clone(), requires_grad=weight.requires_grad)
+        if module.in_proj_bias is not None:
+            bias = module.in_proj_bias
+            module.in_proj_bias = nn.Parameter(bias[qkv.to(bias.device)].clone(), requires_grad=bias.requires_grad)
+    _slice_linear(module.out_proj, q, 1)
+    original = getattr(module, "heads_kept", tuple(range(before)))  # a second cut indexes the first one's heads
+    module.__class__ = FewerHeadsMultiheadAttention
+    module.heads_before = getattr(module, "heads_before", before)
+    module.heads_kept = tuple(original[int(h)] for h in kept)
+    module.num_heads = len(kept)
+    # the fused fast paths of nn.TransformerEncoder(Layer) assume the stock layout (heads of embed_dim / num_heads)
+    # and take it when this is True; the packed projection stays in_proj_weight either way
+    module._qkv_same_embed_dim = False
+
+
+class FewerHeadsMultiheadAttention(nn.MultiheadAttention):
+    """An ``nn.MultiheadAttention`` from which heads were removed (:func:`compact_model`): ``num_heads``
+    heads of the original ``head_dim`` (``heads_kept``: their indices among the original
+    ``heads_before``), the query, key and value projections ``num_heads * head_dim`` wide, the
+    embedding width unchanged. Same call and outputs as the module it was cut from with the removed
+    heads' output columns zero, up to round-off; a 3-D ``attn_mask`` keeps giving one mask per
+    original head (the kept heads' are used). The attention weights it returns (``need_weights``)
+    are the kept heads', so their average differs from the uncut module's."""
+
+    heads_before: int
+    heads_kept: tuple[int, ...]
+
+    def forward(  # type: ignore[override]
+        self,
+        query: Tensor,
+        key: Tensor,
+        value: Tensor,
+        key_padding_mask: Tensor | None = None,
+        need_weights: bool = True,
+        attn_mask: Tensor | None = None,
+        average_attn_weights: bool = True,
+        is_causal: bool = False,
+    ) -> tuple[Tensor, Tensor | None]:
+        if is_causal and attn_mask is None:
+            raise RuntimeError("Need attn_mask if specifying the is_causal hint (as nn.MultiheadAttention)")
+        unbatched = query.dim() == 2
+        if unbatched:
+            query, key, value = query.unsqueeze(1), key.unsqueeze(1), value.unsqueeze(1)
+            key_padding_mask = None if key_padding_mask is None else key_padding_mask.unsqueeze(0)
+        if self.batch_first and not unbatched:
+            query, key, value = query.transpose(0, 1), key.transpose(0, 1), value.transpose(0, 1)
+        (target, batch, _), source = query.shape, key.shape[0]
+        heads, d = self.num_heads, self.head_dim
+        w_q, w_k, w_v = self.in_proj_weight.chunk(3)
+        b_q, b_k, b_v = self.in_proj_bias.chunk(3) if self.in_proj_bias is not None else (None, None, None)
+
+        def split(x: Tensor, w: Tensor, b: Tensor | None, length: int) -> Tensor:  # (length, batch, E) -> (batch, heads, length, d)
+            return F.linear(x, w, b).view(length, batch, heads, d).permute(1, 2, 0, 3)
+
+        q, k, v = split(query, w_q, b_q, target), split(key, w_k, b_k, source), split(value, w_v, b_v, source)
+        bias = self._additive_mask(attn_mask, key_padding_mask, batch, target, source, q.dtype)
+        dropout = self.dropout if self.training else 0.0
+        weights = None
+        if need_weights:
+            scores = (q @ k.transpose(-2, -1)) / math.sqrt(d)
+            probabilities = torch.softmax(scores if bias is None else scores + bias, dim=-1)
+            weights = probabilities.mean(dim=1) if average_attn_weights else probabilities
+            out = F.dropout(probabilities, dropout, self.training) @ v
+        else:
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=dropout)
+        out = self.out_proj(out.permute(2, 0, 1, 3).reshape(target, batch, heads * d))
+        if self.batch_first and not unbatched:
+            out = out.transpose(0, 1)
+        if unbatched:
+            out = out.squeeze(1)
+            weights = None if weights is None else weights.squeeze(0)
+        return out, weights
+
+    def _additive_mask(self, attn_mask: Tensor | None, key_padding_mask: Tensor | None, batch: int, target: int, source: int, dtype: torch.dtype) -> Tensor | None:
+        """``attn_mask`` and ``key_padding_mask`` (bool: True is not attended, or float: added) as one float
+        mask broadcasting to (batch, heads, target, source)."""
+        bias = None
+        if attn_mask is not None:
+            mask = attn_mask
+            if mask.dim() == 3:  # one mask per original head: the kept heads'
+                mask = mask.view(batch, self.heads_before, target, source)[:, list(self.heads_kept)]
+            bias = _as_additive(mask, dtype)
+        if key_padding_mask is not None:
+            padding = _as_additive(key_padding_mask, dtype).view(batch, 1, 1, source)
+            bias = padding if bias is None else bias + padding
+        return bias
+
+
+def _as_additive(mask: Tensor, dtype: torch.dtype) -> Tensor:
+    if mask.dtype == torch.bool:
+        return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill_(mask, float("-inf"))
+    return mask.to(dtype)
+
+
+#: Modules whose units snrprune cuts itself (the first match wins): GPT-2's self-attention heads
+#: (``c_attn``'s query, key and value columns and ``c_proj``'s rows of a head) and its MLP's hidden
+#: units (``c_fc``'s columns, ``c_proj``'s rows), Hugging Face Conv1D layers for which Torch-Pruning has
+#: no pruner (matched by name: transformers is never imported here); the heads of an
+#: ``nn.MultiheadAttention`` (rows of its packed projection, columns of ``out_proj``), whose forward
+#: Torch-Pruning's graph traces around but cannot cut into heads.
+_TABLED_KINDS: tuple[_TabledKind, ...] = (
+    _TabledKind(_gpt2_attention_ok, lambda m: (m.c_attn, m.c_proj), _gpt2_heads, _cut_gpt2_heads),
+    _TabledKind(_gpt2_mlp_ok, lambda m: (m.c_fc, m.c_proj), _gpt2_mlp_units, _cut_gpt2_mlp),
+    _TabledKind(_mha_ok, lambda m: (m, m.out_proj), _mha_heads, _cut_mha_heads, traceable=True),
 )  # fmt: skip
 
 
-def _conv1d_modules(model: nn.Module) -> list[tuple[str, nn.Module, _Conv1DKind]]:
+def _tabled_modules(model: nn.Module) -> list[tuple[str, nn.Module, _TabledKind]]:
     found = []
     for prefix, module in model.named_modules():
-        kind = next((k for k in _CONV1D_KINDS if k.matches(module)), None)
+        kind = next((k for k in _TABLED_KINDS if k.matches(module)), None)
         if kind is not None:
             found.append((prefix, module, kind))
     return found
@@ -473,16 +625,18 @@ def _candidate_groups(model: nn.Module, example_inputs: Any, ignored: Iterable[n
         if kind.count(module) > 1 and not any(any(p is m for m in ignored_twin) for p in projections):
             heads.append(_head_group(prefix, module, kind))  # one head can never be removed: no group
     tabled = []
-    for prefix, module, kind in _conv1d_modules(twin):
+    for prefix, module, kind in _tabled_modules(twin):
         if not any(any(layer is m for m in ignored_twin) for layer in kind.layers(module)):
             group = kind.group(prefix, module)
             tabled += [group] if group is not None else []
     order = {name: i for i, (name, _) in enumerate(model.named_parameters())}
     roots = (nn.Linear, nn.modules.conv._ConvNd)
-    skip = ignored_twin + head_roots
+    # the tables' traceable modules (nn.MultiheadAttention) are no roots, and a traced group that would cut
+    # one (its embedding width) is none of ours
+    skip = ignored_twin + head_roots + [m for _, module, kind in _tabled_modules(twin) if kind.traceable for m in kind.layers(module)]
     traced = []
     if any(isinstance(m, roots) and not any(m is k for k in skip) for m in twin.modules()):
-        if _conv1d_modules(twin):  # Torch-Pruning cannot trace through Conv1D: only the tables' groups
+        if any(not kind.traceable for _, _, kind in _tabled_modules(twin)):  # Torch-Pruning cannot trace through Conv1D
             raise UnsupportedModelError(
                 "cannot find units in a model that has both Hugging Face Conv1D layers and other Linear or convolution "
                 "layers to prune (Torch-Pruning cannot trace through Conv1D); only the output layers may be Linear. "
@@ -559,7 +713,7 @@ def _cut(model: nn.Module, example_inputs: Any, removed: Mapping[str, Tensor]) -
     groups with the dependency graph's pruning (traced after the heads are cut)."""
     heads = {_head_group(prefix, module, kind).name: (module, kind) for prefix, module, kind in _head_modules(model)}
     tabled = {}
-    for prefix, module, kind in _conv1d_modules(model):
+    for prefix, module, kind in _tabled_modules(model):
         group = kind.group(prefix, module)
         if group is not None:
             tabled[group.name] = (module, kind)
