@@ -1050,7 +1050,7 @@ def _print_header(config: TrainConfig, data: str, counts: dict[str, Any], steps_
             + "; no target)"
         )
     if config.granularity != "weight":
-        method += f", {config.granularity} granularity" + (f" (units ranked by {config.unit_ranking})" if config.unit_ranking else "")
+        method += f", {config.granularity} granularity" + {"rms": " (units ranked by RMS)", "relative": " (units ranked by RMS relative to their group's median)"}.get(config.unit_ranking or "", "")
     lines = [
         f"data:   {data}",
         f"model:  {config.model}: {counts['params']:,} parameters, {counts['prunable_params']:,} prunable in {len(counts['layer_params'])} tensors",
