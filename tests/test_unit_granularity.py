@@ -119,7 +119,7 @@ def test_dpf_masks_whole_units_and_reaches_the_unit_target_exactly(name, scope):
 @pytest.mark.parametrize("name", ["lenet300", "lenet5"])
 def test_units_are_ranked_by_the_rms_of_their_dense_weights(name):
     model, x, _ = model_and_data(name)
-    pruning = DPFPruning(model, target_sparsity=0.5, total_steps=10, granularity="unit", example_inputs=x[:2])
+    pruning = DPFPruning(model, target_sparsity=0.5, total_steps=10, granularity="unit", example_inputs=x[:2], unit_ranking="rms")
     for group, (size, pieces) in ORACLE[name].items():
         expected = torch.zeros(size)
         for u in range(size):
@@ -130,7 +130,7 @@ def test_units_are_ranked_by_the_rms_of_their_dense_weights(name):
 
 def test_relative_ranking_divides_each_group_by_its_median_unit():
     model, x, _ = model_and_data("lenet5")
-    rms = DPFPruning(model, target_sparsity=0.5, total_steps=10, granularity="unit", example_inputs=x[:2]).unit_scores()
+    rms = DPFPruning(model, target_sparsity=0.5, total_steps=10, granularity="unit", example_inputs=x[:2], unit_ranking="rms").unit_scores()
     relative = DPFPruning(model, target_sparsity=0.5, total_steps=10, granularity="unit", example_inputs=x[:2], unit_ranking="relative")
     assert relative.unit_ranking == "relative"
     for group, scores in relative.unit_scores().items():
@@ -283,8 +283,9 @@ def test_a_state_of_the_other_granularity_is_refused():
 
 def test_a_state_of_the_other_unit_ranking_is_refused():
     model, x, _ = model_and_data("lenet300")
-    rms = DPFPruning(model, target_sparsity=0.5, total_steps=10, granularity="unit", example_inputs=x[:2])
-    relative = DPFPruning(model, target_sparsity=0.5, total_steps=10, granularity="unit", example_inputs=x[:2], unit_ranking="relative")
+    rms = DPFPruning(model, target_sparsity=0.5, total_steps=10, granularity="unit", example_inputs=x[:2], unit_ranking="rms")
+    relative = DPFPruning(model, target_sparsity=0.5, total_steps=10, granularity="unit", example_inputs=x[:2])  # the default
+    assert relative.unit_ranking == "relative"
     with pytest.raises(ValueError, match="ranks units by 'rms'.*unit_ranking='rms'"):
         relative.load_state_dict(rms.state_dict())
     old = rms.state_dict()
@@ -292,6 +293,9 @@ def test_a_state_of_the_other_unit_ranking_is_refused():
     rms.load_state_dict(old)
     with pytest.raises(ValueError, match="ranks units by 'rms'"):
         relative.load_state_dict(old)
+    # in scope 'layer' each group ranks its own units: both rankings keep the same ones, and either state loads
+    layer = DPFPruning(model, target_sparsity=0.5, total_steps=10, scope="layer", granularity="unit", example_inputs=x[:2])
+    layer.load_state_dict(DPFPruning(model, target_sparsity=0.5, total_steps=10, scope="layer", granularity="unit", example_inputs=x[:2], unit_ranking="rms").state_dict())
 
 
 def test_the_config_records_the_unit_ranking_and_an_older_record_keeps_what_it_ran():

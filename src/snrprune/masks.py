@@ -41,7 +41,7 @@ GRANULARITIES = ("weight", "unit")
 #: How units of different groups compare in global scope (:meth:`snrprune.pruners.Pruning.unit_scores`):
 #: ``"rms"``, the RMS of a unit's dense weights; ``"relative"``, that RMS over its group's median.
 UNIT_RANKINGS = ("rms", "relative")
-DEFAULT_UNIT_RANKING = "rms"
+DEFAULT_UNIT_RANKING = "relative"
 
 
 def count(mask: Tensor) -> int:

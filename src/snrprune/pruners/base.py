@@ -408,10 +408,11 @@ class Pruning:
         The sum runs over every prunable-weight entry of the unit (its rows, and the consumers'
         columns); dividing by their number n makes units of layers with different fan-in and fan-out
         comparable in global scope (a plain L2 norm would favour the wide layers' units).
-        ``unit_ranking="relative"`` divides each group's RMS by its median over the group's units, so
-        that groups compete on how their units compare with their own layer, not on the layers'
-        scales: default initialisations scale a layer by 1/sqrt(fan-in), which by RMS puts every unit
-        of a first convolution above all others (``benchmarks/prototypes/unit-ranking.md``).
+        ``unit_ranking="relative"`` (the default) divides each group's RMS by its median over the
+        group's units, so that groups compete on how their units compare with their own layer, not on
+        the layers' scales: default initialisations scale a layer by 1/sqrt(fan-in), which by RMS
+        alone (``"rms"``, the ranking until the commit after 8cb986b) puts every unit of a first
+        convolution above all others (``benchmarks/prototypes/unit-ranking.md``).
         """
         scores = {}
         for group in self.groups:
@@ -549,7 +550,7 @@ class Pruning:
                 f"load it into one built with granularity={granularity!r}"
             )
         ranking = state.get("unit_ranking", "rms") if granularity == "unit" else None  # unit states from before rankings: by RMS
-        if ranking != self.unit_ranking:
+        if ranking != self.unit_ranking and self.scope == "global":  # in scope 'layer' the two keep the same units
             raise ValueError(
                 f"the state ranks units by {ranking!r}, this {type(self).__name__} by {self.unit_ranking!r}: "
                 f"load it into one built with unit_ranking={ranking!r}"

@@ -22,10 +22,10 @@ class DPFPruning(Pruning):
 
     ``granularity="unit"`` (with ``example_inputs``): the sparsity is the fraction of *units*
     removed, over all groups (global scope) or in each group (layer scope), on the same schedule,
-    exact to one unit; units are ranked by the RMS of their dense prunable weights
-    (:meth:`~snrprune.pruners.Pruning.unit_scores`: the L2 norm over the square root of their number,
-    so that groups of different fan-in compare), or with ``unit_ranking="relative"`` by that RMS over
-    their group's median. Every group keeps at least its largest unit, which
+    exact to one unit; units are ranked by the RMS of their dense prunable weights over their group's
+    median (``unit_ranking="relative"``, the default), or by the RMS alone (``"rms"``: the L2 norm over
+    the square root of their number, so that groups of different fan-in compare;
+    :meth:`~snrprune.pruners.Pruning.unit_scores`). Every group keeps at least its largest unit, which
     caps the unit sparsity at ``1 - groups / units`` (a warning says so when the target is above).
     """
 

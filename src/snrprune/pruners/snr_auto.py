@@ -180,9 +180,8 @@ class SNRAutoPruning(Pruning):
     window SNR of the kept weights, which are now the weights of the kept units, and of the removed
     units' consumer columns (the pruned witness, whose drift comes first here: :meth:`_reading`);
     ``density`` is the fraction of units kept (over all groups, or per group in layer scope, where a group's controller
-    reads its root layer's weights); masks keep the units of largest RMS dense weight
-    (or of largest RMS relative to their group's, ``unit_ranking="relative"``:
-    :meth:`~snrprune.pruners.Pruning.unit_scores`), and every group keeps at least one unit. The
+    reads its root layer's weights); masks keep the units of largest dense-weight RMS relative to their group's
+    median (or of largest RMS, ``unit_ranking="rms"``: :meth:`~snrprune.pruners.Pruning.unit_scores`), and every group keeps at least one unit. The
     output layer's outputs are never units, so they are never removed.
     """
 
