@@ -15,7 +15,7 @@ load hits all three alike. Reported: the median time per forward pass, its inter
 speedup of the compact model over the masked one as the median (and quartiles) of the per-round ratios.
 Before timing, the compact model's outputs are checked against the masked model's on random inputs.
 
-    python benchmarks/structured.py                      # lenet300, lenet5, resnet20, gpt at 50/25/10% of units
+    python benchmarks/structured.py                      # lenet300, lenet5, resnet20, gpt, encoder at 50/25/10% of units
     python benchmarks/structured.py --models gpt --keep 0.5 --heads-only   # half of gpt's heads, nothing else
     python benchmarks/structured.py --run runs/my-run    # a trained run's own units
 
@@ -38,13 +38,40 @@ from snrprune.export import count_macs, example_input, load_run_model, measure_l
 from snrprune.models import build_model
 from snrprune.units import UnsupportedModelError, compact_model, find_unit_groups, removed_units, unit_keep_masks
 
-#: (model name, input shape, classes) of the synthetic cases: the suite's image models and the default gpt.
+#: (model name, input shape, classes) of the synthetic cases: the suite's image models, the default gpt,
+#: and ``encoder``, a stack of PyTorch's own ``nn.TransformerEncoderLayer`` (built here, :func:`encoder`).
 MODELS = {
     "lenet300": ((1, 28, 28), 10),
     "lenet5": ((1, 28, 28), 10),
     "resnet20": ((1, 28, 28), 10),
     "gpt": ((1,), 96),
+    "encoder": ((64, 32), 10),
 }
+
+
+class Encoder(torch.nn.Module):
+    """Two ``nn.TransformerEncoderLayer`` (width 128, 8 heads of 16, feed-forward 512) over sequences of 64
+    tokens of 32 features, mean-pooled into a Linear classifier: heads of ``nn.MultiheadAttention``."""
+
+    def __init__(self, shape: tuple[int, int], classes: int):
+        super().__init__()
+        layer = torch.nn.TransformerEncoderLayer(128, 8, 512, dropout=0.0, batch_first=True)
+        self.embed = torch.nn.Linear(shape[1], 128)
+        self.encoder = torch.nn.TransformerEncoder(layer, 2, enable_nested_tensor=False)
+        self.head = torch.nn.Linear(128, classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.encoder(self.embed(x)).mean(dim=1))
+
+
+def build(name: str, shape: tuple[int, ...], classes: int) -> torch.nn.Module:
+    return Encoder(shape, classes) if name == "encoder" else build_model(name, shape, classes)
+
+
+def make_input(model: torch.nn.Module, name: str, shape: tuple[int, ...], classes: int, batch: int) -> torch.Tensor:
+    if name == "encoder":
+        return torch.randn(batch, *shape, generator=torch.Generator().manual_seed(batch))
+    return example_input(model, name, shape, classes, batch=batch)
 
 
 def quartiles(values: list[float]) -> tuple[float, float, float]:
@@ -53,8 +80,9 @@ def quartiles(values: list[float]) -> tuple[float, float, float]:
 
 
 def is_heads(group) -> bool:
-    """Whether a group is the heads of one of gpt's attention modules (such groups are named after its query weight)."""
-    return group.name.endswith(".attn.q_proj.weight")
+    """Whether a group is the heads of an attention module (named after gpt's query weight, or after an
+    ``nn.MultiheadAttention``'s packed projection)."""
+    return group.name.endswith((".attn.q_proj.weight", ".in_proj_weight"))
 
 
 def random_units(model: torch.nn.Module, example: torch.Tensor, keep: float, seed: int = 0, heads_only: bool = False):
@@ -124,7 +152,7 @@ def main() -> int:
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS), help="synthetic cases (default: all)")
     parser.add_argument("--keep", nargs="+", type=float, default=[0.5, 0.25, 0.1], help="fractions of each group's units kept")
     parser.add_argument("--run", action="append", default=[], help="a finished run folder (repeatable); replaces --models")
-    parser.add_argument("--heads-only", action="store_true", help="remove attention heads only (gpt), keep every other unit")
+    parser.add_argument("--heads-only", action="store_true", help="remove attention heads only (gpt, encoder), keep every other unit")
     parser.add_argument("--batches", nargs="+", type=int, default=[1, 256])
     parser.add_argument("--rounds", type=int, default=31, help="interleaved rounds per batch size")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
@@ -145,10 +173,10 @@ def main() -> int:
     else:
         for name in args.models:
             shape, classes = MODELS[name]
-            dense = build_model(name, shape, classes).eval()
-            make = lambda b, m=dense, n=name, s=shape, c=classes: example_input(m, n, s, c, batch=b)  # noqa: E731
+            dense = build(name, shape, classes).eval()
+            make = lambda b, m=dense, n=name, s=shape, c=classes: make_input(m, n, s, c, b)  # noqa: E731
             for keep in args.keep:
-                masked = build_model(name, shape, classes)
+                masked = build(name, shape, classes)
                 masked.load_state_dict(dense.state_dict())
                 try:
                     with warnings.catch_warnings(record=True) as caught:

@@ -474,3 +474,21 @@ def test_multihead_attention_without_packed_heads_is_refused(options, match):
 
     with pytest.raises(UnsupportedModelError, match=f"attn \\(MultiheadAttention\\).*{match}.*granularity 'weight'"):
         find_unit_groups(Cross(), torch.randn(2, 5, 6))
+
+
+def test_multiply_accumulates_count_the_attention_projections_before_and_after_the_cut():
+    from snrprune.export import count_macs
+
+    model, x = _encoder().eval(), torch.randn(2, 5, 6)
+    tokens = 10  # 2 sequences of 5
+
+    def expected(heads: int, hidden: int) -> int:  # per layer: q, k, v and output projections, then the feed-forward
+        layer = 3 * tokens * 4 * heads * 16 + tokens * 4 * heads * 16 + 2 * tokens * 16 * hidden
+        return tokens * 6 * 16 + 2 * layer + 2 * 80 * 3
+
+    assert count_macs(model, x) == expected(4, 32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        groups = find_unit_groups(model, x)
+    compact = compact_model(model, x, {g.name: torch.arange(0, g.size, 2) for g in groups}, groups=groups)
+    assert count_macs(compact, x) == expected(2, 16)

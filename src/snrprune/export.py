@@ -300,19 +300,30 @@ def count_macs(model: nn.Module, example_inputs: Any) -> int:
     """Multiply-accumulates of one forward pass on ``example_inputs`` in the Linear and convolution layers
     (they dominate; norms, activations, pools and attention products are not counted): ``in_features`` per
     output entry of a Linear, ``in_channels / groups x kernel size`` per output entry of a convolution
-    (per input entry, times ``out_channels / groups``, for a transposed one)."""
+    (per input entry, times ``out_channels / groups``, for a transposed one), and the projections of an
+    ``nn.MultiheadAttention`` with a packed one (which its forward applies without calling a Linear)."""
     total = 0
 
-    def count(module: nn.Module, inputs: tuple[Any, ...], output: Tensor) -> None:
+    def count(module: nn.Module, inputs: tuple[Any, ...], output: Any) -> None:
         nonlocal total
-        if isinstance(module, nn.Linear):
+        if isinstance(module, nn.MultiheadAttention):
+            width, embed = module.in_proj_weight.shape[0] // 3, module.in_proj_weight.shape[1]
+            tokens = sum(x.numel() // embed for x in inputs[:3])  # query, key, value
+            total += tokens * width * embed + inputs[0].numel() // embed * width * module.out_proj.out_features
+        elif isinstance(module, nn.Linear):
             total += output.numel() * module.in_features
         elif isinstance(module, nn.modules.conv._ConvTransposeNd):
             total += inputs[0].numel() * module.out_channels // module.groups * math.prod(module.kernel_size)
         else:
             total += output.numel() * module.in_channels // module.groups * math.prod(module.kernel_size)
 
-    hooks = [m.register_forward_hook(count) for m in model.modules() if isinstance(m, (nn.Linear, nn.modules.conv._ConvNd))]
+    attention = [m for m in model.modules() if isinstance(m, nn.MultiheadAttention) and m.in_proj_weight is not None]
+    inside = {id(m.out_proj) for m in attention}  # not called as modules: counted with their attention module
+    hooks = [
+        m.register_forward_hook(lambda module, args, kwargs, output: count(module, (*args, *(kwargs[k] for k in ("query", "key", "value") if k in kwargs)), output), with_kwargs=True)
+        for m in attention
+    ]
+    hooks += [m.register_forward_hook(count) for m in model.modules() if isinstance(m, (nn.Linear, nn.modules.conv._ConvNd)) and id(m) not in inside]
     try:
         with torch.no_grad():
             model(example_inputs)

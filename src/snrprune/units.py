@@ -470,7 +470,8 @@ class FewerHeadsMultiheadAttention(nn.MultiheadAttention):
             out = F.dropout(probabilities, dropout, self.training) @ v
         else:
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=dropout)
-        out = self.out_proj(out.permute(2, 0, 1, 3).reshape(target, batch, heads * d))
+        # as the stock module: out_proj's weights through F.linear, never out_proj.forward
+        out = F.linear(out.permute(2, 0, 1, 3).reshape(target, batch, heads * d), self.out_proj.weight, self.out_proj.bias)
         if self.batch_first and not unbatched:
             out = out.transpose(0, 1)
         if unbatched:
