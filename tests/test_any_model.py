@@ -136,6 +136,52 @@ def test_multihead_attention_matches_the_oracle(case, batch_first):
     assert_exact(model, losses, batch, projections + ["attn.out_proj.weight", "head.weight"], random="dropout" in case)
 
 
+@pytest.mark.parametrize("batch_first", [True, False])
+@pytest.mark.parametrize("case", ["self, key padding mask", "3-D float mask, attention weights in the loss"])
+def test_multihead_attention_with_heads_removed_matches_the_oracle(case, batch_first):
+    """The compact export's FewerHeadsMultiheadAttention (4 heads of 2, two cut): its statistics are as exact
+    as the stock module's, so that a compact model can be trained on with snr."""
+    pytest.importorskip("torch_pruning")
+    from snrprune.units import FewerHeadsMultiheadAttention, compact_model
+
+    spec = ATTENTION[case]
+    torch.manual_seed(0)
+    batch, length, embed = 5, 4, 8
+
+    class Wrapper(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.attn = nn.MultiheadAttention(embed, 4, batch_first=batch_first)
+            self.head = nn.Linear(embed, 3)
+
+        def forward(self, x):
+            return self.head(self.attn(x, x, x, need_weights=False)[0].mean(1 if batch_first else 0))
+
+    shape = (batch, length, embed) if batch_first else (length, batch, embed)
+    cut = compact_model(Wrapper(), torch.randn(*shape), {"attn.in_proj_weight": torch.tensor([0, 2])})
+    attention, head = cut.attn, cut.head
+    assert isinstance(attention, FewerHeadsMultiheadAttention) and attention.in_proj_weight.shape == (12, 8)
+    model = nn.ModuleDict(dict(attn=attention, head=head))
+    query = torch.randn(*shape)
+    padding = torch.zeros(batch, length, dtype=torch.bool)
+    padding[1, -2:] = True
+    mask3 = torch.randn(batch * 4, length, length)  # one mask per original head
+    y = labels(batch)
+
+    def losses(rows):
+        x = query[rows] if batch_first else query[:, rows]
+        kwargs = dict(need_weights=spec.get("weights", False))
+        if spec.get("padding"):
+            kwargs["key_padding_mask"] = padding[rows]
+        if spec.get("mask3"):
+            kwargs["attn_mask"] = mask3.view(batch, 4, length, length)[rows].reshape(-1, length, length)
+        out, weights = attention(x, x, x, **kwargs)
+        loss = F.cross_entropy(head(out.mean(1 if batch_first else 0)), y[rows], reduction="none")
+        return loss + weights.square().sum((1, 2)) if weights is not None else loss
+
+    assert_exact(model, losses, batch, ["attn.in_proj_weight", "attn.out_proj.weight", "head.weight"])
+
+
 def test_an_attention_replay_that_does_not_reproduce_the_output_is_an_error():
     """A user's forward hook changes the module's output: the replay cannot know, and says so."""
     attention = nn.MultiheadAttention(4, 2, batch_first=True)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import json
 import math
+import warnings
 
 import pytest
 import torch
@@ -16,7 +17,7 @@ from snrprune.cli import main
 from snrprune.masks import DEFAULT_UNIT_RANKING, count
 from snrprune.models import build_model
 from snrprune.pruners import DPFPruning, NoPruning, SNRAutoPruning, SNRPruning
-from snrprune.training import TrainConfig
+from snrprune.training import TrainConfig, make_pruning
 
 SHAPE = (1, 28, 28)
 
@@ -302,6 +303,11 @@ def test_the_config_records_the_unit_ranking_and_an_older_record_keeps_what_it_r
     unit = TrainConfig(dataset="digits", model="mlp", method="dpf", target_sparsity=0.5, granularity="unit").resolved()
     assert unit.unit_ranking == DEFAULT_UNIT_RANKING  # recorded: a resume keeps it whatever the default becomes
     assert TrainConfig(dataset="digits", model="mlp", method="dpf", target_sparsity=0.5).resolved().unit_ranking is None
+    layer = TrainConfig(dataset="digits", model="mlp", method="dpf", target_sparsity=0.5, granularity="unit", scope="layer").resolved()
+    assert layer.unit_ranking is None  # each group ranks its own units: no ranking to record, and no warning that it does nothing
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        make_pruning(layer, build_model("mlp", (64,), 10, widths=[16, 16]), steps_per_epoch=4, example_inputs=torch.randn(2, 64))
     record = unit.to_dict()
     del record["unit_ranking"]  # config.json of a run from before rankings
     assert TrainConfig.from_record(record).unit_ranking == "rms"

@@ -483,7 +483,7 @@ class AttentionMoments(LayerMoments):
     _SIGNATURE = inspect.signature(nn.MultiheadAttention.forward)
 
     def weight_names(self, module: nn.MultiheadAttention) -> tuple[str, ...]:
-        names = ("in_proj_weight",) if (module.in_proj_weight is not None) else ("q_proj_weight", "k_proj_weight", "v_proj_weight")
+        names = ("in_proj_weight",) if module.in_proj_weight is not None else ("q_proj_weight", "k_proj_weight", "v_proj_weight")
         return (*names, "out_proj.weight")
 
     def wants_rng(self, module: nn.MultiheadAttention) -> bool:
@@ -498,8 +498,9 @@ class AttentionMoments(LayerMoments):
         arguments = dict(bound.arguments)
         arguments.pop("self")
         query, key, value = arguments.pop("query"), arguments.pop("key"), arguments.pop("value")
-        embed = module.embed_dim
-        if (module.in_proj_weight is not None):
+        # the projections' width: the embedding width, or fewer heads' after a cut (FewerHeadsMultiheadAttention)
+        embed = module.in_proj_weight.shape[0] // 3 if module.in_proj_weight is not None else module.embed_dim
+        if module.in_proj_weight is not None:
             w = module.in_proj_weight.detach()
             weights = (w[:embed], w[embed : 2 * embed], w[2 * embed :])
         else:
@@ -509,14 +510,14 @@ class AttentionMoments(LayerMoments):
         dtype = weights[0].dtype
         eye = torch.eye(embed, dtype=dtype, device=weights[0].device)
         overrides = {"out_proj.weight": eye}
-        if (module.in_proj_weight is not None):
+        if module.in_proj_weight is not None:
             overrides["in_proj_weight"] = torch.cat([eye, eye, eye])
         else:
             overrides.update(q_proj_weight=eye, k_proj_weight=eye, v_proj_weight=eye)
         if bias is not None:
             overrides["in_proj_bias"] = torch.zeros_like(bias.detach())
-        if module.out_proj.bias is not None:
-            overrides["out_proj.bias"] = torch.zeros_like(module.out_proj.bias.detach())
+        if module.out_proj.bias is not None:  # the identity output projection: as wide as the projections
+            overrides["out_proj.bias"] = torch.zeros(embed, dtype=module.out_proj.bias.dtype, device=module.out_proj.bias.device)
         with torch.enable_grad():
             projected = [F.linear(t, w, b).detach().requires_grad_() for t, w, b in zip((query, key, value), weights, biases)]
             with _Replaying(), _restore_rng(call.rng):
@@ -542,7 +543,7 @@ class AttentionMoments(LayerMoments):
             deltas = [torch.zeros_like(p) if d is None else d for p, d in zip(projected, deltas)]
             inputs = [_batch_first(t, bf, batched) for t in (query, key, value)]
             deltas = [_batch_first(d, bf, batched) for d in deltas]
-            if (module.in_proj_weight is not None):
+            if module.in_proj_weight is not None:
                 uses["in_proj_weight"] = [
                     Use(_LINEAR, None, x, d, slice(k * embed, (k + 1) * embed)) for k, (x, d) in enumerate(zip(inputs, deltas))
                 ]

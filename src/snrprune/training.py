@@ -109,6 +109,8 @@ def _before_recorded(values: dict[str, Any]) -> dict[str, Any]:
     if values.get("method") in METHOD_OPTIONS["unit_ranking"] and values.get("granularity") == "unit":
         before["unit_ranking"] = "rms"
     return before
+
+
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 SCHEDULES = ("cosine", "step", "constant")
 #: The learning rate used when ``optimizer`` is switched away from the recipe's and ``lr`` is not given.
@@ -291,8 +293,8 @@ class TrainConfig:
             if c.update_every is None and not (c.method == "snr" and c.stats_every > 1):
                 # snr with statistics every k > 1 steps keeps None: masks follow the new statistics
                 c.update_every = {"snr": 1, "dpf": 16, "snr-auto": 16}.get(c.method, 1)
-        if c.method in METHOD_OPTIONS["unit_ranking"] and c.granularity == "unit" and c.unit_ranking is None:
-            c.unit_ranking = DEFAULT_UNIT_RANKING  # recorded, as the rules below are
+        if c.method in METHOD_OPTIONS["unit_ranking"] and c.granularity == "unit" and c.unit_ranking is None and c.scope == "global":
+            c.unit_ranking = DEFAULT_UNIT_RANKING  # recorded, as the rules below are (in scope 'layer' the rankings agree)
         if c.method == "snr-auto":  # the rules a run applies, recorded: a resume keeps them whatever the defaults become
             c.auto_nested, c.auto_pruned_witness, c.auto_step_growth = resolve_rules(
                 c.auto_pooled, c.auto_nested, c.auto_pruned_witness, c.auto_step_growth, c.granularity, c.scope
