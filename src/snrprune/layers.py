@@ -499,16 +499,16 @@ class AttentionMoments(LayerMoments):
         arguments.pop("self")
         query, key, value = arguments.pop("query"), arguments.pop("key"), arguments.pop("value")
         # the projections' width: the embedding width, or fewer heads' after a cut (FewerHeadsMultiheadAttention)
-        embed = module.in_proj_weight.shape[0] // 3 if module.in_proj_weight is not None else module.embed_dim
+        width = module.in_proj_weight.shape[0] // 3 if module.in_proj_weight is not None else module.embed_dim
         if module.in_proj_weight is not None:
             w = module.in_proj_weight.detach()
-            weights = (w[:embed], w[embed : 2 * embed], w[2 * embed :])
+            weights = (w[:width], w[width : 2 * width], w[2 * width :])
         else:
             weights = (module.q_proj_weight.detach(), module.k_proj_weight.detach(), module.v_proj_weight.detach())
         bias = module.in_proj_bias
         biases = (None,) * 3 if bias is None else tuple(bias.detach().chunk(3))
         dtype = weights[0].dtype
-        eye = torch.eye(embed, dtype=dtype, device=weights[0].device)
+        eye = torch.eye(width, dtype=dtype, device=weights[0].device)
         overrides = {"out_proj.weight": eye}
         if module.in_proj_weight is not None:
             overrides["in_proj_weight"] = torch.cat([eye, eye, eye])
@@ -517,7 +517,7 @@ class AttentionMoments(LayerMoments):
         if bias is not None:
             overrides["in_proj_bias"] = torch.zeros_like(bias.detach())
         if module.out_proj.bias is not None:  # the identity output projection: as wide as the projections
-            overrides["out_proj.bias"] = torch.zeros(embed, dtype=module.out_proj.bias.dtype, device=module.out_proj.bias.device)
+            overrides["out_proj.bias"] = torch.zeros(width, dtype=module.out_proj.bias.dtype, device=module.out_proj.bias.device)
         with torch.enable_grad():
             projected = [F.linear(t, w, b).detach().requires_grad_() for t, w, b in zip((query, key, value), weights, biases)]
             with _Replaying(), _restore_rng(call.rng):
@@ -545,7 +545,7 @@ class AttentionMoments(LayerMoments):
             deltas = [_batch_first(d, bf, batched) for d in deltas]
             if module.in_proj_weight is not None:
                 uses["in_proj_weight"] = [
-                    Use(_LINEAR, None, x, d, slice(k * embed, (k + 1) * embed)) for k, (x, d) in enumerate(zip(inputs, deltas))
+                    Use(_LINEAR, None, x, d, slice(k * width, (k + 1) * width)) for k, (x, d) in enumerate(zip(inputs, deltas))
                 ]
             else:
                 for n, x, d in zip(("q_proj_weight", "k_proj_weight", "v_proj_weight"), inputs, deltas):

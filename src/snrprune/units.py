@@ -310,13 +310,21 @@ def _gpt2_head_positions(module: nn.Module, heads: Tensor) -> tuple[Tensor, Tens
     return _packed_head_positions(heads, module.head_dim, module.split_size)
 
 
+def _every_head(module: nn.Module, positions: Callable[[nn.Module, Tensor], tuple[Tensor, Tensor]]) -> tuple[Tensor, Tensor, Tensor] | None:
+    """(q, qkv, units) of every head of a module of ``num_heads`` heads of ``head_dim`` with a packed
+    query/key/value projection: ``positions`` (q, qkv) and the head each q position belongs to; None for
+    a single head, which can never be removed."""
+    if module.num_heads < 2:
+        return None
+    q, qkv = positions(module, torch.arange(module.num_heads))
+    return q, qkv, q // module.head_dim
+
+
 def _gpt2_heads(prefix: str, module: nn.Module) -> UnitGroup | None:
-    heads = module.num_heads
-    if heads < 2:
-        return None  # one head can never be removed
-    q, qkv = _gpt2_head_positions(module, torch.arange(heads))
-    units = q // module.head_dim
-    return _conv1d_pair_group(prefix, ("c_attn", "c_proj"), heads, (qkv, units.repeat(3)), (q, units))
+    if (heads := _every_head(module, _gpt2_head_positions)) is None:
+        return None
+    q, qkv, units = heads
+    return _conv1d_pair_group(prefix, ("c_attn", "c_proj"), module.num_heads, (qkv, units.repeat(3)), (q, units))
 
 
 def _conv1d_pair_group(prefix: str, paths: tuple[str, str], size: int, outs: tuple[Tensor, Tensor], ins: tuple[Tensor, Tensor]) -> UnitGroup:
@@ -384,16 +392,14 @@ def _mha_positions(module: nn.MultiheadAttention, heads: Tensor) -> tuple[Tensor
 
 
 def _mha_heads(prefix: str, module: nn.MultiheadAttention) -> UnitGroup | None:
-    heads = module.num_heads
-    if heads < 2:
-        return None  # one head can never be removed
-    q, qkv = _mha_positions(module, torch.arange(heads))
-    units = q // module.head_dim
+    if (heads := _every_head(module, _mha_positions)) is None:
+        return None
+    q, qkv, units = heads
     slices = [UnitSlice(_join(prefix, "in_proj_weight"), 0, qkv, units.repeat(3))]
     if module.in_proj_bias is not None:
         slices.append(UnitSlice(_join(prefix, "in_proj_bias"), 0, qkv, units.repeat(3)))
     slices.append(UnitSlice(_join(prefix, "out_proj.weight"), 1, q, units, consumer=True))
-    return UnitGroup(_join(prefix, "in_proj_weight"), heads, tuple(slices))
+    return UnitGroup(_join(prefix, "in_proj_weight"), module.num_heads, tuple(slices))
 
 
 def _cut_mha_heads(module: nn.MultiheadAttention, removed: Tensor) -> None:
