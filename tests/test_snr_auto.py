@@ -116,14 +116,15 @@ def test_snr_auto_default_rule_nests_reads_the_pruned_weights_and_grows_the_step
     assert pruning.parts == 2 and pruning.half_due(200)
     pooled = SNRAutoPruning(small_mlp(), window_steps=400, pooled=True)
     assert (pooled.nested, pooled.pruned_witness, pooled.step_growth, pooled.parts) == (False, False, True, 1)
-    assert resolve_rules(False, None, None, None, "weight") == (True, True, True)
-    assert resolve_rules(False, False, True, None, "weight") == (False, True, True)
-    assert resolve_rules(True, None, None, False, "weight") == (False, False, False)
-    assert resolve_rules(False, None, None, None, "unit") == (False, True, False)
-    assert resolve_rules(False, None, None, None, "unit", "layer") == (False, False, False)
+    assert resolve_rules(False, None, None, None, "weight") == (True, True, True, 1.0)
+    assert resolve_rules(False, False, True, None, "weight") == (False, True, True, 1.0)
+    assert resolve_rules(True, None, None, False, "weight") == (False, False, False, 1.0)
+    assert resolve_rules(False, None, None, None, "unit") == (False, True, False, 2.0)
+    assert resolve_rules(False, None, None, None, "unit", "layer") == (False, False, False, 2.0)
+    assert resolve_rules(False, None, None, None, "unit", "global", 1.0) == (False, True, False, 1.0)
     pytest.importorskip("torch_pruning")
     units = SNRAutoPruning(small_mlp(), window_steps=400, granularity="unit", example_inputs=torch.randn(2, 6))
-    assert (units.nested, units.pruned_witness, units.step_growth, units.parts) == (False, True, False, 1)
+    assert (units.nested, units.pruned_witness, units.step_growth, units.parts, units.lr_power) == (False, True, False, 1, 2.0)
     nested_units = SNRAutoPruning(small_mlp(), window_steps=400, nested=True, step_growth=True, granularity="unit", example_inputs=torch.randn(2, 6))
     assert (nested_units.nested, nested_units.pruned_witness, nested_units.step_growth) == (True, True, True)
     layer = SNRAutoPruning(small_mlp(), window_steps=400, scope="layer", granularity="unit", example_inputs=torch.randn(2, 6))
@@ -379,6 +380,16 @@ def test_snr_auto_moves_scale_with_the_learning_rate():
     unscaled.wrap(optimizer)
     unscaled.lr_max = 0.4
     assert unscaled.lr_scale() == 1.0 and _decide(unscaled, drift=False) == 0.5
+    squared = SNRAutoPruning(model, window_steps=4, step=0.5, lr_power=2)  # the unit granularity's default power
+    squared.wrap(optimizer)
+    squared.lr_max = 0.4
+    assert squared.lr_scale() == pytest.approx(0.25**2) and _decide(squared, drift=False) == pytest.approx(1 - 0.5 * 0.25**2)
+    with pytest.raises(ValueError, match=r"moves were scaled by \(lr / lr_max\) \*\* 1, this object's by \*\* 2: load it into an SNRAutoPruning with lr_power=1"):
+        squared.load_state_dict(state)  # a resume continues the run as it began
+    del state["lr_power"]  # a state from before the power: its moves were lr / lr_max
+    again.load_state_dict(state)
+    with pytest.raises(ValueError, match="lr_power=1"):
+        squared.load_state_dict(state)
 
 
 def test_snr_auto_masks_keep_the_largest_magnitudes_at_the_layer_density():
@@ -547,6 +558,9 @@ def test_snr_auto_bad_input():
         ({"window_steps": 4, "scope": "row"}, "unknown scope"),
         ({"window_steps": 4, "lr_scaled": "yes"}, "lr_scaled must be True or False"),
         ({"window_steps": 4, "hysteresis": 1}, "hysteresis must be True or False"),
+        ({"window_steps": 4, "lr_power": 0}, r"lr_power must be a positive number \(or None: the default rule\), got 0"),
+        ({"window_steps": 4, "lr_power": "2"}, "lr_power must be a positive number"),
+        ({"window_steps": 4, "lr_power": True}, "lr_power must be a positive number"),
     ]:
         with pytest.raises(ValueError, match=message):
             SNRAutoPruning(model, **kwargs)

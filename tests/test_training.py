@@ -99,12 +99,14 @@ def test_snr_auto_default_rule_by_granularity():
 
     model = nn.Sequential(nn.Linear(8, 6), nn.ReLU(), nn.Linear(6, 3))
     weight = make_pruning(tiny(method="snr-auto").resolved(), model, steps_per_epoch=20)
-    assert (weight.window_steps, weight.nested, weight.pruned_witness, weight.step_growth) == (20, True, True, True)
+    assert (weight.window_steps, weight.nested, weight.pruned_witness, weight.step_growth, weight.lr_power) == (20, True, True, True, 1.0)
     pytest.importorskip("torch_pruning")
     unit = make_pruning(tiny(method="snr-auto", granularity="unit").resolved(), model, steps_per_epoch=20, example_inputs=torch.randn(2, 8))
-    assert (unit.window_steps, unit.nested, unit.pruned_witness, unit.step_growth) == (20, False, True, False)
-    asked = make_pruning(tiny(method="snr-auto", granularity="unit", auto_step_growth=True).resolved(), model, steps_per_epoch=20, example_inputs=torch.randn(2, 8))
-    assert (asked.nested, asked.step_growth) == (False, True)
+    assert (unit.window_steps, unit.nested, unit.pruned_witness, unit.step_growth, unit.lr_power) == (20, False, True, False, 2.0)
+    asked = make_pruning(
+        tiny(method="snr-auto", granularity="unit", auto_step_growth=True, auto_lr_power=1.5).resolved(), model, steps_per_epoch=20, example_inputs=torch.randn(2, 8)
+    )
+    assert (asked.nested, asked.step_growth, asked.lr_power) == (False, True, 1.5)
 
 
 @pytest.mark.parametrize(
@@ -127,6 +129,9 @@ def test_snr_auto_default_rule_by_granularity():
         (dict(method="snr-auto", auto_pooled=True, auto_pruned_witness=True), "--auto-pooled and --auto-pruned-witness are different snr-auto decision rules"),
         (dict(method="snr-auto", auto_pruned_witness=True, granularity="unit", scope="layer"), "outgoing columns, which lie in the next layer.*--scope global"),
         (dict(method="snr-auto", auto_step_growth="yes"), r"auto_step_growth must be true or false \(or null: the default rule\)"),
+        (dict(method="snr-auto", auto_lr_power=0), r"auto_lr_power must be a positive number \(or null: the default rule\), got 0"),
+        (dict(method="snr-auto", auto_lr_power="2"), "auto_lr_power must be a positive number"),
+        (dict(method="dpf", target_sparsity=0.5, auto_lr_power=2.0), "auto_lr_power only applies to method 'snr-auto'"),
         # one rule for every option of another method: refused, never silently ignored
         (dict(method="dense", scope="global"), "scope only applies to methods 'snr', 'dpf', 'snr-auto' .*'dense'"),
         (dict(method="dense", update_every=3), "update_every only applies to methods"),

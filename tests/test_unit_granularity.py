@@ -313,11 +313,16 @@ def test_the_config_records_the_unit_ranking_and_an_older_record_keeps_what_it_r
     assert TrainConfig.from_record(record).unit_ranking == "rms"
     assert TrainConfig.from_dict(record).unit_ranking is None  # a new configuration: resolved() fills today's default
     record = TrainConfig(dataset="digits", model="mlp", method="snr-auto").resolved().to_dict()
-    for rule in ("auto_nested", "auto_pruned_witness", "auto_step_growth"):  # from before snr-auto's rules
+    for rule in ("auto_nested", "auto_pruned_witness", "auto_step_growth", "auto_lr_power"):  # from before snr-auto's rules
         del record[rule]
     old = TrainConfig.from_record(record)
-    assert (old.auto_nested, old.auto_pruned_witness, old.auto_step_growth) == (False, False, False)
+    assert (old.auto_nested, old.auto_pruned_witness, old.auto_step_growth, old.auto_lr_power) == (False, False, False, 1.0)
     old.validate()
+    units = TrainConfig(dataset="digits", model="mlp", method="snr-auto", granularity="unit").resolved()
+    assert units.auto_lr_power == 2.0  # recorded: a resume keeps it whatever the default becomes
+    record = units.to_dict()
+    del record["auto_lr_power"]  # a unit run from before the power moved by lr / lr_max
+    assert TrainConfig.from_record(record).auto_lr_power == 1.0
     dense = TrainConfig(dataset="digits", model="mlp", method="dense").resolved()
     assert TrainConfig.from_record(dense.to_dict()) == dense
 

@@ -21,7 +21,7 @@ DPF_90 = Method("dpf-90", {"method": "dpf", "target_sparsity": 0.9})
 # ada3a1c, half-epoch windows without the issue-19 rules, pinned so that its results stay what they
 # measure; today's default (nested one-epoch windows, the pruned witness, step growth) is the group
 # of issue 19's fourth candidate, `snr-auto-nested-witness`, below
-_BEFORE = {"method": "snr-auto", "window_epochs": 0.5, "auto_nested": False, "auto_pruned_witness": False, "auto_step_growth": False}
+_BEFORE = {"method": "snr-auto", "window_epochs": 0.5, "auto_nested": False, "auto_pruned_witness": False, "auto_step_growth": False, "auto_lr_power": 1.0}
 SNR_AUTO = Method("snr-auto", _BEFORE)
 DPF_MATCHED_AUTO = Method("dpf-matched-auto", {"method": "dpf"}, matched_to="snr-auto")
 
@@ -220,7 +220,7 @@ STRUCTURED_WINDOW_1 = [
 ]
 # the default at unit granularity since the commit after ebf1297: the same, with the removed units'
 # consumer columns a second witness whose drift comes first (read, never applied; docs/structured.md)
-_UNIT_DEFAULT = {**_BEFORE, "window_epochs": 1.0, "auto_pruned_witness": True}  # the rules resolve_rules gives unit granularity
+_UNIT_DEFAULT = {**_BEFORE, "window_epochs": 1.0, "auto_pruned_witness": True}  # the rules resolve_rules gave unit granularity before finding 19
 SNR_AUTO_UNIT_WITNESS = Method("snr-auto-unit-witness", {**_UNIT_DEFAULT, **_RMS})
 STRUCTURED_WITNESS = [
     SNR_AUTO_UNIT_WITNESS,
@@ -235,6 +235,14 @@ STRUCTURED_RELATIVE = [
     SNR_AUTO_UNIT_RELATIVE,
     Method("dpf-unit-matched-auto-relative", {"method": "dpf", **_RELATIVE}, matched_to="snr-auto-unit-relative"),
     Method("dpf-unit-50-relative", {"method": "dpf", **_RELATIVE, "target_sparsity": 0.5}),
+]
+# the same with unit moves scaled by (lr / lr_max) ** 2 instead of lr / lr_max (auto_lr_power 2, the
+# default at unit granularity since the commit after 1d46861): late moves there removed units that the
+# network had too little learning rate left to replace
+SNR_AUTO_UNIT_LR2 = Method("snr-auto-unit-lr2", {**_UNIT_DEFAULT, **_RELATIVE, "auto_lr_power": 2.0})
+STRUCTURED_LR2 = [
+    SNR_AUTO_UNIT_LR2,
+    Method("dpf-unit-matched-auto-lr2", {"method": "dpf", **_RELATIVE}, matched_to="snr-auto-unit-lr2"),
 ]
 
 IMAGE = [LENET300, LENET5_MNIST, LENET5_FMNIST, MNIST1D_MLP, MNIST1D_CONV, DIGITS, RESNET20_FMNIST]
@@ -318,6 +326,11 @@ SUITE = Suite(
             "Structured pruning with units ranked relative to their group's median (snr-auto's unit rule and DPF), 3 seeds",
             [LENET5_MNIST, LENET300, LETTER, LENET5_FMNIST, RESNET20_FMNIST_3],
             STRUCTURED_RELATIVE,
+        ),
+        Group(
+            "Structured pruning with snr-auto's unit moves scaled by (lr / lr_max) squared (the default at unit granularity), 3 seeds",
+            [LENET5_MNIST, LENET5_FMNIST, LENET300, LETTER, RESNET20_FMNIST_3],
+            STRUCTURED_LR2,
         ),
     ],
     report="benchmarks/RESULTS.md",

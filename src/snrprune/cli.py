@@ -50,7 +50,7 @@ _CONFIG_OPTIONS = (
     "dataset", "model", "method", "model_options", "data_dir", "target", "data_seed", "seed", "device",
     "epochs", "batch_size", "optimizer", "lr", "momentum", "nesterov", "weight_decay", "schedule",
     "target_sparsity", "scope", "granularity", "unit_ranking", "update_every", "combine", "ema", "threshold", "burn_in_epochs",
-    "stats_every", "window_epochs", "auto_step", "auto_lr_scale", "auto_hysteresis", "auto_nested", "auto_pooled", "auto_pruned_witness", "auto_step_growth", "auto_band_sample", "end_fraction", "include_layers", "exclude_layers", "curve_every",
+    "stats_every", "window_epochs", "auto_step", "auto_lr_scale", "auto_hysteresis", "auto_nested", "auto_pooled", "auto_pruned_witness", "auto_step_growth", "auto_lr_power", "auto_band_sample", "end_fraction", "include_layers", "exclude_layers", "curve_every",
     "accumulate", "amp",
 )
 
@@ -165,6 +165,7 @@ def build_parser() -> argparse.ArgumentParser:
     how.add_argument("--auto-pooled", action=argparse.BooleanOptionalAction, help="snr-auto: pool each window's evidence with that of the windows since the evidence last fired, instead of nested windows and the pruned witness (default off; a negative result, measured in benchmarks/RESULTS.md)")
     how.add_argument("--auto-pruned-witness", action=argparse.BooleanOptionalAction, help="snr-auto: read the pruned weights' window SNR too: converged if either set is, regrow only if the pruned weights drift (default on at --granularity weight, unless --auto-pooled)")
     how.add_argument("--auto-step-growth", action=argparse.BooleanOptionalAction, help="snr-auto: a move the same way as the last doubles the step, up to --auto-step (default on)")
+    how.add_argument("--auto-lr-power", metavar="P", type=_float_in(0.0, None, low_open=True), help="snr-auto: scale each move by (lr / lr_max) ** P (default 1 at --granularity weight, 2 at unit, where late moves cost whole units)")
     how.add_argument("--auto-band-sample", type=_positive_int, metavar="N", help="snr-auto: a network (or, with --scope layer, a layer) of more than N weights draws its noise band from about N of its kept weights, holding 8 bytes a weight instead of 68; N at least the prunable weights: the exact band (default 1048576)")
     how.add_argument("--stats-every", type=_positive_int, metavar="K", help="snr: collect gradient statistics every K steps (default 1)")
     how.add_argument("--update-every", type=_positive_int, metavar="K", help="recompute masks every K steps (default: 16 for dpf and snr-auto; snr: on every step with new statistics)")

@@ -95,6 +95,7 @@ METHOD_OPTIONS: dict[str, tuple[str, ...]] = {
     "auto_pooled": ("snr-auto",),
     "auto_pruned_witness": ("snr-auto",),
     "auto_step_growth": ("snr-auto",),
+    "auto_lr_power": ("snr-auto",),
     "auto_band_sample": ("snr-auto",),
     "unit_ranking": ("dpf", "snr-auto"),
 }
@@ -105,7 +106,7 @@ def _before_recorded(values: dict[str, Any]) -> dict[str, Any]:
     then: snr-auto's rules did not exist (off), units were ranked by RMS."""
     before: dict[str, Any] = {}
     if values.get("method") == "snr-auto":
-        before.update(auto_nested=False, auto_pruned_witness=False, auto_step_growth=False)
+        before.update(auto_nested=False, auto_pruned_witness=False, auto_step_growth=False, auto_lr_power=1.0)
     if values.get("method") in METHOD_OPTIONS["unit_ranking"] and values.get("granularity") == "unit":
         before["unit_ranking"] = "rms"
     return before
@@ -235,6 +236,7 @@ class TrainConfig:
     auto_pooled: bool = False  # snr-auto: each window's evidence pooled with the windows' since the evidence last fired
     auto_pruned_witness: bool | None = None  # snr-auto: the pruned weights' window SNR a second witness (None: on unless pooled)
     auto_step_growth: bool | None = None  # snr-auto: a move the same way as the last doubles the step back up to auto_step (None: on at weight granularity)
+    auto_lr_power: float | None = None  # snr-auto: moves scaled by (lr / lr_max) ** this (None: 1 at weight granularity, 2 at unit)
     auto_band_sample: int | None = BAND_SAMPLE  # snr-auto: the noise band from about this many kept weights per controller (0 or None: all)
     # scale-out
     accumulate: int = 1  # micro-batches (backward calls) per optimizer step
@@ -296,8 +298,8 @@ class TrainConfig:
         if c.method in METHOD_OPTIONS["unit_ranking"] and c.granularity == "unit" and c.unit_ranking is None and c.scope == "global":
             c.unit_ranking = DEFAULT_UNIT_RANKING  # recorded, as the rules below are (in scope 'layer' the rankings agree)
         if c.method == "snr-auto":  # the rules a run applies, recorded: a resume keeps them whatever the defaults become
-            c.auto_nested, c.auto_pruned_witness, c.auto_step_growth = resolve_rules(
-                c.auto_pooled, c.auto_nested, c.auto_pruned_witness, c.auto_step_growth, c.granularity, c.scope
+            c.auto_nested, c.auto_pruned_witness, c.auto_step_growth, c.auto_lr_power = resolve_rules(
+                c.auto_pooled, c.auto_nested, c.auto_pruned_witness, c.auto_step_growth, c.granularity, c.scope, c.auto_lr_power
             )
         c.validate()
         return c
@@ -375,6 +377,10 @@ class TrainConfig:
         for flag in ("auto_lr_scale", "auto_hysteresis", "auto_nested", "auto_pooled", "auto_pruned_witness", "auto_step_growth"):
             value, optional = getattr(self, flag), flag in ("auto_nested", "auto_pruned_witness", "auto_step_growth")
             _check(isinstance(value, bool) or (optional and value is None), f"{flag} must be true or false{' (or null: the default rule)' if optional else ''}, got {value!r}")
+        _check(
+            self.auto_lr_power is None or (_is_number(self.auto_lr_power) and 0 < self.auto_lr_power < math.inf),
+            f"auto_lr_power must be a positive number (or null: the default rule), got {self.auto_lr_power!r}",
+        )
         rules = [f"--{flag.replace('_', '-')}" for flag in ("auto_pooled", "auto_nested", "auto_pruned_witness") if getattr(self, flag) is True]
         _check(
             self.auto_pooled is not True or len(rules) <= 1,
@@ -493,6 +499,7 @@ def make_pruning(config: TrainConfig, model: nn.Module, steps_per_epoch: int, ex
             pooled=config.auto_pooled,
             pruned_witness=config.auto_pruned_witness,
             step_growth=config.auto_step_growth,
+            lr_power=config.auto_lr_power,
             band_sample=config.auto_band_sample,
             **layers,
         )
@@ -1048,6 +1055,7 @@ def _print_header(config: TrainConfig, data: str, counts: dict[str, Any], steps_
             + (f", band from {config.auto_band_sample:,} sampled weights above that size" if config.auto_band_sample != BAND_SAMPLE and config.auto_band_sample else "")
             + (", exact band" if not config.auto_band_sample else "")
             + "".join(f", {name}" for name, on in (("pooled evidence", config.auto_pooled), ("pruned witness", config.auto_pruned_witness), ("step growth", config.auto_step_growth)) if on)
+            + (f", moves scaled by (lr/lr_max)^{config.auto_lr_power:g}" if config.auto_lr_scale and config.auto_lr_power not in (None, 1) else "")
             + "".join(f", no {name}" for name in off)
             + "; no target)"
         )

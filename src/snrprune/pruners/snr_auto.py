@@ -45,20 +45,30 @@ DEFAULT_WINDOW_EPOCHS = 1.0
 
 
 def resolve_rules(
-    pooled: bool, nested: bool | None, pruned_witness: bool | None, step_growth: bool | None, granularity: str, scope: str = "global"
-) -> tuple[bool, bool, bool]:
-    """``nested``, ``pruned_witness`` and ``step_growth`` as a run applies them. None (the default):
-    ``pruned_witness`` on, ``nested`` and ``step_growth`` on at granularity ``"weight"`` and off at
-    ``"unit"``; ``nested`` and ``pruned_witness`` off with ``pooled`` (a different decision rule), the
-    witness off at unit granularity in layer scope (a group's controller reads its own layer, and its
-    removed units' outgoing columns lie in the next one). At unit granularity nested windows with step
-    growth removed 98% of LeNet-300-100's units at 32% test error (seed 0; one-epoch windows without
-    them: 89%, 4.5%; finding 15 of ``benchmarks/RESULTS.md``)."""
+    pooled: bool,
+    nested: bool | None,
+    pruned_witness: bool | None,
+    step_growth: bool | None,
+    granularity: str,
+    scope: str = "global",
+    lr_power: float | None = None,
+) -> tuple[bool, bool, bool, float]:
+    """``nested``, ``pruned_witness``, ``step_growth`` and ``lr_power`` as a run applies them. None (the
+    default): ``pruned_witness`` on, ``nested`` and ``step_growth`` on at granularity ``"weight"`` and
+    off at ``"unit"``; ``nested`` and ``pruned_witness`` off with ``pooled`` (a different decision rule),
+    the witness off at unit granularity in layer scope (a group's controller reads its own layer, and
+    its removed units' outgoing columns lie in the next one). At unit granularity nested windows with
+    step growth removed 98% of LeNet-300-100's units at 32% test error (seed 0; one-epoch windows
+    without them: 89%, 4.5%; finding 15 of ``benchmarks/RESULTS.md``). ``lr_power`` (the move scale
+    is (lr / lr_max) ** lr_power) is 1 at granularity ``"weight"`` and 2 at ``"unit"``, where a move
+    removes whole units late in training that the network has too little learning rate left to
+    replace (finding 19)."""
     weight = granularity == "weight"
     nested = weight and not pooled if nested is None else nested
     pruned_witness = not pooled and (weight or scope != "layer") if pruned_witness is None else pruned_witness
     step_growth = weight if step_growth is None else step_growth
-    return nested, pruned_witness, step_growth
+    lr_power = (1.0 if weight else 2.0) if lr_power is None else lr_power
+    return nested, pruned_witness, step_growth, lr_power
 
 
 def _combine(moves: list[int]) -> int:
@@ -131,7 +141,10 @@ class SNRAutoPruning(Pruning):
     A move is scaled by the optimizer's learning rate over the largest seen, ``lr / lr_max``: how far
     SGD can carry the network in the next window, so how much change it can absorb. Late in a decaying
     schedule the moves shrink with it, instead of pruning (or regrowing) in bulk when the network can
-    no longer recover. The step also halves when the direction reverses, so the density settles at
+    no longer recover. At unit granularity the scale is squared (``lr_power`` 2): a move there removes
+    or restores whole units, and under a decaying schedule the learning left to absorb it shrinks
+    faster than the rate itself (the rest of a linear decay holds (lr / lr_max) ** 2 of its start's).
+    The step also halves when the direction reverses, so the density settles at
     the boundary under a constant learning rate. Masks keep the largest dense magnitudes at the
     density, recomputed every ``update_every`` steps; pruned weights keep training through the DPF
     feedback. No target sparsity, no schedule.
@@ -206,6 +219,7 @@ class SNRAutoPruning(Pruning):
         pooled: bool = False,
         pruned_witness: bool | None = None,
         step_growth: bool | None = None,
+        lr_power: float | None = None,
         include: NameFilter = None,
         exclude: NameFilter = None,
         granularity: str = "weight",
@@ -229,8 +243,10 @@ class SNRAutoPruning(Pruning):
                 "pruned_witness at unit granularity reads the removed units' outgoing columns, which lie in the next layer, "
                 "and in scope 'layer' a group's controller reads its own layer alone: use scope 'global', or pruned_witness=False"
             )
-        nested, pruned_witness, step_growth = resolve_rules(pooled, nested, pruned_witness, step_growth, self.granularity, self.scope)
-        self.pooled, self.pruned_witness, self.step_growth = pooled, pruned_witness, step_growth
+        if lr_power is not None and (isinstance(lr_power, bool) or not isinstance(lr_power, (int, float)) or not 0 < lr_power < math.inf):
+            raise ValueError(f"lr_power must be a positive number (or None: the default rule), got {lr_power!r}")
+        nested, pruned_witness, step_growth, lr_power = resolve_rules(pooled, nested, pruned_witness, step_growth, self.granularity, self.scope, lr_power)
+        self.pooled, self.pruned_witness, self.step_growth, self.lr_power = pooled, pruned_witness, step_growth, lr_power
         # every rule on by default; off only to measure what each is worth (the suite's ablations and
         # the earlier defaults, kept as measured)
         self.lr_scaled, self.hysteresis, self.nested = lr_scaled, hysteresis, nested
@@ -287,11 +303,11 @@ class SNRAutoPruning(Pruning):
         return self.units if self.scope == "layer" else {self.GLOBAL: list(self.unit_keep)}
 
     def lr_scale(self) -> float:
-        """How large a move may be now: the learning rate over the largest seen (1 before any is known)."""
+        """How large a move may be now: the learning rate over the largest seen, to the power ``lr_power`` (1 before any is known)."""
         lr = self.lr()
         if not self.lr_scaled or lr is None or self.lr_max <= 0:
             return 1.0
-        return min(1.0, lr / self.lr_max)
+        return min(1.0, lr / self.lr_max) ** self.lr_power
 
     @torch.no_grad()
     def before_step(self) -> None:
@@ -691,6 +707,7 @@ class SNRAutoPruning(Pruning):
             band_sample=self.band_sample,
             sample={name: index.clone() for name, index in self.sample.items()},
             nested=self.nested,
+            lr_power=self.lr_power,
             pooled=self.pooled,
             pool={unit: list(pool) for unit, pool in self.pool.items()},
             pruned_snr=dict(self.pruned_snr),
@@ -721,6 +738,12 @@ class SNRAutoPruning(Pruning):
             raise ValueError(
                 f"the state's window was summed {'in two halves (nested=True)' if nested else 'as one part (nested=False)'}; "
                 f"this object has nested={self.nested}: load it into an SNRAutoPruning with nested={nested}"
+            )
+        lr_power = float(state.get("lr_power", 1.0))  # states from before the rule scaled moves by lr / lr_max
+        if lr_power != self.lr_power:
+            raise ValueError(
+                f"the state's moves were scaled by (lr / lr_max) ** {lr_power:g}, this object's by ** {self.lr_power:g}: "
+                f"load it into an SNRAutoPruning with lr_power={lr_power:g}, so that the run continues as it began"
             )
         if any(len(sums) == 3 for sums in state["window"].values()) and not self.band_sample:
             raise ValueError(
