@@ -7,6 +7,8 @@ baseline, measured in a fresh subprocess per variant.
 
     python benchmarks/stats_overhead.py                 # full run, prints a markdown table
     python benchmarks/stats_overhead.py --rounds 5      # quick look
+    python benchmarks/stats_overhead.py --device cuda   # on a GPU: steps timed between synchronizations,
+                                                        # memory as the peak of torch's CUDA allocator
 """
 
 from __future__ import annotations
@@ -53,17 +55,17 @@ def _snr_auto_at(model: torch.nn.Module, density: float) -> snrprune.SNRAutoPrun
 EAGER = {"snr stats/1 (pruning, eager)"}
 
 
-def make_step(model_name: str, variant: str, batch: int = 128, seed: int = 0):
+def make_step(model_name: str, variant: str, batch: int = 128, seed: int = 0, device: str = "cpu"):
     """A closure running one training step on a cycling pool of synthetic batches."""
     torch.manual_seed(seed)
     shape = MODELS[model_name]
-    model = build_model(model_name, shape, 10)
+    model = build_model(model_name, shape, 10).to(device)
     make_pruning = VARIANTS[variant]
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
     if make_pruning is not None:
         optimizer = make_pruning(model).wrap(optimizer)
     g = torch.Generator().manual_seed(seed)
-    pool = [(torch.randn(batch, *shape, generator=g), torch.randint(0, 10, (batch,), generator=g)) for _ in range(8)]
+    pool = [(torch.randn(batch, *shape, generator=g).to(device), torch.randint(0, 10, (batch,), generator=g).to(device)) for _ in range(8)]
     state = {"i": 0}
 
     def step() -> None:
@@ -87,16 +89,23 @@ def make_step(model_name: str, variant: str, batch: int = 128, seed: int = 0):
     return eager_step
 
 
-def time_model(model_name: str, rounds: int, warmup: int) -> dict[str, float]:
-    steps = {v: make_step(model_name, v) for v in VARIANTS}
+def _sync(device: str) -> None:
+    if torch.device(device).type != "cpu":
+        torch.accelerator.synchronize(device)
+
+
+def time_model(model_name: str, rounds: int, warmup: int, device: str = "cpu") -> dict[str, float]:
+    steps = {v: make_step(model_name, v, device=device) for v in VARIANTS}
     for step in steps.values():
         for _ in range(warmup):
             step()
     times: dict[str, list[float]] = {v: [] for v in VARIANTS}
     for _ in range(rounds):
         for variant, step in steps.items():
+            _sync(device)
             start = time.perf_counter()
             step()
+            _sync(device)
             times[variant].append(time.perf_counter() - start)
     return {v: statistics.median(t) for v, t in times.items()}
 
@@ -109,12 +118,19 @@ def _rss_kib(field: str) -> int:
     raise RuntimeError(f"{field} not in /proc/self/status")
 
 
-def peak_memory_child(model_name: str, variant: str, steps: int) -> None:
+def peak_memory_child(model_name: str, variant: str, steps: int, device: str = "cpu") -> None:
     """Runs in a subprocess: prints the peak-RSS growth (bytes) caused by building and training.
 
     The baseline is the resident size after the imports; the kernel's high-water mark is reset
     there (``/proc/self/clear_refs``) so that the import's own peak does not hide the training's.
+    On a GPU: the peak of torch's CUDA allocator instead (it starts empty).
     """
+    if torch.device(device).type == "cuda":
+        step = make_step(model_name, variant, device=device)
+        for _ in range(steps):
+            step()
+        print(json.dumps(torch.cuda.max_memory_allocated(device)))
+        return
     base = _rss_kib("VmRSS")
     with open("/proc/self/clear_refs", "w") as f:
         f.write("5")
@@ -124,9 +140,9 @@ def peak_memory_child(model_name: str, variant: str, steps: int) -> None:
     print(json.dumps((_rss_kib("VmHWM") - base) * 1024))
 
 
-def peak_memory(model_name: str, variant: str, steps: int = 12) -> int:
+def peak_memory(model_name: str, variant: str, steps: int = 12, device: str = "cpu") -> int:
     out = subprocess.run(
-        [sys.executable, __file__, "--memory-child", model_name, variant, str(steps)],
+        [sys.executable, __file__, "--memory-child", model_name, variant, str(steps), "--device", device],
         check=True, capture_output=True, text=True,
     )
     return int(json.loads(out.stdout.strip().splitlines()[-1]))
@@ -138,31 +154,38 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=10, help="untimed steps per variant first (default 10)")
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
+    parser.add_argument("--device", default="cpu", help="where the steps run, e.g. cuda (default cpu; the fused kernels are CPU-only)")
     parser.add_argument("--memory-child", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.memory_child:
-        peak_memory_child(args.memory_child[0], args.memory_child[1], int(args.memory_child[2]))
+        peak_memory_child(args.memory_child[0], args.memory_child[1], int(args.memory_child[2]), args.device)
         return
-
+    try:
+        torch.empty(0, device=args.device)
+    except (RuntimeError, AssertionError) as error:
+        parser.error(f"--device {args.device}: {error}")
+    on_gpu = torch.device(args.device).type == "cuda"
+    where = torch.cuda.get_device_name(args.device) if on_gpu else (platform.processor() or platform.machine())
+    kernels = "not used (GPU)" if on_gpu else ("built" if fused.kernels() is not None else "unavailable")
     print(f"# stats_overhead: torch {torch.__version__}, {torch.get_num_threads()} threads, "
-          f"fused kernels {'built' if fused.kernels() is not None else 'unavailable'}, "
-          f"{platform.processor() or platform.machine()}, batch 128, {args.rounds} rounds\n")
+          f"fused kernels {kernels}, {where}, batch 128, {args.rounds} rounds\n")
     print("Step time / plain step time (median of interleaved rounds).\n")
     print("| variant | " + " | ".join(args.models) + " |")
     print("|---|" + "---|" * len(args.models))
-    timing = {m: time_model(m, args.rounds, args.warmup) for m in args.models}
+    timing = {m: time_model(m, args.rounds, args.warmup, args.device) for m in args.models}
     for variant in VARIANTS:
         print(f"| {variant} | " + " | ".join(f"{timing[m][variant] / timing[m]['plain']:.2f}x" for m in args.models) + " |")
     print("\nplain step: " + ", ".join(f"{m} {timing[m]['plain'] * 1e3:.2f} ms" for m in args.models))
     if args.no_memory:
         return
-    print("\nPeak memory growth over the imports / plain training's (fresh process per variant, 12 steps).\n")
+    what = "peak CUDA memory allocated" if on_gpu else "peak memory growth over the imports"
+    print(f"\n{what.capitalize()} / plain training's (fresh process per variant, 12 steps).\n")
     print("| variant | " + " | ".join(args.models) + " |")
     print("|---|" + "---|" * len(args.models))
-    memory = {m: {v: peak_memory(m, v) for v in VARIANTS} for m in args.models}
+    memory = {m: {v: peak_memory(m, v, device=args.device) for v in VARIANTS} for m in args.models}
     for variant in VARIANTS:
         print(f"| {variant} | " + " | ".join(f"{memory[m][variant] / memory[m]['plain']:.2f}x" for m in args.models) + " |")
-    print("\nplain peak memory growth: " + ", ".join(f"{m} {memory[m]['plain'] / 2**20:.1f} MiB" for m in args.models))
+    print(f"\nplain {what}: " + ", ".join(f"{m} {memory[m]['plain'] / 2**20:.1f} MiB" for m in args.models))
 
 
 if __name__ == "__main__":

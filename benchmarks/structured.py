@@ -18,6 +18,7 @@ Before timing, the compact model's outputs are checked against the masked model'
     python benchmarks/structured.py                      # lenet300, lenet5, resnet20, gpt, encoder at 50/25/10% of units
     python benchmarks/structured.py --models gpt --keep 0.5 --heads-only   # half of gpt's heads, nothing else
     python benchmarks/structured.py --run runs/my-run    # a trained run's own units
+    python benchmarks/structured.py --device cuda        # on a GPU: each pass timed between synchronizations
 
 Time it on an otherwise idle machine; say which one.
 """
@@ -115,24 +116,27 @@ def units_left(groups, removed) -> str:
     return f"{before} -> {after}"
 
 
-def measure(label: str, masked: torch.nn.Module, dense: torch.nn.Module | None, make_input, batches, rounds) -> list[str]:
-    """Rows of the results table for one masked model: checks its compact twin, then times all of them."""
+def measure(label: str, masked: torch.nn.Module, dense: torch.nn.Module | None, make_input, batches, rounds, device: str = "cpu") -> list[str]:
+    """Rows of the results table for one masked model: checks its compact twin, then times all of them on
+    ``device`` (the units are found and cut on the CPU, the three models then moved)."""
     masked.eval()
     example = make_input(1)
     groups = find_unit_groups(masked, example)
     removed = removed_units(groups, dict(masked.named_parameters()))
     compact = compact_model(masked, example, removed, groups=groups).eval()  # the groups traced above, not again
-    check = make_input(64)
+    params = [sum(p.numel() for p in m.parameters()) for m in (masked, compact)]
+    macs = [count_macs(m, example) for m in (masked, compact)]
+    masked, compact = masked.to(device), compact.to(device)
+    dense = None if dense is None else dense.to(device)
+    check = make_input(64).to(device)
     with torch.inference_mode():
         expected, got = masked(check), compact(check)
     error = (expected - got).abs().max().item() / max(expected.abs().max().item(), 1e-12)
-    params = [sum(p.numel() for p in m.parameters()) for m in (masked, compact)]
-    macs = [count_macs(m, example) for m in (masked, compact)]
     print(f"{label}: units {units_left(groups, removed)}, parameters {params[0]:,} -> {params[1]:,}, "
           f"MACs {macs[0]:,} -> {macs[1]:,}, largest output difference {error:.1e} of the largest output", flush=True)
     rows = []
     for batch in batches:
-        x = make_input(batch)
+        x = make_input(batch).to(device)
         models = {"masked": masked, "compact": compact} if dense is None else {"dense": dense, "masked": masked, "compact": compact}
         times = measure_latency(models, x, rounds)
         median = {name: quartiles(t) for name, t in times.items()}
@@ -156,10 +160,17 @@ def main() -> int:
     parser.add_argument("--batches", nargs="+", type=int, default=[1, 256])
     parser.add_argument("--rounds", type=int, default=31, help="interleaved rounds per batch size")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--device", default="cpu", help="where the models run, e.g. cuda (default cpu)")
     parser.add_argument("--out", type=Path, default=None, help="also write the table to this markdown file")
     args = parser.parse_args()
     if any(not 0 < k <= 1 for k in args.keep):
         parser.error("--keep fractions must be in (0, 1]")
+    try:
+        device = torch.device(args.device)
+        torch.empty(0, device=device)
+    except (RuntimeError, AssertionError) as error:
+        parser.error(f"--device {args.device}: {error}")
+    where = torch.cuda.get_device_name(device) if device.type == "cuda" else (platform.processor() or platform.machine())
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     rows: list[str] = []
@@ -169,7 +180,7 @@ def main() -> int:
             model = load_run_model(run)
             summary = json.loads((Path(run) / "summary.json").read_text())  # the finished run's shapes
             make = lambda b, m=model, s=summary: example_input(m, s["model"], tuple(s["input_shape"]), s["num_classes"], batch=b)  # noqa: E731
-            rows += measure("/".join(Path(run).parts[-3:]), model, None, make, args.batches, args.rounds)
+            rows += measure("/".join(Path(run).parts[-3:]), model, None, make, args.batches, args.rounds, args.device)
     else:
         for name in args.models:
             shape, classes = MODELS[name]
@@ -192,10 +203,10 @@ def main() -> int:
                     notes.append(f"- `{name}`: no {'attention heads' if args.heads_only else 'unit groups'}, nothing to cut")
                     break
                 what = "heads" if args.heads_only else "units"
-                rows += measure(f"{name}, {100 * keep:g}% of {what}", mask_model(masked, groups, masks), dense, make, args.batches, args.rounds)
+                rows += measure(f"{name}, {100 * keep:g}% of {what}", mask_model(masked, groups, masks), dense, make, args.batches, args.rounds, args.device)
     header = [
         f"Measured with `python {' '.join(sys.argv)}` (torch {torch.__version__}, {args.threads} thread(s), "
-        f"{platform.processor() or platform.machine()}). Times: ms per forward pass, median (interquartile range) of "
+        f"{where}). Times: ms per forward pass, median (interquartile range) of "
         f"{args.rounds} interleaved rounds; speedup: median (quartiles) of the per-round masked/compact ratios; "
         "MACs: masked/compact multiply-accumulates of the Linear and conv layers; difference: largest |masked - compact| "
         "output over the largest output, on 64 random inputs.",

@@ -335,16 +335,26 @@ def count_macs(model: nn.Module, example_inputs: Any) -> int:
 
 def measure_latency(models: Mapping[str, nn.Module], inputs: Tensor, repeats: int) -> dict[str, list[float]]:
     """Seconds per forward pass of each model on ``inputs``, ``repeats`` times, interleaved (one pass of each
-    model per round, the order alternating) so that a change in the machine's load hits all alike."""
+    model per round, the order alternating) so that a change in the machine's load hits all alike. On an
+    accelerator (``inputs`` not on the CPU) each pass is timed from an idle device to the end of its last
+    kernel: the device is synchronized before the clock starts and before it stops."""
     names = list(models)
     times: dict[str, list[float]] = {name: [] for name in names}
+    device = inputs.device
+
+    def sync() -> None:
+        if device.type != "cpu":
+            torch.accelerator.synchronize(device)
+
     with torch.inference_mode():
         for model in models.values():
             model(inputs)  # warm-up: allocations, kernel selection
         for r in range(repeats):
             for name in names if r % 2 == 0 else reversed(names):
+                sync()
                 start = time.perf_counter()
                 models[name](inputs)
+                sync()
                 times[name].append(time.perf_counter() - start)
     return times
 
