@@ -90,14 +90,17 @@ def test_a_file_that_is_not_a_compact_export_is_refused(tmp_path):
         load_compact(tmp_path / "x.pt")
 
 
-def test_torch_export_runs_the_compact_model(tmp_path):
+def test_torch_export_and_torch_compile_run_the_compact_model(tmp_path):
     model, example, _ = _lenet5(seed=1)
     export_compact(model, example, tmp_path / "c.pt", architecture=LENET5_ARCHITECTURE)
     compact = load_compact(tmp_path / "c.pt")
     x = torch.randn(4, *MNIST)
     program = torch.export.export(compact, (x,))
+    # dynamo traces the loaded module in one graph (aot_eager: the tracing, without a C++ compiler)
+    compiled = torch.compile(compact, backend="aot_eager", fullgraph=True)
     with torch.no_grad():
         torch.testing.assert_close(program.module()(x), compact(x))
+        torch.testing.assert_close(compiled(x), compact(x))
 
 
 def test_macs_match_hand_counts(tmp_path):
