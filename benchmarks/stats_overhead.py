@@ -27,6 +27,7 @@ import torch.nn.functional as F
 import snrprune
 from snrprune import fused
 from snrprune.models import build_model
+from snrprune.training import _check_device as check_device
 
 MODELS = {"lenet300": (1, 28, 28), "lenet5": (1, 28, 28), "resnet20": (3, 32, 32)}
 
@@ -161,9 +162,9 @@ def main() -> None:
         peak_memory_child(args.memory_child[0], args.memory_child[1], int(args.memory_child[2]), args.device)
         return
     try:
-        torch.empty(0, device=args.device)
-    except (RuntimeError, AssertionError) as error:
-        parser.error(f"--device {args.device}: {error}")
+        check_device(args.device)
+    except ValueError as error:
+        parser.error(str(error))
     on_gpu = torch.device(args.device).type == "cuda"
     where = torch.cuda.get_device_name(args.device) if on_gpu else (platform.processor() or platform.machine())
     kernels = "not used (GPU)" if on_gpu else ("built" if fused.kernels() is not None else "unavailable")

@@ -37,6 +37,7 @@ import torch
 
 from snrprune.export import count_macs, example_input, load_run_model, measure_latency
 from snrprune.models import build_model
+from snrprune.training import _check_device as check_device
 from snrprune.units import UnsupportedModelError, compact_model, find_unit_groups, removed_units, unit_keep_masks
 
 #: (model name, input shape, classes) of the synthetic cases: the suite's image models, the default gpt,
@@ -166,10 +167,10 @@ def main() -> int:
     if any(not 0 < k <= 1 for k in args.keep):
         parser.error("--keep fractions must be in (0, 1]")
     try:
-        device = torch.device(args.device)
-        torch.empty(0, device=device)
-    except (RuntimeError, AssertionError) as error:
-        parser.error(f"--device {args.device}: {error}")
+        check_device(args.device)
+    except ValueError as error:
+        parser.error(str(error))
+    device = torch.device(args.device)
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else (platform.processor() or platform.machine())
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
