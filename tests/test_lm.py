@@ -8,6 +8,7 @@ import io
 import json
 import math
 import tarfile
+import warnings
 
 import pytest
 import torch
@@ -268,7 +269,14 @@ def read_lines(path):
 def test_every_method_trains_the_language_model(sdist_dir, tmp_path, method, extra):
     from snrprune.training import train
 
-    summary = train(tiny_lm(sdist_dir, method=method, **extra), tmp_path, progress=False)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        summary = train(tiny_lm(sdist_dir, method=method, **extra), tmp_path, progress=False)
+    idle = [str(w.message) for w in caught if "pruned nothing" in str(w.message)]
+    if method == "snr-auto":  # as the suite's GPT (finding 18): the output layer holds it dense, and says so
+        assert summary["sparsity"] == 0 and len(idle) == 1 and "Layer lm_head.weight alone" in idle[0]
+    else:
+        assert not idle
     assert summary["finished"] and summary["steps"] == 2 * (summary["steps"] // 2)
     assert (summary["metric"], summary["metric_name"], summary["higher_is_better"]) == ("test_bpc", "test bits per character", False)
     for key in ("test_bpc", "dense_test_bpc", "val_bpc", "test_accuracy", "dense_test_accuracy", "val_accuracy"):

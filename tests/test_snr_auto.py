@@ -718,3 +718,38 @@ def test_snr_auto_floor_counts_output_units_of_hugging_face_conv1d():
     model = nn.Sequential(pytorch_utils.Conv1D(12, 4), nn.ReLU(), nn.Linear(12, 3))
     pruning = SNRAutoPruning(model, window_steps=8)
     assert pruning.min_kept == {"0.weight": 12, "2.weight": 3}
+
+
+def test_snr_auto_says_why_it_pruned_nothing():
+    """A run that ends dense warns with its last reading, and names a layer that holds the network alone (finding 18)."""
+    pruning = SNRAutoPruning(small_mlp(), window_steps=4)
+    assert pruning.idle_reason() is None  # nothing decided yet: warn_if_no_op's case, not this one
+    for name in ("0.weight", "2.weight"):
+        _set_window(pruning, name, torch.zeros_like(pruning.dense[name]), 1.0)  # a random walk
+    _set_window(pruning, "4.weight", torch.full_like(pruning.dense["4.weight"], 0.5), 1.0)  # 36 of 324 weights drift
+    pruning.decide()
+    assert pruning.density == {"*": 1.0}
+    reason = pruning.idle_reason()
+    assert reason.startswith("snr-auto pruned nothing") and "drift" in reason
+    assert "Layer 4.weight alone (11.1% of the kept weights" in reason
+    with pytest.warns(UserWarning, match="snr-auto pruned nothing"):
+        pruning.warn_if_idle()
+
+    quiet = SNRAutoPruning(small_mlp(), window_steps=4)
+    for name in quiet.dense:
+        _set_window(quiet, name, torch.zeros_like(quiet.dense[name]), 1.0)
+    quiet.decide()
+    assert quiet.density == {"*": 1.0} and "no evidence either way" in quiet.idle_reason() and "Layer" not in quiet.idle_reason()
+
+    pruned = SNRAutoPruning(small_mlp(), window_steps=4)
+    for name in pruned.dense:
+        _converged(pruned, name)
+    pruned.decide()
+    assert pruned.density["*"] < 1.0 and pruned.idle_reason() is None
+
+    layers = SNRAutoPruning(small_mlp(), window_steps=4, scope="layer")
+    for name in layers.dense:
+        _set_window(layers, name, torch.zeros_like(layers.dense[name]), 1.0)
+    _set_window(layers, "4.weight", torch.full_like(layers.dense["4.weight"], 0.5), 1.0)
+    layers.decide()
+    assert "read 1 above, 2 inside their noise bands" in layers.idle_reason()

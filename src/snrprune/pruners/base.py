@@ -507,6 +507,16 @@ class Pruning:
         """Method-specific state worth logging every epoch (the unit counts at unit granularity, else empty)."""
         return self.unit_counts()
 
+    def idle_reason(self) -> str | None:
+        """Why the run pruned nothing, read from the method's own state, or None (it pruned, or the method has no reason to give)."""
+        return None
+
+    def warn_if_idle(self) -> None:
+        """At the end of training: a warning with :meth:`idle_reason`, if there is one, so that a run that stayed dense is never silent."""
+        reason = self.idle_reason()
+        if reason:
+            warnings.warn(reason, stacklevel=2)
+
     def snr_histogram(self) -> dict[str, list[int]]:
         """Per-layer counts of the SNR moving average in the bins of :data:`SNR_HISTOGRAM_EDGES` (empty if untracked)."""
         return {}

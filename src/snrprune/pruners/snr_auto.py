@@ -693,6 +693,48 @@ class SNRAutoPruning(Pruning):
             "lr_scale": self.lr_scale(),
         }
 
+    def idle_reason(self) -> str | None:
+        """Why every controller ended at density 1, from their last decisions; None if any pruned, or none decided.
+
+        The character-level GPT of the suite ended dense because its output layer, 1.5% of the weights,
+        read a window SNR of 572 and made 8.8 of the network's 9.75 (finding 18 of ``benchmarks/RESULTS.md``):
+        the message names such a layer."""
+        read = [unit for unit in self.units if unit in self.window_snr and unit in self.window_band]
+        if not read or any(density < 1.0 for density in self.density.values()):
+            return None
+        verdicts = {}
+        for unit in read:
+            z, (mean, std) = self.window_snr[unit], self.window_band[unit]
+            low, high = self.threshold * (mean - 2 * std), self.threshold * (mean + 2 * std)
+            verdicts[unit] = "above" if z > high else ("below" if z < low else "inside")
+        why = {
+            "above": "drift: the kept weights were still learning, and snr-auto prunes only once they (or the pruned ones) read converged, below the band",
+            "inside": "no evidence either way: their gradients read as a random walk, not as converged (below the band)",
+            "below": "converged, but the move was held (the window right after a move, or a layer at its floor)",
+        }
+        advice = ". A longer run gives it more windows to decide in; dpf with a target (--method dpf --target-sparsity S) prunes regardless of the gradients"
+        if self.scope == "layer":
+            counts = ", ".join(f"{sum(v == kind for v in verdicts.values())} {kind}" for kind in ("above", "inside", "below") if kind in verdicts.values())
+            return f"snr-auto pruned nothing: at their last decisions the layers' kept weights read {counts} their noise bands (above: {why['above']})" + advice
+        z, (mean, std) = self.window_snr[self.GLOBAL], self.window_band[self.GLOBAL]
+        text = (
+            f"snr-auto pruned nothing: at its last decision the kept weights' mean window SNR was {z:.3g} against a noise band of "
+            f"{self.threshold * mean:.3g} +- {2 * self.threshold * std:.3g} (two standard deviations): {why[verdicts[self.GLOBAL]]}"
+        )
+        # a layer that makes most of the network's mean with a minority of its weights holds the whole network
+        kept = {name: count(self.keep[name]) for name in self.units[self.GLOBAL] if name in self.window_snr}
+        total = sum(self.window_snr[name] * n for name, n in kept.items())
+        if total > 0 and len(kept) > 1:
+            name = max(kept, key=lambda n: self.window_snr[n] * kept[n])
+            share, weights = self.window_snr[name] * kept[name] / total, kept[name] / sum(kept.values())
+            if share > 0.5 > weights:
+                text += (
+                    f". Layer {name} alone ({100 * weights:.3g}% of the kept weights, window SNR {self.window_snr[name]:.3g}) made "
+                    f"{100 * share:.3g}% of that mean: one layer that still learns holds the whole network in scope 'global' "
+                    f"(the other layers read {(total - self.window_snr[name] * kept[name]) / max(1, sum(kept.values()) - kept[name]):.3g})"
+                )
+        return text + advice
+
     def state_dict(self) -> dict[str, Any]:
         state = super().state_dict()
         state.update(
