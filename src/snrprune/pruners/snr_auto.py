@@ -731,7 +731,8 @@ class SNRAutoPruning(Pruning):
                 text += (
                     f". Layer {name} alone ({100 * weights:.3g}% of the kept weights, window SNR {self.window_snr[name]:.3g}) made "
                     f"{100 * share:.3g}% of that mean: one layer that still learns holds the whole network in scope 'global' "
-                    f"(the other layers read {(total - self.window_snr[name] * kept[name]) / max(1, sum(kept.values()) - kept[name]):.3g})"
+                    f"(the other layers read {(total - self.window_snr[name] * kept[name]) / max(1, sum(kept.values()) - kept[name]):.3g}); "
+                    f"in scope 'layer' (--scope layer) each layer decides on its own weights' readings, so it would hold only itself"
                 )
         return text + advice
 
