@@ -945,7 +945,8 @@ def _train(
             return {"finished": False, "epoch": epoch + 1, "epochs": config.epochs, "out_dir": str(out), **metrics}
 
     # -- 6. the finished run: pruned weights, summary, plots --------------------------------------
-    pruning.warn_if_idle()  # a method that ended dense says why (snr-auto: its last reading)
+    if writes:  # every rank decided the same; one warning
+        pruning.warn_if_idle()  # a method that ended dense says why (snr-auto: its last reading)
     pruning.zero_removed()  # unit granularity: removed units zero in their own entries too (the outputs stay)
     if writes:
         atomic_torch_save({k: v.detach().cpu().clone() for k, v in model.state_dict().items()}, out / MODEL)

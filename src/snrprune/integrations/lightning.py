@@ -75,7 +75,8 @@ class PruningCallback(lightning.pytorch.Callback):
 
     def on_fit_end(self, trainer: lightning.Trainer, pl_module: lightning.LightningModule) -> None:
         if self.pruning is not None:
-            self.pruning.warn_if_idle()  # a method that ended dense says why
+            if trainer.is_global_zero:  # every rank decided the same; one warning
+                self.pruning.warn_if_idle()  # a method that ended dense says why
             self.pruning.zero_removed()  # unit granularity: removed units zero in their own entries too
             self.pruning.unwrap()
 

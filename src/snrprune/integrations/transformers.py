@@ -115,7 +115,8 @@ class PruningCallback(transformers.TrainerCallback):
 
     def on_train_end(self, args, state, control, **kwargs):
         if self.pruning is not None:
-            self.pruning.warn_if_idle()  # a method that ended dense says why
+            if state.is_world_process_zero:  # every rank decided the same; one warning
+                self.pruning.warn_if_idle()  # a method that ended dense says why
             self.pruning.zero_removed()  # unit granularity: removed units zero in their own entries too
             self.pruning.unwrap()
 

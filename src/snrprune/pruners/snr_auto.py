@@ -715,7 +715,8 @@ class SNRAutoPruning(Pruning):
         advice = ". A longer run gives it more windows to decide in; dpf with a target (--method dpf --target-sparsity S) prunes regardless of the gradients"
         if self.scope == "layer":
             counts = ", ".join(f"{sum(v == kind for v in verdicts.values())} {kind}" for kind in ("above", "inside", "below") if kind in verdicts.values())
-            return f"snr-auto pruned nothing: at their last decisions the layers' kept weights read {counts} their noise bands (above: {why['above']})" + advice
+            kinds = "; ".join(f"{kind}: {why[kind]}" for kind in ("above", "inside", "below") if kind in verdicts.values())
+            return f"snr-auto pruned nothing: at their last decisions the layers' kept weights read {counts} their noise bands ({kinds})" + advice
         z, (mean, std) = self.window_snr[self.GLOBAL], self.window_band[self.GLOBAL]
         text = (
             f"snr-auto pruned nothing: at its last decision the kept weights' mean window SNR was {z:.3g} against a noise band of "
