@@ -318,6 +318,11 @@ SUITE = Suite(
         Group("A language model: character-level GPT on Shakespeare's plays, 3 seeds", [SHAKESPEARE_GPT], LM_METHODS),
         Group("The language model with snr-auto's default rule in scope 'layer' (one controller per layer), 3 seeds", [SHAKESPEARE_GPT], AUTO_NESTED_WITNESS_LAYER),
         Group(
+            "snr-auto's default rule in scope 'layer' on the cells that cost seconds to minutes a run, 3 seeds",
+            [DIGITS] + TABULAR + [MNIST1D_MLP, MNIST1D_CONV, LENET300],
+            AUTO_NESTED_WITNESS_LAYER,
+        ),
+        Group(
             "Structured pruning: whole units at unit granularity, 3 seeds",
             [LENET300, LENET5_MNIST, LENET5_FMNIST, RESNET20_FMNIST_3, LETTER],
             STRUCTURED_METHODS,

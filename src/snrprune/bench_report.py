@@ -186,7 +186,7 @@ def _read_log(path: Path) -> list[dict[str, Any]]:
 
 
 #: The methods the frontier table compares, when the suite has them (each a method that finds its own sparsity).
-FRONTIER_METHODS = ("snr", "snr-auto-nested-witness", "snr-auto", "snr-auto-window-1", "snr-auto-nested", "snr-auto-pooled", "snr-auto-witness")
+FRONTIER_METHODS = ("snr", "snr-auto-nested-witness", "snr-auto-nested-witness-layer", "snr-auto", "snr-auto-window-1", "snr-auto-nested", "snr-auto-pooled", "snr-auto-witness")
 #: The least margin of "lossless": a mean test error at most this much above dense's (0.1 points).
 LOSSLESS_MARGIN = 0.001
 
