@@ -535,3 +535,23 @@ def test_a_loaded_state_is_copied_not_shared():
     assert all(other.ever_regrown[name].data_ptr() != state["ever_regrown"][name].data_ptr() for name in saved)
     other.keep[next(iter(saved))].fill_(False)
     assert all(torch.equal(state["masks"][name], mask) for name, mask in saved.items())
+
+
+def test_snr_says_why_it_pruned_nothing():
+    """After the burn-in, a run that still keeps every weight warns with the SNR readings; before it, or once it prunes, nothing."""
+    idle = SNRPruning(small_mlp(), burn_in_steps=2, threshold=1e-9)  # every gradient that is not ~zero is reliable
+    optimizer = idle.wrap(torch.optim.SGD(idle.model.parameters(), lr=0.05))
+    batches = make_batches(96)
+    train(idle.model, optimizer, batches[:2])
+    assert idle.idle_reason() is None  # the burn-in has not ended
+    train(idle.model, optimizer, batches[2:])
+    assert idle.sparsity() == 0
+    reason = idle.idle_reason()
+    assert reason.startswith("snr pruned nothing: every weight's SNR moving average stayed above the threshold 1e-09")
+    with pytest.warns(UserWarning, match="snr pruned nothing"):
+        idle.warn_if_idle()
+
+    pruning = SNRPruning(small_mlp(), burn_in_steps=2, threshold=1.0)
+    optimizer = pruning.wrap(torch.optim.SGD(pruning.model.parameters(), lr=0.05))
+    train(pruning.model, optimizer, make_batches(96))
+    assert pruning.sparsity() > 0 and pruning.idle_reason() is None

@@ -214,6 +214,23 @@ class SNRPruning(Pruning):
             out[name] = {f"q{round(q * 100):02d}": float(v) for q, v in zip(quantiles, values)}
         return out
 
+    def idle_reason(self) -> str | None:
+        """Why every weight is still kept after the burn-in, from the SNR moving averages; None if any is pruned, or the burn-in never ended."""
+        if self.step_count <= self.burn_in_steps or len(self.snr_ema) < len(self.weights):
+            return None
+        if any(count(self.keep[name]) < w.numel() for name, w in self.weights.items()):
+            return None
+        cut = self.cut
+        below = sum(int((avg <= cut).sum()) for avg in self.snr_ema.values())
+        total = sum(w.numel() for w in self.weights.values())
+        if below == 0:
+            q10 = {name: q["q10"] for name, q in self.snr_quantiles((0.1,)).items()}
+            lowest = min(q10, key=q10.get)
+            reading = f"every weight's SNR moving average stayed above the threshold {self.threshold:g} (the lowest layer's 10% quantile: {q10[lowest]:.3g}, {lowest})"
+        else:
+            reading = f"{below:,} of {total:,} weights read below the threshold {self.threshold:g}, but combine {self.combine!r} kept them"
+        return f"snr pruned nothing: {reading}. A higher threshold prunes more; dpf with a target (--method dpf --target-sparsity S) prunes regardless"
+
     def snr_histogram(self) -> dict[str, list[int]]:
         edges = None
         out = {}
