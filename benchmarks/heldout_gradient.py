@@ -41,7 +41,7 @@ from snrprune.models import build_model
 from snrprune.pruners.dpf import DPFPruning
 
 #: The suite's tabular cells and their epochs (``benchmarks/suites/paper.py``).
-EPOCHS = {"optdigits": 60, "letter": 60, "adult": 20, "pendigits": 60, "satimage": 60, "mnist1d": 100}
+EPOCHS = {"optdigits": 60, "letter": 60, "adult": 20, "pendigits": 40, "satimage": 60, "magic": 40, "digits": 60, "mnist1d": 100}
 
 
 def mean_z(model: nn.Module, keep: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
@@ -178,7 +178,8 @@ def main() -> None:
     for epoch in sorted({r["epoch"] for r in rows}):
         text += [f"At the end of epoch {epoch}" + (" (the end of DPF's ramp)" if epoch < epochs else " (the end of training)") + ":", ""]
         text += table(rows, epoch) + [""]
-    text.append(f"`python benchmarks/heldout_gradient.py --cell {args.cell} --seeds {' '.join(map(str, args.seeds))}`")
+    epochs_flag = f" --epochs {args.epochs}" if args.epochs else ""
+    text.append(f"`python benchmarks/heldout_gradient.py --cell {args.cell}{epochs_flag} --seeds {' '.join(map(str, args.seeds))}`")
     print(f"{time.time() - start:.0f} s for the runs of this invocation", flush=True)
     print("\n".join(text))
     if args.out:
