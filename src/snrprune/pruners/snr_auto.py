@@ -476,6 +476,11 @@ class SNRAutoPruning(Pruning):
         (self.pruned_band if pruned else self.window_band)[unit] = (null_mean, null_std)
         if null_std > 0 and self.threshold > 0 and not pruned:  # threshold 0: no band to deviate from (never prunes)
             self.deviation[unit] = (mean_z / self.threshold - null_mean) / null_std
+        return self._against_band(mean_z, (null_mean, null_std))
+
+    def _against_band(self, mean_z: float, band: tuple[float, float]) -> int:
+        """-1 below the band (converged), +1 above it (drift), 0 inside: ``band`` is the draws' (mean, std), scaled by ``threshold``."""
+        null_mean, null_std = band
         if mean_z < self.threshold * (null_mean - 2.0 * null_std):
             return -1
         if mean_z > self.threshold * (null_mean + 2.0 * null_std):
@@ -702,11 +707,7 @@ class SNRAutoPruning(Pruning):
         read = [unit for unit in self.units if unit in self.window_snr and unit in self.window_band]
         if not read or self.threshold == 0 or any(density < 1.0 for density in self.density.values()):
             return None  # threshold 0 never prunes, and says so when the method is made
-        verdicts = {}
-        for unit in read:
-            z, (mean, std) = self.window_snr[unit], self.window_band[unit]
-            low, high = self.threshold * (mean - 2 * std), self.threshold * (mean + 2 * std)
-            verdicts[unit] = "above" if z > high else ("below" if z < low else "inside")
+        verdicts = {unit: ("below", "inside", "above")[self._against_band(self.window_snr[unit], self.window_band[unit]) + 1] for unit in read}
         why = {
             "above": "drift: the kept weights were still learning, and snr-auto prunes only once they (or the pruned ones) read converged, below the band",
             "inside": "no evidence either way: their gradients read as a random walk, not as converged (below the band)",
@@ -724,15 +725,16 @@ class SNRAutoPruning(Pruning):
         )
         # a layer that makes most of the network's mean with a minority of its weights holds the whole network
         kept = {name: count(self.keep[name]) for name in self.units[self.GLOBAL] if name in self.window_snr}
-        total = sum(self.window_snr[name] * n for name, n in kept.items())
+        z_sums = {name: self.window_snr[name] * n for name, n in kept.items()}  # each layer's part of the summed z
+        total, n_kept = sum(z_sums.values()), sum(kept.values())
         if total > 0 and len(kept) > 1:
-            name = max(kept, key=lambda n: self.window_snr[n] * kept[n])
-            share, weights = self.window_snr[name] * kept[name] / total, kept[name] / sum(kept.values())
+            name = max(z_sums, key=z_sums.get)
+            share, weights = z_sums[name] / total, kept[name] / n_kept
             if share > 0.5 > weights:
                 text += (
                     f". Layer {name} alone ({100 * weights:.3g}% of the kept weights, window SNR {self.window_snr[name]:.3g}) made "
                     f"{100 * share:.3g}% of that mean: one layer that still learns holds the whole network in scope 'global' "
-                    f"(the other layers read {(total - self.window_snr[name] * kept[name]) / max(1, sum(kept.values()) - kept[name]):.3g}); "
+                    f"(the other layers read {(total - z_sums[name]) / max(1, n_kept - kept[name]):.3g}); "
                     f"in scope 'layer' (--scope layer) each layer decides on its own weights' readings, so it would hold only itself"
                 )
         return text + advice
